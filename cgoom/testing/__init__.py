@@ -1,0 +1,26 @@
+"""Test support for cgoom and for code built on it (plugin authors, supervisors).
+
+- :class:`FakeCgroupTree` builds a fake cgroup v2 host in a directory: the kernel's file
+  formats, and a :class:`FakeCgroupFS` that answers writes with the kernel's errnos and side
+  effects. Nothing real is touched or killed.
+- :func:`sandbox` / :func:`find_test_parent`: a throwaway subtree on a real cgroup v2 kernel
+  for your own integration tests, removed afterwards even when the test fails.
+- :mod:`cgoom.testing.vm` boots a throwaway VM with a stock cgroup v2 kernel to run tests
+  against the real thing (``cgoom-vm test``).
+"""
+
+from ._fake import FakeCgroupFS as FakeCgroupFS
+from ._realkernel import find_test_parent as find_test_parent
+from ._realkernel import kill_and_remove as kill_and_remove
+from ._realkernel import sandbox as sandbox
+from ._realkernel import wait_until as wait_until
+from ._tree import FakeCgroupTree as FakeCgroupTree
+
+__all__ = [
+    "FakeCgroupFS",
+    "FakeCgroupTree",
+    "find_test_parent",
+    "kill_and_remove",
+    "sandbox",
+    "wait_until",
+]

@@ -1,0 +1,128 @@
+"""``FakeCgroupTree``: builds a fake cgroup2 host in a directory, for cgoom's tests and yours.
+
+Layout under ``base``::
+
+    cgroup/                      the cgroup2 mount (root cgroup files, then cgroups)
+    proc/self/mountinfo          names cgroup/ as a cgroup2 mount, with the chosen options
+    proc/self/cgroup             "0::/"
+    proc/pressure/memory         system-wide PSI
+    sys/kernel/cgroup/features   what the kernel supports
+    sys/kernel/cgroup/delegate   what a delegatee may write
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from .._cgroup import Cgroup
+from .._hierarchy import Hierarchy
+from ._fake import PRESSURE_ZERO, FakeCgroupFS, memory_events_text
+
+_KERNEL_FEATURES = "nsdelegate favordynmods memory_localevents memory_recursiveprot\n"
+_DELEGATE = "cgroup.procs\ncgroup.threads\ncgroup.subtree_control\nmemory.oom.group\nmemory.reclaim\n"
+
+
+class FakeCgroupTree:
+    """A fake cgroup v2 host rooted at ``base``.
+
+    ``controllers`` are those the root cgroup has (``memory=False`` in effect when "memory"
+    is left out, like a host whose memory controller is bound to cgroup v1); the root
+    enables all of them for children. ``kernel`` decides which files and counters exist
+    (``(5, 15)`` has no memory.peak, memory.reclaim, zswap, nor ``oom_group_kill``).
+
+    >>> tree = FakeCgroupTree(base)                                   # doctest: +SKIP
+    >>> batch = tree.add("lab/batch", memory_max="1G", procs=[4242])  # doctest: +SKIP
+    >>> tree.hierarchy.cgroup("lab/batch").memory_max()               # doctest: +SKIP
+    1073741824
+    """
+
+    def __init__(
+        self,
+        base: str | os.PathLike[str],
+        *,
+        controllers: Iterable[str] = ("cpu", "io", "memory", "pids"),
+        kernel: tuple[int, int] = (6, 1),
+        mount_options: Iterable[str] = ("rw", "nosuid", "nodev", "noexec", "relatime",
+                                        "nsdelegate", "memory_recursiveprot"),
+    ) -> None:
+        self.base = os.fspath(base)
+        self.mount = os.path.join(self.base, "cgroup")
+        self.kernel = kernel
+        self.fs = FakeCgroupFS(self.mount, kernel=kernel)
+        controllers = sorted(set(controllers))
+        proc = os.path.join(self.base, "proc")
+        kernel_dir = os.path.join(self.base, "sys", "kernel", "cgroup")
+        for directory in (self.mount, os.path.join(proc, "self"), os.path.join(proc, "pressure"),
+                          kernel_dir):
+            os.makedirs(directory, exist_ok=True)
+        escaped = self.mount.replace("\\", "\\134").replace(" ", "\\040")
+        opts = ",".join(mount_options)
+        self._write(os.path.join(proc, "self", "mountinfo"),
+                    "22 1 0:21 / / rw,relatime - ext4 /dev/vda rw\n"
+                    f"31 22 0:28 / {escaped} rw,nosuid - cgroup2 cgroup2 {opts}\n")
+        self._write(os.path.join(proc, "self", "cgroup"), "0::/\n")
+        self._write(os.path.join(proc, "pressure", "memory"), PRESSURE_ZERO)
+        self._write(os.path.join(kernel_dir, "features"), _KERNEL_FEATURES)
+        self._write(os.path.join(kernel_dir, "delegate"), _DELEGATE)
+        self.fs._populate(self.mount, set(controllers))
+        self.fs.write(os.path.join(self.mount, "cgroup.subtree_control"),
+                      " ".join(f"+{c}" for c in controllers))
+        self.hierarchy = Hierarchy.discover(proc_root=proc, sys_root=os.path.join(self.base, "sys"),
+                                            fs=self.fs)
+
+    @staticmethod
+    def _write(path: str, text: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    def cgroup(self, path: str) -> Cgroup:
+        return self.hierarchy.cgroup(path)
+
+    def add(
+        self,
+        path: str,
+        *,
+        procs: Iterable[int] = (),
+        memory_current: int | None = None,
+        memory_max: int | str | None = None,
+        memory_high: int | str | None = None,
+        enable: Iterable[str] = (),
+    ) -> Cgroup:
+        """Create ``path`` and its missing ancestors (each ancestor enables the root's
+        controllers for its children, as a supervisor would), then set what is given."""
+        cgroup = self.hierarchy.root
+        root_controllers = sorted(cgroup.cgroup_controllers())
+        for part in [p for p in path.split("/") if p]:
+            if not cgroup.is_root and not cgroup.cgroup_subtree_control():
+                cgroup.enable_controllers(*root_controllers)
+            cgroup = cgroup.create_child(part, exist_ok=True)
+        if enable:
+            cgroup.enable_controllers(*enable)
+        for pid in procs:
+            cgroup.attach(pid)
+        if memory_current is not None:
+            self.set(path, "memory.current", f"{memory_current}\n")
+        if memory_max is not None:
+            cgroup.set_memory_max(memory_max)
+        if memory_high is not None:
+            cgroup.set_memory_high(memory_high)
+        return cgroup
+
+    def set(self, path: str, name: str, text: str) -> None:
+        """Write ``text`` into interface file ``name`` of ``path`` as the *kernel* would
+        (read-only files included), bypassing the simulated write rules."""
+        self._write(os.path.join(self.cgroup(path).dir, name), text)
+
+    def set_memory_events(self, path: str, *, local: bool = False, **counts: int) -> None:
+        """Set ``memory.events`` (or ``.local``) counters, e.g. ``high=3, oom_kill=1``."""
+        name = "memory.events.local" if local else "memory.events"
+        self.set(path, name, memory_events_text(self.kernel, **counts))
+
+    def remove_behind_our_back(self, path: str) -> None:
+        """Delete ``path`` (and its subtree) as another process would, ignoring the rules."""
+        directory = self.cgroup(path).dir
+        for current, _dirs, files in os.walk(directory, topdown=False):
+            for name in files:
+                os.unlink(os.path.join(current, name))
+            os.rmdir(current)

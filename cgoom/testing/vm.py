@@ -1,0 +1,225 @@
+"""``cgoom-vm``: run commands, or the real-kernel test tier, in a throwaway VM with a stock
+cgroup v2 kernel.
+
+Why: hosts whose memory controller is bound to cgroup v1 (these development and CI machines)
+have no memory.* files at all, and a cgroup library proven only on fakes is not proven.
+
+How (verified recipe, ../notes/real-kernel-vm.md): virtme-ng boots the host's Debian kernel
+under qemu in software emulation (``--disable-kvm``: guests hang with KVM here), sharing the
+host's root filesystem read-only, so the project's checkout and virtualenv are at the same
+paths inside. ``cgroup_no_v1=all`` gives cgroup v2 every controller. One boot takes ~20 s;
+everything runs inside that one boot. The command's exit status comes back.
+
+Usage::
+
+    cgoom-vm test [PYTEST ARGS...]   # tests/integration: here if this host can, else in the
+                                     # VM; fails if any test skipped or none ran
+    cgoom-vm run -- COMMAND...        # any command in the VM, e.g. cgoom status
+
+What it installs when missing (as root, with apt): qemu-system-x86, linux-image-amd64 and
+busybox-static;
+into the running virtualenv, with pip: virtme-ng. Without root it says what to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+
+#: qemu and a stock Debian kernel; virtme-ng's init needs a static busybox (the shared note's
+#: recipe omits it: without it virtme-run stops with "a statically linked busybox could not be
+#: found").
+APT_PACKAGES = ("qemu-system-x86", "linux-image-amd64", "busybox-static")
+KERNEL_GLOB = "/boot/vmlinuz-*-amd64"
+#: Environment variable the integration tests read: set, a missing cgroup v2 memory
+#: controller is a failure, not a skip (tests/integration/conftest.py).
+REQUIRE_ENV = "CGOOM_REQUIRE_CGROUP2"
+
+
+class VMError(Exception):
+    """The VM cannot be run here; the message names what is missing and how to get it."""
+
+
+def _say(message: str) -> None:
+    print(f"cgoom-vm: {message}", file=sys.stderr, flush=True)
+
+
+def _kernel() -> str | None:
+    kernels = sorted(glob.glob(KERNEL_GLOB))
+    return kernels[-1] if kernels else None
+
+
+def ensure_prerequisites() -> tuple[str, str]:
+    """Install what is missing where we can; return ``(vng, kernel)`` paths."""
+    if platform.machine() != "x86_64":
+        raise VMError(
+            f"the VM runner needs an x86-64 host (qemu-system-x86 with a Debian amd64 kernel); "
+            f"this one is {platform.machine()}"
+        )
+    missing = [pkg for pkg, ok in (("qemu-system-x86", shutil.which("qemu-system-x86_64")),
+                                   ("linux-image-amd64", _kernel()),
+                                   ("busybox-static", shutil.which("busybox"))) if not ok]
+    if missing:
+        if os.geteuid() != 0:
+            raise VMError(
+                f"missing {', '.join(missing)}; install as root: "
+                f"apt-get install -y {' '.join(APT_PACKAGES)}"
+            )
+        if not shutil.which("apt-get"):
+            raise VMError(f"missing {', '.join(missing)} and there is no apt-get to install it")
+        _say(f"installing {' '.join(APT_PACKAGES)} with apt-get (about a minute)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES]):
+            done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, check=False)
+            if done.returncode != 0:
+                raise VMError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    kernel = _kernel()
+    if kernel is None or not shutil.which("qemu-system-x86_64") or not shutil.which("busybox"):
+        raise VMError(f"still missing a kernel ({KERNEL_GLOB}), qemu-system-x86_64 or busybox "
+                      "after installing them")
+    if not os.access(kernel, os.R_OK):
+        raise VMError(f"cannot read the kernel image {kernel}: run as root")
+    bindir = os.path.dirname(sys.executable)
+    vng = os.path.join(bindir, "vng")
+    if not os.path.exists(vng):
+        _say("installing virtme-ng into this virtualenv with pip")
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "virtme-ng"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0 or not os.path.exists(vng):
+            raise VMError(f"pip install virtme-ng failed:\n{done.stderr[-2000:]}")
+    return vng, kernel
+
+
+def run_in_vm(command: str, *, rwdirs: Sequence[str] = (), memory: str = "1G", cpus: int = 2,
+              timeout: float = 1800.0) -> int:
+    """Boot the VM, run ``command`` (a shell string) from the current directory inside it,
+    and return its exit status. Standard input is closed; output streams through."""
+    vng, kernel = ensure_prerequisites()
+    argv = [vng, "--disable-kvm", "-r", kernel, "--memory", memory, "--cpus", str(cpus),
+            "--append", "cgroup_no_v1=all", "--cwd", os.getcwd()]
+    for directory in rwdirs:
+        argv += ["--rwdir", directory]
+    argv += ["--", command]
+    # vng runs virtme-run by name: put this virtualenv's bin first on PATH.
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
+               + os.environ.get("PATH", ""))
+    _say(f"booting {os.path.basename(kernel)} under qemu (software emulation, ~20 s)")
+    started = time.monotonic()
+    try:
+        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        _say(f"the VM did not finish within {timeout:.0f} s; stopped it")
+        return 124
+    _say(f"VM finished with status {done.returncode} after {time.monotonic() - started:.1f} s")
+    return done.returncode
+
+
+def _junit_counts(path: str) -> dict[str, int]:
+    root = ET.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in suites:
+        for key in counts:
+            counts[key] += int(suite.get(key, "0"))
+    return counts
+
+
+def run_tests(pytest_args: Sequence[str], *, require: bool = True, vm: bool | None = None) -> int:
+    """Run tests/integration on this host if it has a usable cgroup v2 memory controller
+    (``vm=None``; ``vm=False`` insists), else inside the VM. With ``require``, a skipped test
+    or an empty run is a failure: a green real-kernel tier that proved nothing is not green."""
+    if vm is None or vm is False:
+        from ._realkernel import find_test_parent
+
+        parent, reason = find_test_parent()
+        if parent is not None:
+            _say(f"this host has a cgroup v2 memory controller: testing under {parent.dir}")
+            vm = False
+        elif vm is False:
+            _say(f"cannot run the real-kernel tier on this host: {reason}")
+            return 3
+        else:
+            _say("no usable cgroup v2 memory controller on this host; using the VM")
+            vm = True
+    with tempfile.TemporaryDirectory(prefix="cgoom-vm-") as results:
+        junit = os.path.join(results, "junit.xml")
+        env = {
+            REQUIRE_ENV: "1" if require else "0",
+            # The checkout is read-only inside the guest.
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        # The guest has no swap; a small zram swap makes memory.reclaim and memory.swap.*
+        # testable (anon memory is only reclaimable to swap, and the guest has no page cache
+        # worth reclaiming: its root is 9p without caching).
+        make_swap = ("{ modprobe zram && echo 256M > /sys/block/zram0/disksize && "
+                     "mkswap /dev/zram0 >/dev/null && swapon /dev/zram0; } "
+                     "|| echo 'cgoom-vm: could not set up zram swap' >&2; ")
+        pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/integration",
+                  f"--junitxml={junit}", *pytest_args]
+        command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+                            *map(shlex.quote, pytest)])
+        if vm:
+            status = run_in_vm(make_swap + command, rwdirs=[results])
+        else:
+            status = subprocess.run(pytest, env=dict(os.environ, **env), check=False).returncode
+        if not os.path.exists(junit):
+            _say(f"no test report came back from the VM (status {status})")
+            return status or 1
+        counts = _junit_counts(junit)
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    _say(f"real-kernel tier: {summary}")
+    if require and counts["tests"] == 0:
+        _say("FAILED: the real-kernel tier ran no test")
+        return status or 1
+    if require and counts["skipped"]:
+        _say("FAILED: tests were skipped in the real-kernel tier; they must run there")
+        return status or 1
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cgoom-vm", description="Run cgoom's real-kernel tests or any command in a "
+        "throwaway cgroup v2 VM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    test = sub.add_parser("test", help="run tests/integration in the VM (extra args go to pytest)")
+    test.add_argument("--allow-skips", action="store_true",
+                      help="do not fail when tests skip or none run")
+    where = test.add_mutually_exclusive_group()
+    where.add_argument("--vm", dest="vm", action="store_const", const=True, default=None,
+                       help="always boot the VM, even on a host that could run the tests")
+    where.add_argument("--host", dest="vm", action="store_const", const=False,
+                       help="only on this host; fail if it has no usable memory controller")
+    run = sub.add_parser("run", help="run a command in the VM: cgoom-vm run -- cgoom status")
+    run.add_argument("argv", nargs=argparse.REMAINDER)
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if args.command == "test":
+            return run_tests(extra, require=not args.allow_skips, vm=args.vm)
+        words = [w for w in args.argv if w != "--"] + extra
+        if not words:
+            parser.error("run needs a command: cgoom-vm run -- COMMAND")
+        # Put the virtualenv first so `cgoom` resolves to this checkout's.
+        bindir = shlex.quote(os.path.dirname(sys.executable))
+        return run_in_vm(f"PATH={bindir}:$PATH " + " ".join(map(shlex.quote, words)))
+    except VMError as exc:
+        _say(str(exc))
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The real-kernel tier: tests that need a writable cgroup v2 subtree with the memory
+controller. They run wherever one exists (root on a cgroup v2 host, a delegated
+$CGOOM_TEST_CGROUP, or the VM that `cgoom-vm test` boots) and skip, saying why, elsewhere.
+With CGOOM_REQUIRE_CGROUP2=1 (set by `cgoom-vm test`, so by CI) a missing controller is an
+error instead: the tier must never pass by skipping."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import cgoom
+from cgoom.testing import find_test_parent, sandbox
+
+_parent, _reason = find_test_parent()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.cgroup2)
+
+
+@pytest.fixture(scope="session")
+def parent() -> cgoom.Cgroup:
+    """The cgroup the tests' sandboxes are created in."""
+    if _parent is None:
+        if os.environ.get("CGOOM_REQUIRE_CGROUP2") == "1":
+            pytest.fail(f"CGOOM_REQUIRE_CGROUP2=1 but no real cgroup v2 memory controller: {_reason}")
+        pytest.skip(f"no writable cgroup v2 subtree with the memory controller: {_reason}")
+    return _parent
+
+
+@pytest.fixture
+def box(parent: cgoom.Cgroup) -> Iterator[cgoom.Cgroup]:
+    """A fresh cgroup with memory and pids enabled for its children; killed and removed
+    afterwards, even when the test fails."""
+    with sandbox(parent) as cgroup:
+        yield cgroup
+
+
+class Spawned:
+    """A shell command started paused, moved into a cgroup, then released: every process it
+    forks is born inside the cgroup."""
+
+    def __init__(self, cgroup: cgoom.Cgroup, script: str) -> None:
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", f"read go; {script}"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        cgroup.attach(self.proc.pid)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.close()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.proc.wait(timeout)
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def spawn() -> Iterator[object]:
+    started: list[Spawned] = []
+
+    def start(cgroup: cgoom.Cgroup, script: str) -> Spawned:
+        s = Spawned(cgroup, script)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.cleanup()
+
+
+def hog(megabytes: int) -> str:
+    """A shell pipeline that holds ``megabytes`` MiB of anonymous memory: tail keeps the
+    whole newline-free stream as one line."""
+    return f"head -c {megabytes}M /dev/zero | tail"
+
+
+def python_cmd(code: str) -> str:
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
