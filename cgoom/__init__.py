@@ -49,13 +49,13 @@ def parse_size(value: int | str) -> int:
 
 __all__ = [
     "MAX",
+    "CgoomError",
     "Cgroup",
     "CgroupBusy",
     "CgroupEvents",
     "CgroupFS",
     "CgroupGone",
     "CgroupType",
-    "CgoomError",
     "ControllerNotEnabled",
     "Features",
     "Hierarchy",

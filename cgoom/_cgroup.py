@@ -56,6 +56,11 @@ async def _in_thread(func: Callable[[], _T]) -> _T:
     return await asyncio.to_thread(func)
 
 
+def normpath(path: str) -> str:
+    """``os.path.normpath`` typed for attrs converters."""
+    return os.path.normpath(path)
+
+
 def _normalize(path: str) -> str:
     """``"lab/batch/"`` -> ``"/lab/batch"``; refuses ``..`` so a handle never leaves its mount."""
     parts = [p for p in path.split("/") if p and p != "."]
@@ -82,7 +87,7 @@ class Cgroup:
     Handles compare equal when they name the same cgroup of the same mount.
     """
 
-    mount: str = attrs.field(converter=os.path.normpath)
+    mount: str = attrs.field(converter=normpath)
     path: str = attrs.field(default="/", converter=_normalize)
     fs: CgroupFS = attrs.field(factory=OsFS, eq=False)
 

@@ -166,34 +166,37 @@ def _missing_file(
     directory, name = os.path.split(path)
     controller = name.partition(".")[0]
     is_root = os.path.normpath(directory) == os.path.normpath(mount)
-    kwargs = {"path": path, "value": value, "errno": code}
+
+    def error(cls: type[CgoomError], message: str) -> CgoomError:
+        return cls(message, path=path, value=value, errno=code)
+
     if is_root and name in NOT_ON_ROOT:
-        return NotSupported(
+        return error(
+            NotSupported,
             f"cannot {what} {path}: the kernel does not provide {name} on the root cgroup",
-            **kwargs,
         )
     available = _controllers(fs, directory)
     if controller not in ("cgroup", "") and available is not None and controller not in available:
         root_controllers = _controllers(fs, mount)
         if root_controllers is not None and controller not in root_controllers:
-            return MemoryControllerUnavailable(
+            return error(
+                MemoryControllerUnavailable,
                 f"cannot {what} {path}: this host's cgroup v2 hierarchy at {mount} has no "
                 f"{controller} controller ({mount}/cgroup.controllers lists "
                 f"{' '.join(sorted(root_controllers)) or 'nothing'}); it is probably bound to "
                 "cgroup v1. Boot with cgroup_no_v1=all, or run cgoom inside the project's VM "
                 "(`cgoom-vm run -- cgoom status`, see docs/real-kernel.md)",
-                **kwargs,
             )
         parent = os.path.dirname(directory)
-        return ControllerNotEnabled(
+        return error(
+            ControllerNotEnabled,
             f"cannot {what} {path}: the {controller} controller is not enabled for this cgroup "
             f"({directory}/cgroup.controllers lists {' '.join(sorted(available)) or 'nothing'}); "
             f"write '+{controller}' to {parent}/cgroup.subtree_control",
-            **kwargs,
         )
     since = SINCE.get(name)
     reason = f"it was added in Linux {since}" if since else "this kernel does not provide it"
-    return NotSupported(f"cannot {what} {path}: no such interface file; {reason}", **kwargs)
+    return error(NotSupported, f"cannot {what} {path}: no such interface file; {reason}")
 
 
 def translate_os_error(
@@ -217,41 +220,44 @@ def translate_os_error(
     name = errno_name(code)
     shown = f" {value!r} to" if value is not None and what == "write" else ""
     head = f"cannot {what}{shown} {path}"
-    kwargs = {"path": path, "value": value, "errno": code}
+
+    def error(cls: type[CgoomError], message: str) -> CgoomError:
+        return cls(message, path=path, value=value, errno=code)
+
     cgroup_dir = cgroup_dir if cgroup_dir is not None else os.path.dirname(path)
 
     if code == errno.ENODEV or (code == errno.ENOENT and not fs.exists(cgroup_dir)):
-        return CgroupGone(f"{head}: the cgroup {cgroup_dir} no longer exists ({name})", **kwargs)
+        return error(CgroupGone, f"{head}: the cgroup {cgroup_dir} no longer exists ({name})")
     if code == errno.ENOENT and what == "write" and fs.exists(path):
         # The file is there, so the kernel refused a name in the value: writing an unknown or
         # unavailable controller to cgroup.subtree_control gives ENOENT (cgroup.c,
         # cgroup_subtree_control_write).
         available = _controllers(fs, cgroup_dir)
         listed = " ".join(sorted(available)) if available else "nothing"
-        return ControllerNotEnabled(
+        return error(
+            ControllerNotEnabled,
             f"{head}: a controller it names is not available to this cgroup "
             f"({cgroup_dir}/cgroup.controllers lists {listed}) ({name})",
-            **kwargs,
         )
     if code == errno.ENOENT and what in ("read", "write"):
         return _missing_file(fs, path, mount=mount, what=what, value=value, code=code)
     if code == errno.ESRCH:
-        return ProcessGone(f"{head}: no such process ({name})", **kwargs)
+        return error(ProcessGone, f"{head}: no such process ({name})")
     if code in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(
+        return error(
+            PermissionDenied,
             f"{head}: permission denied; run as root or delegate this subtree ({name})",
-            **kwargs,
         )
     if code in (errno.EINVAL, errno.ERANGE):
-        return InvalidValue(f"{head}: the kernel refused the value ({name})", **kwargs)
+        return error(InvalidValue, f"{head}: the kernel refused the value ({name})")
     if code == errno.EBUSY:
         basename = os.path.basename(path)
         reason = _BUSY_EXPLAINED.get(basename)
         if reason is None and what == "remove":
             reason = "it still has processes or child cgroups"
-        return CgroupBusy(f"{head}: {reason or 'busy'} ({name})", **kwargs)
+        return error(CgroupBusy, f"{head}: {reason or 'busy'} ({name})")
     if code == errno.EOPNOTSUPP:
-        return NotSupported(f"{head}: not supported here ({name})", **kwargs)
+        return error(NotSupported, f"{head}: not supported here ({name})")
     if code == errno.EEXIST:
-        return CgoomError(f"{head}: it already exists ({name})", **kwargs)
-    return CgoomError(f"{head}: {exc.strerror or exc} ({name})", **kwargs)
+        return error(CgoomError, f"{head}: it already exists ({name})")
+    return error(CgoomError, f"{head}: {exc.strerror or exc} ({name})")

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import attrs
 
 from . import _parse
-from ._cgroup import Cgroup
+from ._cgroup import Cgroup, normpath
 from ._errors import CgroupGone, MemoryControllerUnavailable, ParseError
 from ._fs import CgroupFS, OsFS
 
@@ -66,6 +66,10 @@ class Features:
         return name in self.interface_files
 
 
+def _frozenset(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(values)
+
+
 def _read_set(fs: CgroupFS, path: str) -> frozenset[str] | None:
     try:
         return frozenset(fs.read(path).split())
@@ -80,8 +84,8 @@ class Hierarchy:
     ``Hierarchy.discover()`` finds the mount; ``Hierarchy(mount=...)`` takes one you know.
     """
 
-    mount: str = attrs.field(converter=os.path.normpath)
-    options: frozenset[str] = attrs.field(factory=frozenset, converter=frozenset)
+    mount: str = attrs.field(converter=normpath)
+    options: frozenset[str] = attrs.field(factory=frozenset, converter=_frozenset)
     fs: CgroupFS = attrs.field(factory=OsFS)
     proc_root: str = "/proc"
     sys_root: str = "/sys"

@@ -39,7 +39,9 @@ from ._types import (
 #: The largest value the kernel's memparse can hold (unsigned long long).
 U64_MAX = 2**64 - 1
 
-_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60}
+_SUFFIXES = {
+    "": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60,
+}
 _SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgtpe]?)\s*", re.IGNORECASE)
 
 
@@ -87,7 +89,9 @@ def parse_size(value: int | str, source: str) -> int:
     2**64 - 1. ``"max"`` is not a size; see :func:`format_limit`.
     """
     if isinstance(value, bool):
-        raise InvalidValue(f"{source}: {value!r} is a bool, not a size", path=source, value=str(value))
+        raise InvalidValue(
+            f"{source}: {value!r} is a bool, not a size", path=source, value=str(value)
+        )
     if isinstance(value, int):
         number = value
     elif isinstance(value, str):
@@ -286,7 +290,9 @@ def format_controllers(enable: frozenset[str], disable: frozenset[str], source: 
         )
     for name in enable | disable:
         if not name or not name.replace("_", "").isalnum():
-            raise InvalidValue(f"{source}: {name!r} is not a controller name", path=source, value=name)
+            raise InvalidValue(
+                f"{source}: {name!r} is not a controller name", path=source, value=name
+            )
     return " ".join([f"+{n}" for n in sorted(enable)] + [f"-{n}" for n in sorted(disable)])
 
 

@@ -102,36 +102,37 @@ class MemoryStat(Mapping[str, int]):
     are the keys a handler uses most, ``None`` where this kernel does not print them.
     """
 
-    values: Mapping[str, int] = attrs.field(converter=_frozen_mapping)
+    #: Every key and value as the kernel printed them (also reachable as the mapping itself).
+    data: Mapping[str, int] = attrs.field(converter=_frozen_mapping)
 
     def __getitem__(self, key: str) -> int:
-        return self.values[key]
+        return self.data[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.data)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.data)
 
     @property
     def anon(self) -> int | None:
         """Anonymous memory (heap, stacks, private mappings)."""
-        return self.values.get("anon")
+        return self.data.get("anon")
 
     @property
     def file(self) -> int | None:
         """Page cache."""
-        return self.values.get("file")
+        return self.data.get("file")
 
     @property
     def kernel(self) -> int | None:
         """All kernel memory (Linux 5.18+ prints ``kernel``)."""
-        return self.values.get("kernel")
+        return self.data.get("kernel")
 
     @property
     def shmem(self) -> int | None:
         """Shared memory and tmpfs, counted in ``file`` too."""
-        return self.values.get("shmem")
+        return self.data.get("shmem")
 
 
 CgroupType = Literal["domain", "domain threaded", "domain invalid", "threaded"]

@@ -96,7 +96,7 @@ def status_rows(hierarchy: Hierarchy, start: str, depth: int | None) -> list[Row
 def format_table(rows: Sequence[Row]) -> str:
     header = ("CGROUP", "CURRENT", "HIGH", "MAX", "HIGH#", "MAX#", "OOM", "OOM_KILL", "POP",
               "PSI10")
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for r in rows:
         ev = r.events or {}
         lines.append((
@@ -156,7 +156,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgoom", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mount", help="the cgroup2 mount (default: found in /proc/self/mountinfo)")
+    parser.add_argument(
+        "--mount", help="the cgroup2 mount (default: found in /proc/self/mountinfo)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="usage, limits, events and pressure of each cgroup")
     status.add_argument("path", nargs="?", default="/", help="subtree to show (default: all)")

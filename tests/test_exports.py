@@ -9,7 +9,6 @@ import cgoom
 import cgoom.testing
 
 
-
 def test_all_names_exist_and_show_as_cgoom() -> None:
     for name in cgoom.__all__:
         obj = getattr(cgoom, name)

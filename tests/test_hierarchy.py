@@ -43,7 +43,8 @@ class TestDiscover:
 
     def test_cgroup_accepts_relative_and_absolute(self, tree: FakeCgroupTree) -> None:
         h = tree.hierarchy
-        assert h.cgroup("lab/a") == h.cgroup("/lab/a") == h.cgroup(os.path.join(tree.mount, "lab/a"))
+        absolute = os.path.join(tree.mount, "lab/a")
+        assert h.cgroup("lab/a") == h.cgroup("/lab/a") == h.cgroup(absolute)
         assert h.cgroup(tree.mount).is_root
 
     def test_own_cgroup(self, tree: FakeCgroupTree) -> None:

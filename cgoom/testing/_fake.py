@@ -48,16 +48,19 @@ FILE_SINCE: dict[str, tuple[int, int]] = {
     "memory.swap.peak": (6, 5),
 }
 
+#: memory.stat keys of Linux 6.1, in the kernel's order.
 MEMORY_STAT_KEYS = (
-    "anon file kernel kernel_stack pagetables sec_pagetables percpu sock vmalloc shmem zswap "
-    "zswapped file_mapped file_dirty file_writeback swapcached anon_thp file_thp shmem_thp "
-    "inactive_anon active_anon inactive_file active_file unevictable slab_reclaimable "
-    "slab_unreclaimable slab workingset_refault_anon workingset_refault_file "
-    "workingset_activate_anon workingset_activate_file workingset_restore_anon "
-    "workingset_restore_file workingset_nodereclaim pgscan pgsteal pgscan_kswapd "
-    "pgscan_direct pgsteal_kswapd pgsteal_direct pgfault pgmajfault pgrefill pgactivate "
-    "pgdeactivate pglazyfree pglazyfreed zswpin zswpout thp_fault_alloc thp_collapse_alloc"
-).split()
+    "anon", "file", "kernel", "kernel_stack", "pagetables", "sec_pagetables", "percpu", "sock",
+    "vmalloc", "shmem", "zswap", "zswapped", "file_mapped", "file_dirty", "file_writeback",
+    "swapcached", "anon_thp", "file_thp", "shmem_thp", "inactive_anon", "active_anon",
+    "inactive_file", "active_file", "unevictable", "slab_reclaimable", "slab_unreclaimable",
+    "slab", "workingset_refault_anon", "workingset_refault_file", "workingset_activate_anon",
+    "workingset_activate_file", "workingset_restore_anon", "workingset_restore_file",
+    "workingset_nodereclaim", "pgscan", "pgsteal", "pgscan_kswapd", "pgscan_direct",
+    "pgsteal_kswapd", "pgsteal_direct", "pgfault", "pgmajfault", "pgrefill", "pgactivate",
+    "pgdeactivate", "pglazyfree", "pglazyfreed", "zswpin", "zswpout", "thp_fault_alloc",
+    "thp_collapse_alloc",
+)
 
 PRESSURE_ZERO = (
     "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
@@ -321,7 +324,8 @@ class FakeCgroupFS(OsFS):
     def _write_cgroup_subtree_control(self, directory: str, value: str, path: str) -> None:
         available = set(self._get(directory, "cgroup.controllers").split())
         enabled = set(self._get(directory, "cgroup.subtree_control").split())
-        enable, disable = set(), set()
+        enable: set[str] = set()
+        disable: set[str] = set()
         for token in value.split():
             if token[:1] not in "+-" or token[1:] not in KNOWN_CONTROLLERS:
                 raise _err(errno.EINVAL, path)

@@ -20,7 +20,9 @@ from .._hierarchy import Hierarchy
 from ._fake import PRESSURE_ZERO, FakeCgroupFS, memory_events_text
 
 _KERNEL_FEATURES = "nsdelegate favordynmods memory_localevents memory_recursiveprot\n"
-_DELEGATE = "cgroup.procs\ncgroup.threads\ncgroup.subtree_control\nmemory.oom.group\nmemory.reclaim\n"
+_DELEGATE = (
+    "cgroup.procs\ncgroup.threads\ncgroup.subtree_control\nmemory.oom.group\nmemory.reclaim\n"
+)
 
 
 class FakeCgroupTree:
@@ -118,6 +120,27 @@ class FakeCgroupTree:
         """Set ``memory.events`` (or ``.local``) counters, e.g. ``high=3, oom_kill=1``."""
         name = "memory.events.local" if local else "memory.events"
         self.set(path, name, memory_events_text(self.kernel, **counts))
+
+    def memory_event(self, path: str, name: str, count: int = 1) -> None:
+        """Count ``count`` memory events ``name`` (``"high"``, ``"oom_kill"``, ...) as the
+        kernel's memcg_memory_event() does: in ``memory.events.local`` of ``path``, and in
+        ``memory.events`` of ``path`` and every ancestor except the root."""
+        cgroup = self.cgroup(path)
+        self._bump(cgroup, "memory.events.local", name, count)
+        node: Cgroup | None = cgroup
+        while node is not None and not node.is_root:
+            self._bump(node, "memory.events", name, count)
+            node = node.parent
+
+    def _bump(self, cgroup: Cgroup, filename: str, name: str, count: int) -> None:
+        events = cgroup.memory_events(local=filename.endswith(".local"))
+        counts = {k: getattr(events, k) for k in ("low", "high", "max", "oom", "oom_kill")}
+        if events.oom_group_kill is not None:
+            counts["oom_group_kill"] = events.oom_group_kill
+        if name not in counts:
+            raise ValueError(f"{name!r} is not a memory event of Linux {self.kernel}")
+        counts[name] += count
+        self.set(cgroup.path, filename, memory_events_text(self.kernel, **counts))
 
     def remove_behind_our_back(self, path: str) -> None:
         """Delete ``path`` (and its subtree) as another process would, ignoring the rules."""

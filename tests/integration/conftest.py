@@ -31,7 +31,9 @@ def parent() -> cgoom.Cgroup:
     """The cgroup the tests' sandboxes are created in."""
     if _parent is None:
         if os.environ.get("CGOOM_REQUIRE_CGROUP2") == "1":
-            pytest.fail(f"CGOOM_REQUIRE_CGROUP2=1 but no real cgroup v2 memory controller: {_reason}")
+            pytest.fail(
+                f"CGOOM_REQUIRE_CGROUP2=1 but no real cgroup v2 memory controller: {_reason}"
+            )
         pytest.skip(f"no writable cgroup v2 subtree with the memory controller: {_reason}")
     return _parent
 

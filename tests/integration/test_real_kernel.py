@@ -245,7 +245,7 @@ class TestActions:
         if swap_kb < 128 * 1024:
             pytest.skip("needs 128 MiB of swap (cgoom-vm sets up zram swap in the VM)")
         c = box.create_child("reclaim")
-        spawn(c, f"{{ head -c 64M /dev/zero; sleep 1000; }} | tail > /dev/null")
+        spawn(c, "{ head -c 64M /dev/zero; sleep 1000; } | tail > /dev/null")
         wait_until(lambda: c.memory_current() > 60 << 20, 60, "64 MiB resident")
         before = c.memory_current()
         assert c.reclaim("32M") is True
@@ -308,7 +308,7 @@ class TestErrors:
         fd = os.open(f"{c.dir}/memory.events", os.O_RDONLY)
         try:
             c.remove()
-            with pytest.raises(OSError) as raw:
+            with pytest.raises(OSError, match="No such device") as raw:
                 os.read(fd, 100)
             assert raw.value.errno == errno.ENODEV
             err = cgoom._fs.translate_os_error(raw.value, c.fs, f"{c.dir}/memory.events",

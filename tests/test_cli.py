@@ -1,0 +1,64 @@
+"""The cgoom command on a fake tree: the table, JSON, features, and the failure message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cgoom.cli import human, main
+from cgoom.testing import FakeCgroupTree
+
+
+@pytest.fixture
+def lab(tree: FakeCgroupTree) -> FakeCgroupTree:
+    tree.add("lab/batch", procs=[100], memory_current=300 << 20, memory_max="1G",
+             memory_high="900M")
+    tree.add("lab/web", memory_current=64 << 20)
+    for name, count in (("high", 37), ("max", 2), ("oom", 1), ("oom_kill", 1)):
+        tree.memory_event("lab/batch", name, count)
+    return tree
+
+
+def test_status_table(lab: FakeCgroupTree, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mount", lab.mount, "status", "lab"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["CGROUP", "CURRENT", "HIGH", "MAX", "HIGH#", "MAX#", "OOM",
+                                "OOM_KILL", "POP", "PSI10"]
+    assert lines[2].split() == ["/lab/batch", "300.0M", "900.0M", "1.0G", "37", "2", "1", "1",
+                                "1", "0.00"]
+    assert lines[3].split()[:4] == ["/lab/web", "64.0M", "max", "max"]
+
+
+def test_status_json_and_depth(lab: FakeCgroupTree, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mount", lab.mount, "status", "/", "--depth", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == ["/", "/lab"]
+    assert rows[0]["current"] is None  # the root has no memory.current
+    assert rows[1]["events"]["oom_kill"] == 1 and rows[1]["populated"] is True
+
+
+def test_status_of_missing_cgroup(lab: FakeCgroupTree, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mount", lab.mount, "status", "nope"]) == 1
+    assert "cgoom: no cgroup /nope under" in capsys.readouterr().err
+
+
+def test_features(lab: FakeCgroupTree, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mount", lab.mount, "features", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["memory"] is True and "memory.max" in record["interface_files"]
+
+
+def test_no_memory_controller_says_what_to_do(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    tree = FakeCgroupTree(tmp_path, controllers=("cpu", "pids"))
+    assert main(["--mount", tree.mount, "status"]) == 1
+    err = capsys.readouterr().err
+    assert "has no memory controller" in err and "cgoom-vm run -- cgoom status" in err
+
+
+@pytest.mark.parametrize(("value", "shown"), [(None, "-"), ("max", "max"), (512, "512B"),
+                                              (1536, "1.5K"), (5 << 30, "5.0G")])
+def test_human(value: int | str | None, shown: str) -> None:
+    assert human(value) == shown  # type: ignore[arg-type]
