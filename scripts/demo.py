@@ -1,0 +1,97 @@
+"""cgoom's main job today, on a real cgroup v2 kernel (run by scripts/demo).
+
+Builds /cgoom-demo/{web,batch}, sets memory.high below memory.max on batch (the early-trigger
+pattern cgoom is built on), starts a memory hog in batch and a quiet service in web, shows
+what cgoom reads (usage, limits, event counters, population, pressure), then kills batch
+with cgroup.kill and shows it empty while web lives on. Cleans up after itself.
+
+On a host without a usable cgroup v2 memory controller it runs itself inside the VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import cgoom
+from cgoom.cli import main as cgoom_cli
+from cgoom.testing import find_test_parent, kill_and_remove, wait_until
+
+
+def step(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def start_in(cgroup: cgoom.Cgroup, script: str) -> subprocess.Popen[bytes]:
+    """Start ``script`` paused, move it into ``cgroup``, release it: all it forks is inside."""
+    proc = subprocess.Popen(["/bin/sh", "-c", f"read go; {script}"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL)
+    cgroup.attach(proc.pid)
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    return proc
+
+
+def demo() -> int:
+    parent, reason = find_test_parent()
+    if parent is None:
+        print(f"demo: no usable cgroup v2 memory controller: {reason}", file=sys.stderr)
+        return 1
+    demo_cg = parent.child("cgoom-demo")
+    if demo_cg.exists():
+        kill_and_remove(demo_cg)
+    demo_cg = parent.create_child("cgoom-demo")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        demo_cg.enable_controllers("memory", "pids")
+        web, batch = demo_cg.create_child("web"), demo_cg.create_child("batch")
+        step(f"{demo_cg.path}: web (max 64M) and batch (high 48M < max 96M, oom.group 1)")
+        web.set_memory_max("64M")
+        batch.set_memory_high("48M")
+        batch.set_memory_max("96M")
+        batch.set_memory_swap_max(0)
+        batch.set_memory_oom_group(True)
+        procs.append(start_in(web, "exec sleep 1000"))
+        step("batch starts a hog that wants 80M: the kernel throttles it above memory.high")
+        procs.append(start_in(batch, "{ head -c 80M /dev/zero; sleep 1000; } | tail > /dev/null"))
+        wait_until(lambda: batch.memory_events().high > 20, 60, "batch's high counter")
+        # avg10 is recomputed every 2 s (PSI_FREQ), so it lags the stall total a little.
+        wait_until(lambda: batch.memory_pressure().some.avg10 > 0, 60, "pressure avg10")
+        step(f"cgoom status {demo_cg.path}")
+        cgoom_cli(["status", demo_cg.path])
+        step("kill batch whole (cgroup.kill), wait for populated 0")
+        started = time.monotonic()
+        batch.kill()
+        wait_until(lambda: not batch.cgroup_events().populated, 30, "batch to empty")
+        print(f"batch empty after {(time.monotonic() - started) * 1000:.1f} ms; "
+              f"web still populated: {web.cgroup_events().populated}")
+        step(f"cgoom status {demo_cg.path}")
+        cgoom_cli(["status", demo_cg.path])
+        return 0
+    finally:
+        kill_and_remove(demo_cg)
+        for proc in procs:
+            proc.wait(10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--here", action="store_true", help="run on this host, never the VM")
+    args = parser.parse_args()
+    parent, _ = find_test_parent()
+    if parent is not None or args.here:
+        return demo()
+    print("demo: this host has no usable cgroup v2 memory controller; running in the VM",
+          file=sys.stderr, flush=True)
+    from cgoom.testing import vm
+
+    here = os.path.relpath(os.path.abspath(__file__))
+    return vm.main(["run", "--", sys.executable, here, "--here"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
