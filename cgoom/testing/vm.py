@@ -118,14 +118,29 @@ def run_in_vm(command: str, *, rwdirs: Sequence[str] = (), memory: str = "1G", c
                + os.environ.get("PATH", ""))
     _say(f"booting {os.path.basename(kernel)} under qemu (software emulation, ~20 s)")
     started = time.monotonic()
+    # The VM's output goes through a pipe that we copy: qemu reopens its stdout, and when
+    # that is a regular file (a CI log) it truncates it, erasing everything printed before.
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    assert proc.stdout is not None
+    deadline = started + timeout
+    out = sys.stdout.buffer
     try:
-        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-                              timeout=timeout, check=False)
+        for line in iter(proc.stdout.readline, b""):
+            out.write(line.replace(b"\0", b""))
+            out.flush()
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(argv, timeout)
+        status = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
         _say(f"the VM did not finish within {timeout:.0f} s; stopped it")
         return 124
-    _say(f"VM finished with status {done.returncode} after {time.monotonic() - started:.1f} s")
-    return done.returncode
+    finally:
+        proc.stdout.close()
+    _say(f"VM finished with status {status} after {time.monotonic() - started:.1f} s")
+    return status
 
 
 def _junit_counts(path: str) -> dict[str, int]:
