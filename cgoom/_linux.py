@@ -1,0 +1,165 @@
+"""The few Linux interfaces the stdlib lacks: inotify (ctypes), plus small helpers for
+capabilities, sysctls and the kernel release. Nothing here knows about cgroups.
+
+Why our own inotify binding (docs/design-notes.md has the long form): it is ~100 lines over
+three libc calls; it needs no dependency (asyncinotify would be one more package; pyroute2's
+helper is not a supported API); and cgoom must handle the cases generic wrappers hide:
+IN_Q_OVERFLOW (resynchronise), IN_IGNORED, and ENOSPC on ``inotify_add_watch`` (the
+per-user watch limit) with an error that names the sysctl and the number needed.
+
+Some facts about inotify on cgroupfs (kernfs), measured on Debian 6.1 (notes/real-kernel-vm.md):
+
+- Interface files that notify (memory.events, memory.events.local, memory.swap.events,
+  cgroup.events, PSI files when a trigger is destroyed) raise IN_MODIFY on a watch of the
+  *file*. A watch on the directory only sees a file's change while the file's inode happens
+  to be cached, so watch the files themselves: the watch pins the inode.
+- kernfs delivers inotify from a workqueue (``kernfs_notify_workfn``), at most one
+  notification per file per ~10-16 ms (CGROUP_FILE_NOTIFY_MIN_INTV = DIV_ROUND_UP(HZ, 100)
+  jiffies); changes inside the window are coalesced into a trailing notification, never
+  dropped. So a notification means "re-read now", and counters must be diffed.
+- ``rmdir`` of a cgroup gives *nothing* on watches of its own directory or files; the parent
+  directory's watch gets IN_DELETE|IN_ISDIR. ``mkdir`` gives the parent IN_CREATE|IN_ISDIR,
+  and the new cgroup's files all exist by then.
+- The inotify fd is an ordinary readable fd: ``loop.add_reader`` works on it (unlike kernfs
+  and PSI fds, which are always "readable" and make add_reader spin).
+- Each watch counts against ``fs.inotify.max_user_watches`` (8192 in a 1 GiB VM; it scales
+  with RAM), per user, across all processes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from collections.abc import Iterator
+
+import attrs
+
+IN_MODIFY = 0x00000002
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_UNMOUNT = 0x00002000
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_ISDIR = 0x40000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
+
+MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
+
+
+@attrs.frozen
+class InotifyEvent:
+    wd: int
+    mask: int
+    cookie: int
+    name: str
+
+
+def parse_inotify_events(buf: bytes) -> Iterator[InotifyEvent]:
+    """Split a read(2) of an inotify fd into events (pure; the kernel never splits one)."""
+    offset = 0
+    while offset + _EVENT.size <= len(buf):
+        wd, mask, cookie, length = _EVENT.unpack_from(buf, offset)
+        offset += _EVENT.size
+        raw = buf[offset:offset + length]
+        offset += length
+        yield InotifyEvent(wd, mask, cookie, raw.split(b"\0", 1)[0].decode("utf-8",
+                                                                             "surrogateescape"))
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        # CDLL(None): the symbols already in the process, libc's among them; unlike
+        # ctypes.util.find_library, it runs no subprocess.
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.inotify_init1.argtypes = [ctypes.c_int]
+        lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        _libc = lib
+    return _libc
+
+
+def _check(result: int, what: str, path: str | None = None) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}", path)
+    return result
+
+
+class Inotify:
+    """One inotify instance (non-blocking, close-on-exec). Not thread-safe; close() it."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self) -> None:
+        self.fd: int = _check(_lib().inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+
+    def add_watch(self, path: str, mask: int) -> int:
+        """The watch descriptor; the same one again for a path already watched."""
+        return _check(
+            _lib().inotify_add_watch(self.fd, os.fsencode(path), mask), "inotify_add_watch", path
+        )
+
+    def rm_watch(self, wd: int) -> None:
+        """Remove a watch; one the kernel already dropped (EINVAL) is fine."""
+        if _lib().inotify_rm_watch(self.fd, wd) < 0 and ctypes.get_errno() != errno.EINVAL:
+            code = ctypes.get_errno()
+            raise OSError(code, f"inotify_rm_watch: {os.strerror(code)}")
+
+    def read(self) -> list[InotifyEvent]:
+        """Every event queued now; ``[]`` when there is none (EAGAIN)."""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return [e for chunk in chunks for e in parse_inotify_events(chunk)]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def has_cap_sys_resource() -> bool:
+    """Whether this process has CAP_SYS_RESOURCE (bit 24 of CapEff in /proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 24))
+    except OSError:
+        pass
+    return False
+
+
+def kernel_release(release: str | None = None) -> tuple[int, int]:
+    """``(6, 1)`` for ``"6.1.0-56-amd64"``; ``(0, 0)`` if it cannot be read."""
+    text = release if release is not None else os.uname().release
+    parts = text.split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)

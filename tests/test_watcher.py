@@ -1,0 +1,319 @@
+"""The watcher on the fake cgroupfs: real inotify on a real directory tree (without the
+kernel's rate limit), so delivery, diffing, subtree following, overflow and clean shutdown
+are exercised for real. PSI triggers need kernel files: tests/integration covers them."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from collections.abc import Callable
+
+import pytest
+
+import cgoom
+from cgoom._events import SustainedState, counter_delta, trigger_problem
+from cgoom._linux import read_int
+from cgoom.testing import FakeCgroupTree
+
+
+async def collect(watcher: cgoom.Watcher,
+                  until: Callable[[list[cgoom.Event]], bool]) -> list[cgoom.Event]:
+    """Events from the watcher until ``until(events)`` holds (5 s at most)."""
+    events: list[cgoom.Event] = []
+
+    async def run() -> None:
+        async for event in watcher:
+            events.append(event)
+            if until(events):
+                return
+
+    await asyncio.wait_for(run(), 5.0)
+    return events
+
+
+def of_type(events: list[cgoom.Event], cls: type) -> list:  # type: ignore[type-arg]
+    return [e for e in events if isinstance(e, cls)]
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+class TestCounters:
+    async def test_burst_is_one_event_with_the_whole_delta(self, tree: FakeCgroupTree) -> None:
+        """Many changes before the watcher reads are one event carrying the summed delta."""
+        tree.add("lab/batch")
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            tree.memory_event("lab/batch", "high", 30)
+            tree.memory_event("lab/batch", "high", 7)
+            tree.memory_event("lab/batch", "max", 2)
+            tree.memory_event("lab/batch", "oom_kill")
+            events = await collect(w, lambda ev: len(of_type(ev, cgoom.MemoryEventsChanged)) == 3)
+        changed = {(e.cgroup, e.local): e for e in of_type(events, cgoom.MemoryEventsChanged)}
+        batch = changed[("/lab/batch", False)]
+        assert batch.delta == {"high": 37, "max": 2, "oom_kill": 1}
+        assert batch.totals.high == 37 and batch.totals.oom_kill == 1
+        assert str(batch) == "/lab/batch memory.events: high +37, max +2, oom_kill +1"
+        assert changed[("/lab/batch", True)].delta == batch.delta  # .local at the origin
+        assert changed[("/lab", False)].delta == batch.delta  # hierarchical in the parent
+        assert ("/lab", True) not in changed
+
+    async def test_swap_events(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab")
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            tree.set("lab", "memory.swap.events", "high 0\nmax 3\nfail 1\n")
+            [event] = await collect(w, lambda ev: len(ev) == 1)
+        assert isinstance(event, cgoom.SwapEventsChanged)
+        assert event.delta == {"max": 3, "fail": 1}
+
+    async def test_populated_and_frozen(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab/a", procs=[10])
+        a = tree.cgroup("lab/a")
+        async with cgoom.open_watcher(tree.hierarchy, "lab/a") as w:
+            a.freeze()
+            a.kill()
+            events = await collect(w, lambda ev: not ev[-1].state.populated)  # type: ignore[union-attr]
+        last = events[-1]
+        assert isinstance(last, cgoom.CgroupStateChanged)
+        assert last.state == cgoom.CgroupEvents(populated=False, frozen=True)
+        assert events[0].previous == cgoom.CgroupEvents(populated=True, frozen=False)  # type: ignore[union-attr]
+
+    async def test_unchanged_file_gives_no_event(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab")
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            tree.set("lab", "memory.events", tree.cgroup("lab").read_file("memory.events"))
+            tree.memory_event("lab", "low")
+            [event] = await collect(w, lambda ev: len(ev) == 2 or "low" in ev[-1].delta)  # type: ignore[union-attr]
+        assert event.delta == {"low": 1}  # type: ignore[union-attr]
+
+    async def test_garbage_is_logged_not_fatal(self, tree: FakeCgroupTree,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+        tree.add("lab")
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            tree.set("lab", "memory.events", "this is not memory.events\n")
+            await asyncio.sleep(0.05)
+            tree.set_memory_events("lab", oom=1)  # the kernel's format again, one oom more
+            [event] = await collect(w, lambda ev: True)
+        assert "is not 'key value'" in caplog.text
+        assert event.delta == {"oom": 1}  # type: ignore[union-attr]
+
+
+class TestHierarchyChanges:
+    async def test_created_subtree_is_followed(self, tree: FakeCgroupTree) -> None:
+        """A cgroup created with children before we look is followed whole."""
+        tree.add("lab")
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            tree.add("lab/new/deep")
+            created = await collect(w, lambda ev: len(of_type(ev, cgoom.CgroupCreated)) == 2)
+            assert [e.cgroup for e in of_type(created, cgoom.CgroupCreated)] == [
+                "/lab/new", "/lab/new/deep"]
+            assert w.watched() == ["/lab", "/lab/new", "/lab/new/deep"]
+            tree.memory_event("lab/new/deep", "high")
+            events = await collect(w, lambda ev: any(
+                isinstance(e, cgoom.MemoryEventsChanged) and e.cgroup == "/lab/new/deep"
+                for e in ev))
+        assert events
+
+    async def test_removed_subtree_ends(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab/old/deep")
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            before = w.statistics().watches
+            tree.remove_behind_our_back("lab/old")
+            events = await collect(w, lambda ev: len(of_type(ev, cgoom.CgroupRemoved)) == 2)
+            assert [e.cgroup for e in of_type(events, cgoom.CgroupRemoved)] == [
+                "/lab/old/deep", "/lab/old"]
+            assert w.watched() == ["/lab"]
+            assert w.statistics().watches == before - 2 * (1 + len(cgoom.DEFAULT_FILES))
+
+    async def test_recreated_name_counts_from_zero(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab/job")
+        tree.memory_event("lab/job", "oom_kill", 5)
+        async with cgoom.open_watcher(tree.hierarchy, "lab/job") as w:
+            tree.set_memory_events("lab/job", oom_kill=1)  # counters went down: a new cgroup
+            [event] = await collect(w, lambda ev: True)
+        assert event.delta == {"oom_kill": 1}  # type: ignore[union-attr]
+
+    async def test_include_and_exclude(self, tree: FakeCgroupTree) -> None:
+        for path in ("ws/batch-1", "ws/web", "ws/skip/inner"):
+            tree.add(path)
+        async with cgoom.open_watcher(tree.hierarchy, "ws", include=["ws/batch-*"],
+                                      exclude=["ws/skip"]) as w:
+            assert w.watched() == ["/ws", "/ws/batch-1", "/ws/web"]
+            for path in ("ws/web", "ws/skip/inner", "ws/batch-1"):
+                tree.memory_event(path, "max")
+            tree.add("ws/batch-2")
+            events = await collect(w, lambda ev: any(isinstance(e, cgoom.CgroupCreated)
+                                                     for e in ev))
+        assert {e.cgroup for e in events} == {"/ws/batch-1", "/ws/batch-2"}
+
+    async def test_overflow_resynchronizes(self, tree: FakeCgroupTree) -> None:
+        """Past fs.inotify.max_queued_events the kernel drops notifications and says
+        IN_Q_OVERFLOW; the watcher re-reads everything, so the counts are still right."""
+        tree.add("lab/a")
+        tree.add("lab/b")
+        limit = read_int("/proc/sys/fs/inotify/max_queued_events")
+        assert limit is not None
+        async with cgoom.open_watcher(tree.hierarchy, "lab", files=["memory.events"]) as w:
+            # Alternate two files so the kernel cannot merge consecutive identical events.
+            for i in range(limit // 2 + 100):
+                tree.set_memory_events("lab/a", high=i + 1)
+                tree.set_memory_events("lab/b", high=i + 1)
+            tree.add("lab/c")  # its IN_CREATE is lost too: found by the resync
+            events = await collect(w, lambda ev: any(isinstance(e, cgoom.CgroupCreated)
+                                                     for e in ev))
+            assert w.statistics().resyncs == 1
+        assert isinstance(events[0], cgoom.Resynchronized)
+        assert "IN_Q_OVERFLOW" in str(events[0])
+        totals = {e.cgroup: e.totals.high for e in of_type(events, cgoom.MemoryEventsChanged)}
+        assert totals["/lab/a"] == totals["/lab/b"] == limit // 2 + 100
+        assert "/lab/c" in w.watched() or w.statistics().cgroups == 0  # closed now
+
+
+class TestLifecycle:
+    async def test_no_fds_leak_and_iteration_ends(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab/a")
+        before = open_fds()
+        w = cgoom.open_watcher(tree.hierarchy, "lab")
+        async with w:
+            assert len(open_fds() - before) == 2  # the inotify fd and the private epoll
+            tree.memory_event("lab/a", "high")
+            await asyncio.sleep(0.05)
+        assert open_fds() <= before
+        assert [type(e).__name__ async for e in w] == ["MemoryEventsChanged"] * 3
+        w.close()  # twice is fine
+
+    async def test_cancelled_consumer_loses_nothing(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab")
+        before = open_fds()
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            task = asyncio.create_task(w.__anext__())
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            tree.memory_event("lab", "max")
+            [event] = await collect(w, lambda ev: True)
+            assert event.delta == {"max": 1}  # type: ignore[union-attr]
+        assert open_fds() <= before
+
+    async def test_start_failure_releases_fds(self, tree: FakeCgroupTree) -> None:
+        before = open_fds()
+        with pytest.raises(cgoom.CgroupGone, match="no such cgroup"):
+            async with cgoom.open_watcher(tree.hierarchy, "missing"):
+                pass
+        assert open_fds() <= before
+
+    async def test_listeners(self, tree: FakeCgroupTree, caplog: pytest.LogCaptureFixture) -> None:
+        tree.add("lab")
+        seen: list[cgoom.Event] = []
+
+        def broken(event: cgoom.Event) -> None:
+            raise RuntimeError("listener bug")
+
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            w.add_listener(broken)
+            w.add_listener(seen.append)
+            tree.memory_event("lab", "high")
+            await collect(w, lambda ev: True)
+        assert len(seen) == 2  # memory.events and memory.events.local
+        assert "listener bug" in caplog.text
+
+    async def test_idle_watcher_never_wakes(self, tree: FakeCgroupTree) -> None:
+        for i in range(20):
+            tree.add(f"lab/c{i}")
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            await asyncio.sleep(0.3)
+            stats = w.statistics()
+        assert stats.wakeups == 0 and stats.cgroups == 21
+        assert stats.watches == 21 * 5
+
+    async def test_statistics_and_repr(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab")
+        w = cgoom.open_watcher(tree.hierarchy, "lab")
+        assert repr(w) == "<Watcher /lab (not started, 0 cgroups)>"
+        async with w:
+            tree.memory_event("lab", "high")
+            await collect(w, lambda ev: True)
+            stats = w.statistics()
+            assert (stats.wakeups, stats.events, stats.queued) == (1, 2, 1)
+            assert repr(w) == "<Watcher /lab (open, 1 cgroups)>"
+
+    def test_unknown_file(self, tree: FakeCgroupTree) -> None:
+        with pytest.raises(cgoom.InvalidValue, match=r"cannot watch 'memory\.stat'"):
+            cgoom.open_watcher(tree.hierarchy, files=["memory.stat"])
+
+    async def test_watch_limit_error_names_the_sysctl(self, tree: FakeCgroupTree,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        tree.add("lab")
+
+        def full(self: object, path: str, mask: int) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+
+        monkeypatch.setattr("cgoom._linux.Inotify.add_watch", full)
+        with pytest.raises(cgoom.CgoomError, match=r"fs\.inotify\.max_user_watches") as info:
+            async with cgoom.open_watcher(tree.hierarchy, "lab", raise_watch_limit=False):
+                pass
+        assert info.value.errno == errno.ENOSPC and "sysctl -w" in str(info.value)
+
+
+class TestPressureRules:
+    @pytest.mark.parametrize(("trigger", "kernel", "privileged", "problem"), [
+        (cgoom.PressureTrigger("some", 150_000, 1_000_000), (6, 1), False, None),
+        (cgoom.PressureTrigger("some", 50_000, 100_000), (6, 1), True, "at least 500 ms"),
+        (cgoom.PressureTrigger("some", 50_000, 100_000), (6, 6), True, None),
+        (cgoom.PressureTrigger("full", 50_000, 1_000_000), (6, 6), False, "multiples of 2 s"),
+        (cgoom.PressureTrigger("some", 0, 1_000_000), (6, 1), True, "from 1 us"),
+        (cgoom.PressureTrigger("some", 2_000_000, 1_000_000), (6, 1), True, "from 1 us"),
+        (cgoom.PressureTrigger("some", 1, 20_000_000), (6, 1), True, "at most 10 s"),
+        (cgoom.PressureTrigger("half", 1, 1_000_000), (6, 1), True, "'some' or 'full'"),  # type: ignore[arg-type]
+    ])
+    def test_trigger_problem(self, trigger: cgoom.PressureTrigger, kernel: tuple[int, int],
+                             privileged: bool, problem: str | None) -> None:
+        found = trigger_problem(trigger, kernel=kernel, privileged=privileged)
+        assert found == problem if problem is None else problem in (found or "")
+
+    def test_trigger_line_ends_in_newline(self) -> None:
+        assert cgoom.PressureTrigger.percent("some", 40, 1.0).line() == "some 400000 1000000\n"
+
+    def test_sustained_state(self) -> None:
+        state = SustainedState(cgoom.SustainedPressure("some", 40, duration_s=3, window_s=1))
+        assert [state.fired(t) for t in (10.0, 11.0, 12.0)] == [None, None, None]
+        assert state.fired(13.0) == 10.0  # held for 3 s
+        assert state.fired(14.0) is None  # counting restarted at 13
+        assert state.fired(20.0) is None  # a gap of > 2 windows: pressure had stopped
+        assert [state.fired(t) for t in (21.0, 22.0, 23.0)] == [None, None, 20.0]
+
+    async def test_invalid_trigger_is_refused_before_any_io(self, tree: FakeCgroupTree) -> None:
+        tree.add("lab")
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            with pytest.raises(cgoom.InvalidValue, match=r"'some 0 2000000'.*from 1 us"):
+                w.watch_pressure("lab", cgoom.PressureTrigger("some", 0, 2_000_000))
+            with pytest.raises(cgoom.CgoomError, match="not a kernel pressure file"):
+                w.watch_pressure("lab", cgoom.PressureTrigger("some", 100_000, 2_000_000))
+            assert w.statistics().triggers == 0
+
+    def test_arming_outside_the_context_is_an_error(self, tree: FakeCgroupTree) -> None:
+        w = cgoom.open_watcher(tree.hierarchy)
+        with pytest.raises(RuntimeError, match="arm triggers inside `async with`"):
+            w.watch_pressure(None, cgoom.PressureTrigger("some", 100_000, 1_000_000))
+
+
+@pytest.mark.parametrize(("old", "new", "delta"), [
+    ({"high": 1}, {"high": 3, "max": 0}, {"high": 2}),
+    ({"high": 3}, {"high": 3}, {}),
+    ({"high": 3}, {"high": 1}, None),
+    ({}, {"new_key": 4}, {"new_key": 4}),
+])
+def test_counter_delta(old: dict[str, int], new: dict[str, int],
+                       delta: dict[str, int] | None) -> None:
+    assert counter_delta(old, new) == delta
+
+
+def test_events_render_for_logs() -> None:
+    trigger = cgoom.PressureTrigger("some", 100_000, 1_000_000)
+    assert str(cgoom.PressureTriggered(None, trigger, 1.0)) == \
+        "system memory pressure: some 100000us/1000000us"
+    assert str(cgoom.CgroupCreated("/a", 1.0)) == "/a created"
+    logging.getLogger("cgoom").debug("%s", cgoom.CgroupRemoved("/a", 1.0))
