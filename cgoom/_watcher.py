@@ -1,8 +1,8 @@
 """``Watcher``: kernel-notified events for cgroup subtrees, delivered on the event loop.
 
-One inotify instance per watcher, read through ``loop.add_reader``; one private epoll for PSI
-trigger fds (registered for EPOLLPRI, which asyncio's selector cannot ask for), whose own fd
-is given to ``loop.add_reader``. No threads, no polling, no timers: an idle watcher makes no
+One inotify instance per watcher, read through ``loop.add_reader``; one private epoll per PSI
+trigger fd (registered for EPOLLPRI, which asyncio's selector cannot ask for), whose own fd is
+given to ``loop.add_reader``. No threads, no polling, no timers: an idle watcher makes no
 wakeups at all.
 
 Some facts this code depends on (notes/kernel-interface.md §3-§5, measured on Debian 6.1):
@@ -19,8 +19,13 @@ Some facts this code depends on (notes/kernel-interface.md §3-§5, measured on 
   be unreadable by the time we look; the parent's hierarchical memory.events still has them.
 - IN_Q_OVERFLOW: the kernel's queue (fs.inotify.max_queued_events) overflowed and
   notifications were lost; the only correct answer is to re-read everything.
-- PSI trigger fds poll EPOLLPRI when the threshold is crossed (the poll itself consumes the
-  event) and EPOLLERR|EPOLLPRI when their cgroup is removed.
+- PSI trigger fds poll EPOLLPRI when the threshold is crossed and EPOLLERR|EPOLLPRI when their
+  cgroup is removed. ``psi_trigger_poll`` *consumes* the event (cmpxchg of t->event): when
+  asyncio's epoll asks whether our private epoll is ready, the kernel polls the PSI file
+  through it and the event is gone before our callback's ``poll(0)`` looks (measured on
+  Debian 6.1: a shared private epoll for all triggers never reported one). So each trigger
+  has its own private epoll: the wakeup itself says which trigger fired. EPOLLERR, for a
+  destroyed trigger, is a state, not consumed, and is still seen.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class _Trigger:
     cgroup: str | None
     trigger: PressureTrigger
     state: SustainedState | None
+    epoll: select.epoll
 
 
 class _Closed:
@@ -171,7 +177,6 @@ class Watcher:
         self.raise_watch_limit = raise_watch_limit
         self._kernel = kernel_release()
         self._inotify: Inotify | None = None
-        self._epoll: select.epoll | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue()
         self._listeners: list[Listener] = []
@@ -208,7 +213,6 @@ class Watcher:
         self._loop = asyncio.get_running_loop()
         self._inotify = Inotify()
         try:
-            self._epoll = select.epoll()
             for root in self.roots:
                 cgroup = self.hierarchy.cgroup(root)
                 if not cgroup.exists():
@@ -216,7 +220,6 @@ class Watcher:
                 self._estimate += sum(1 for _ in cgroup.walk()) * (1 + len(self.files))
                 self._track_tree(cgroup, announce=False)
             self._loop.add_reader(self._inotify.fd, self._on_inotify)
-            self._loop.add_reader(self._epoll.fileno(), self._on_pressure)
         except BaseException:
             self.close()
             raise
@@ -233,10 +236,6 @@ class Watcher:
             self._inotify.close()
         for fd in list(self._triggers):
             self._drop_trigger(fd)
-        if self._epoll is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._epoll.fileno())
-            self._epoll.close()
         self._wds.clear()
         self._tracked.clear()
         self._queue.put_nowait(_CLOSED)
@@ -476,7 +475,7 @@ class Watcher:
 
     def _arm(self, cgroup: str | None, trigger: PressureTrigger, state: SustainedState | None,
              ) -> None:
-        if self._epoll is None or self._closed:
+        if self._inotify is None or self._loop is None or self._closed:
             raise RuntimeError(f"{self!r} is not running: arm triggers inside `async with`")
         if cgroup is None:
             path = os.path.join(self.hierarchy.proc_root, "pressure", "memory")
@@ -498,13 +497,16 @@ class Watcher:
         except OSError as exc:
             os.close(fd)
             raise self._psi_error(exc, path, trigger, privileged) from exc
+        epoll = select.epoll()
         try:
-            self._epoll.register(fd, select.EPOLLPRI)
+            epoll.register(fd, select.EPOLLPRI)
         except OSError as exc:
+            epoll.close()
             os.close(fd)
             raise CgoomError(f"cannot poll {path} for PSI events: {exc.strerror}; it is not a "
                              "kernel pressure file", path=path, errno=exc.errno) from exc
-        self._triggers[fd] = _Trigger(name, trigger, state)
+        self._triggers[fd] = _Trigger(name, trigger, state, epoll)
+        self._loop.add_reader(epoll.fileno(), self._on_pressure, fd)
 
     def _psi_error(self, exc: OSError, path: str, trigger: PressureTrigger,
                    privileged: bool) -> CgoomError:
@@ -522,9 +524,9 @@ class Watcher:
     def _drop_trigger(self, fd: int) -> _Trigger | None:
         entry = self._triggers.pop(fd, None)
         if entry is not None:
-            if self._epoll is not None:
-                with contextlib.suppress(OSError):
-                    self._epoll.unregister(fd)
+            if self._loop is not None:
+                self._loop.remove_reader(entry.epoll.fileno())
+            entry.epoll.close()
             os.close(fd)
         return entry
 
@@ -534,24 +536,25 @@ class Watcher:
             self._emit(PressureTriggerEnded(entry.cgroup, entry.trigger, reason,
                                             time.monotonic()))
 
-    def _on_pressure(self) -> None:
-        assert self._epoll is not None
+    def _on_pressure(self, fd: int) -> None:
+        entry = self._triggers.get(fd)
+        if entry is None:
+            return
         self._wakeups += 1
-        for fd, mask in self._epoll.poll(0):
-            entry = self._triggers.get(fd)
-            if entry is None:
-                continue
-            now = time.monotonic()
-            if mask & select.EPOLLERR:
-                self._end_trigger(fd, "the cgroup was removed")
-            elif mask & select.EPOLLPRI:
-                if entry.state is None:
-                    self._emit(PressureTriggered(entry.cgroup, entry.trigger, now))
-                else:
-                    since = entry.state.fired(now)
-                    if since is not None:
-                        self._emit(PressureSustained(entry.cgroup, entry.state.rule, since, now))
-
+        now = time.monotonic()
+        # Usually empty, or EPOLLPRI: the readiness check on the way here consumed the event.
+        # Only EPOLLERR (the trigger was destroyed with its cgroup) persists.
+        mask = 0
+        for _, bits in entry.epoll.poll(0):
+            mask |= bits
+        if mask & select.EPOLLERR:
+            self._end_trigger(fd, "the cgroup was removed")
+        elif entry.state is None:
+            self._emit(PressureTriggered(entry.cgroup, entry.trigger, now))
+        else:
+            since = entry.state.fired(now)
+            if since is not None:
+                self._emit(PressureSustained(entry.cgroup, entry.state.rule, since, now))
 
 def open_watcher(
     hierarchy: Hierarchy | None = None,

@@ -5,6 +5,7 @@ examples name. Nothing real is touched."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,18 @@ from cgoom.testing import FakeCgroupTree
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
-BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"^(<!-- real-kernel -->\n)?```python\n(.*?)^```", re.S | re.M)
+
+
+def blocks(page: Path, *, real_kernel: bool) -> list[str]:
+    """The page's python blocks; those marked ``<!-- real-kernel -->`` need kernel PSI files
+    and run in tests/integration/test_docs_real.py instead."""
+    return [code for marker, code in BLOCK.findall(page.read_text())
+            if bool(marker) == real_kernel]
 
 
 def test_docs_have_examples() -> None:
-    assert sum(len(BLOCK.findall(p.read_text())) for p in PAGES) >= 8
+    assert sum(len(blocks(p, real_kernel=False)) for p in PAGES) >= 10
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
@@ -28,10 +36,24 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for path in ("workload.slice/batch-1", "workload.slice/batch-2", "workload.slice/web"):
         tree.add(path, memory_current=100 << 20)
     monkeypatch.setattr(cgoom.Hierarchy, "discover", classmethod(lambda cls, **kw: tree.hierarchy))
-    blocks = BLOCK.findall(page.read_text())
     namespace: dict[str, object] = {}
-    for block in blocks:
-        exec(compile(block, f"{page.name}", "exec"), namespace)
+    stop = threading.Event()
+    if page.name == "events.md":
+        # The first example waits for an OOM kill: count some events, then one, from another
+        # thread while it runs (the fake kernel's side of the story).
+        def kernel() -> None:
+            while not stop.wait(0.05):
+                tree.memory_event("workload.slice/batch-1", "high", 3)
+                tree.memory_event("workload.slice/batch-1", "oom_kill")
+
+        threading.Thread(target=kernel, daemon=True).start()
+    try:
+        for block in blocks(page, real_kernel=False):
+            exec(compile(block, f"{page.name}", "exec"), namespace)
+    finally:
+        stop.set()
+    if page.name == "events.md":
+        assert "killed by the kernel in /workload.slice/batch-1" in capsys.readouterr().out
     if page.name == "cgroups.md":
         out = capsys.readouterr().out
         assert "no-internal-process rule" in out

@@ -174,8 +174,10 @@ def run_tests(pytest_args: Sequence[str], *, require: bool = True, vm: bool | No
         junit = os.path.join(results, "junit.xml")
         env = {
             REQUIRE_ENV: "1" if require else "0",
-            # The checkout is read-only inside the guest.
+            # The checkout is read-only inside the guest: no bytecode, and hypothesis keeps its
+            # example database in the writable results directory.
             "PYTHONDONTWRITEBYTECODE": "1",
+            "HYPOTHESIS_STORAGE_DIRECTORY": os.path.join(results, "hypothesis"),
         }
         # The guest has no swap; a small zram swap makes memory.reclaim and memory.swap.*
         # testable (anon memory is only reclaimable to swap, and the guest has no page cache
