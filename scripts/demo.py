@@ -1,9 +1,10 @@
 """cgoom's main job today, on a real cgroup v2 kernel (run by scripts/demo).
 
 Builds /cgoom-demo/{web,batch}, sets memory.high below memory.max on batch (the early-trigger
-pattern cgoom is built on), starts a memory hog in batch and a quiet service in web, shows
-what cgoom reads (usage, limits, event counters, population, pressure), then kills batch
-with cgroup.kill and shows it empty while web lives on. Cleans up after itself.
+pattern cgoom is built on), watches the subtree (kernel notifications, no polling) with a
+sustained-pressure rule on batch, starts a quiet service in web and a memory hog in batch,
+prints the events as the kernel reports them, and when the rule holds kills batch whole
+(cgroup.kill) and sees it empty while web lives on. Cleans up after itself.
 
 On a host without a usable cgroup v2 memory controller it runs itself inside the VM.
 """
@@ -11,6 +12,7 @@ On a host without a usable cgroup v2 memory controller it runs itself inside the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import time
 
 import cgoom
 from cgoom.cli import main as cgoom_cli
-from cgoom.testing import find_test_parent, kill_and_remove, wait_until
+from cgoom.testing import find_test_parent, kill_and_remove
 
 
 def step(text: str) -> None:
@@ -34,6 +36,34 @@ def start_in(cgroup: cgoom.Cgroup, script: str) -> subprocess.Popen[bytes]:
     proc.stdin.write(b"go\n")
     proc.stdin.close()
     return proc
+
+
+async def watch_and_act(hierarchy: cgoom.Hierarchy, demo_cg: cgoom.Cgroup,
+                        batch: cgoom.Cgroup, web: cgoom.Cgroup,
+                        procs: list[subprocess.Popen[bytes]]) -> None:
+    rule = cgoom.SustainedPressure("some", percent=10, duration_s=2, window_s=0.5)
+    async with cgoom.open_watcher(hierarchy, demo_cg.path) as watcher:
+        watcher.watch_sustained_pressure(batch.path, rule)
+        procs.append(start_in(web, "exec sleep 1000"))
+        step(f"batch starts a hog that wants 80M; rule on batch: {rule}")
+        procs.append(start_in(batch, "{ head -c 80M /dev/zero; sleep 1000; } | tail > /dev/null"))
+        started = time.monotonic()
+        killed_at = None
+        async for event in watcher:
+            if isinstance(event, cgoom.MemoryEventsChanged) and event.local:
+                continue  # the hierarchical line says the same here
+            print(f"  +{time.monotonic() - started:6.3f}s  {event}", flush=True)
+            if isinstance(event, cgoom.PressureSustained) and killed_at is None:
+                step("cgoom status " + demo_cg.path)
+                cgoom_cli(["status", demo_cg.path])
+                step("the rule held: kill batch whole (cgroup.kill); the watcher sees it empty")
+                killed_at = time.monotonic()
+                await batch.akill()
+            if (isinstance(event, cgoom.CgroupStateChanged) and event.cgroup == batch.path
+                    and not event.state.populated and killed_at is not None):
+                print(f"batch empty {(time.monotonic() - killed_at) * 1000:.1f} ms after the "
+                      f"kill; web still populated: {web.cgroup_events().populated}")
+                return
 
 
 def demo() -> int:
@@ -55,20 +85,8 @@ def demo() -> int:
         batch.set_memory_max("96M")
         batch.set_memory_swap_max(0)
         batch.set_memory_oom_group(True)
-        procs.append(start_in(web, "exec sleep 1000"))
-        step("batch starts a hog that wants 80M: the kernel throttles it above memory.high")
-        procs.append(start_in(batch, "{ head -c 80M /dev/zero; sleep 1000; } | tail > /dev/null"))
-        wait_until(lambda: batch.memory_events().high > 20, 60, "batch's high counter")
-        # avg10 is recomputed every 2 s (PSI_FREQ), so it lags the stall total a little.
-        wait_until(lambda: batch.memory_pressure().some.avg10 > 0, 60, "pressure avg10")
-        step(f"cgoom status {demo_cg.path}")
-        cgoom_cli(["status", demo_cg.path])
-        step("kill batch whole (cgroup.kill), wait for populated 0")
-        started = time.monotonic()
-        batch.kill()
-        wait_until(lambda: not batch.cgroup_events().populated, 30, "batch to empty")
-        print(f"batch empty after {(time.monotonic() - started) * 1000:.1f} ms; "
-              f"web still populated: {web.cgroup_events().populated}")
+        hierarchy = cgoom.Hierarchy.discover()
+        asyncio.run(asyncio.wait_for(watch_and_act(hierarchy, demo_cg, batch, web, procs), 120))
         step(f"cgoom status {demo_cg.path}")
         cgoom_cli(["status", demo_cg.path])
         return 0
