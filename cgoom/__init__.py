@@ -9,6 +9,8 @@ General layout (data flows up; lower layers never import higher ones):
 - ``_linux``: inotify and the other few interfaces the stdlib lacks.
 - ``_events`` / ``_watcher``: event records (pure) and the watcher that produces them from
   inotify and PSI triggers on the event loop.
+- ``_snapshot``: candidate snapshots read in one pass (I/O); ``_policy``: the policy contract
+  and the built-in policies (pure); ``_plugins``: finding, validating and guarding policies.
 - ``cli``: the ``cgoom`` command. ``testing``: fakes and the VM runner, for our tests and yours.
 
 Everything public is re-exported here; import from ``cgoom``, not from the private modules.
@@ -28,18 +30,6 @@ from ._errors import NotSupported as NotSupported
 from ._errors import ParseError as ParseError
 from ._errors import PermissionDenied as PermissionDenied
 from ._errors import ProcessGone as ProcessGone
-from ._events import CgroupCreated as CgroupCreated
-from ._events import CgroupRemoved as CgroupRemoved
-from ._events import CgroupStateChanged as CgroupStateChanged
-from ._events import Event as Event
-from ._events import MemoryEventsChanged as MemoryEventsChanged
-from ._events import PressureSustained as PressureSustained
-from ._events import PressureTrigger as PressureTrigger
-from ._events import PressureTriggered as PressureTriggered
-from ._events import PressureTriggerEnded as PressureTriggerEnded
-from ._events import Resynchronized as Resynchronized
-from ._events import SustainedPressure as SustainedPressure
-from ._events import SwapEventsChanged as SwapEventsChanged
 from ._fs import CgroupFS as CgroupFS
 from ._fs import OsFS as OsFS
 from ._hierarchy import Features as Features
@@ -56,6 +46,43 @@ from ._types import PressureLine as PressureLine
 from ._types import SwapEvents as SwapEvents
 
 if TYPE_CHECKING:
+    from ._events import CgroupCreated as CgroupCreated
+    from ._events import CgroupRemoved as CgroupRemoved
+    from ._events import CgroupStateChanged as CgroupStateChanged
+    from ._events import Event as Event
+    from ._events import MemoryEventsChanged as MemoryEventsChanged
+    from ._events import PressureSustained as PressureSustained
+    from ._events import PressureTrigger as PressureTrigger
+    from ._events import PressureTriggered as PressureTriggered
+    from ._events import PressureTriggerEnded as PressureTriggerEnded
+    from ._events import Resynchronized as Resynchronized
+    from ._events import SustainedPressure as SustainedPressure
+    from ._events import SwapEventsChanged as SwapEventsChanged
+    from ._plugins import BUILTIN_POLICIES as BUILTIN_POLICIES
+    from ._plugins import PluginError as PluginError
+    from ._plugins import available_policies as available_policies
+    from ._plugins import decide as decide
+    from ._plugins import load_policy as load_policy
+    from ._plugins import validate_policy as validate_policy
+    from ._policy import Decision as Decision
+    from ._policy import Incident as Incident
+    from ._policy import KillableFirstPolicy as KillableFirstPolicy
+    from ._policy import KubernetesQoSPolicy as KubernetesQoSPolicy
+    from ._policy import Policy as Policy
+    from ._policy import PriorityPolicy as PriorityPolicy
+    from ._policy import RankBy as RankBy
+    from ._policy import Victim as Victim
+    from ._policy import growth as growth
+    from ._policy import largest as largest
+    from ._policy import make_victim as make_victim
+    from ._policy import pressure as pressure
+    from ._policy import select_process as select_process
+    from ._policy import swap as swap
+    from ._policy import units as units
+    from ._snapshot import CgroupSnapshot as CgroupSnapshot
+    from ._snapshot import Preference as Preference
+    from ._snapshot import ProcessSnapshot as ProcessSnapshot
+    from ._snapshot import Snapshotter as Snapshotter
     from ._watcher import DEFAULT_FILES as DEFAULT_FILES
     from ._watcher import Watcher as Watcher
     from ._watcher import WatcherStatistics as WatcherStatistics
@@ -63,17 +90,61 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0.dev0"
 
-# The watcher imports asyncio (~50 ms); it is loaded on first use so that `import cgoom`
-# stays fast for code that never watches.
-_LAZY = {"DEFAULT_FILES", "Watcher", "WatcherStatistics", "open_watcher"}
+# Loaded on first use, so that `import cgoom` stays under 60 ms for supervisors that only
+# manage cgroups: the watcher needs asyncio (~50 ms), and the event, snapshot, policy and
+# plugin layers define many attrs classes (~1 ms each).
+_LAZY = {
+    "BUILTIN_POLICIES": "_plugins",
+    "CgroupCreated": "_events",
+    "CgroupRemoved": "_events",
+    "CgroupSnapshot": "_snapshot",
+    "CgroupStateChanged": "_events",
+    "DEFAULT_FILES": "_watcher",
+    "Decision": "_policy",
+    "Event": "_events",
+    "Incident": "_policy",
+    "KillableFirstPolicy": "_policy",
+    "KubernetesQoSPolicy": "_policy",
+    "MemoryEventsChanged": "_events",
+    "PluginError": "_plugins",
+    "Policy": "_policy",
+    "Preference": "_snapshot",
+    "PressureSustained": "_events",
+    "PressureTrigger": "_events",
+    "PressureTriggerEnded": "_events",
+    "PressureTriggered": "_events",
+    "PriorityPolicy": "_policy",
+    "ProcessSnapshot": "_snapshot",
+    "RankBy": "_policy",
+    "Resynchronized": "_events",
+    "Snapshotter": "_snapshot",
+    "SustainedPressure": "_events",
+    "SwapEventsChanged": "_events",
+    "Victim": "_policy",
+    "Watcher": "_watcher",
+    "WatcherStatistics": "_watcher",
+    "available_policies": "_plugins",
+    "decide": "_plugins",
+    "growth": "_policy",
+    "largest": "_policy",
+    "load_policy": "_plugins",
+    "make_victim": "_policy",
+    "open_watcher": "_watcher",
+    "pressure": "_policy",
+    "select_process": "_policy",
+    "swap": "_policy",
+    "units": "_policy",
+    "validate_policy": "_plugins",
+}
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from . import _watcher
+    module_name = _LAZY.get(name)
+    if module_name is not None:
+        import importlib
 
-        value = getattr(_watcher, name)
-        if isinstance(value, type):
+        value = getattr(importlib.import_module(f"cgoom.{module_name}"), name)
+        if isinstance(value, type) and value.__module__.startswith("cgoom._"):
             value.__module__ = "cgoom"
         globals()[name] = value
         return value
@@ -87,6 +158,7 @@ def parse_size(value: int | str) -> int:
 
 
 __all__ = [
+    "BUILTIN_POLICIES",
     "DEFAULT_FILES",
     "MAX",
     "CgoomError",
@@ -97,13 +169,18 @@ __all__ = [
     "CgroupFS",
     "CgroupGone",
     "CgroupRemoved",
+    "CgroupSnapshot",
     "CgroupStateChanged",
     "CgroupType",
     "ControllerNotEnabled",
+    "Decision",
     "Event",
     "Features",
     "Hierarchy",
+    "Incident",
     "InvalidValue",
+    "KillableFirstPolicy",
+    "KubernetesQoSPolicy",
     "Limit",
     "MemoryControllerUnavailable",
     "MemoryEvents",
@@ -113,22 +190,41 @@ __all__ = [
     "OsFS",
     "ParseError",
     "PermissionDenied",
+    "PluginError",
+    "Policy",
+    "Preference",
     "Pressure",
     "PressureLine",
     "PressureSustained",
     "PressureTrigger",
     "PressureTriggerEnded",
     "PressureTriggered",
+    "PriorityPolicy",
     "ProcessGone",
+    "ProcessSnapshot",
+    "RankBy",
     "Resynchronized",
+    "Snapshotter",
     "SustainedPressure",
     "SwapEvents",
     "SwapEventsChanged",
+    "Victim",
     "Watcher",
     "WatcherStatistics",
+    "available_policies",
+    "decide",
+    "growth",
+    "largest",
+    "load_policy",
+    "make_victim",
     "open_watcher",
     "parse_size",
+    "pressure",
     "remove_tree",
+    "select_process",
+    "swap",
+    "units",
+    "validate_policy",
 ]
 
 

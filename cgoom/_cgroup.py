@@ -33,7 +33,7 @@ from typing import TypeVar
 import attrs
 
 from . import _parse
-from ._errors import CgroupGone, InvalidValue
+from ._errors import CgroupGone, InvalidValue, ParseError
 from ._fs import CgroupFS, OsFS, translate_os_error
 from ._types import (
     CgroupEvents,
@@ -46,6 +46,12 @@ from ._types import (
 )
 
 _T = TypeVar("_T")
+
+#: Extended attributes cgoom reads from cgroup directories (docs/policies.md).
+PRIORITY_XATTR = "user.cgoom.priority"
+PREFERENCE_XATTR = "user.cgoom.preference"
+KILLABLE_XATTR = "user.cgoom.killable"
+OVERLIMIT_XATTR = "user.cgoom.overlimit"
 
 
 async def _in_thread(func: Callable[[], _T]) -> _T:
@@ -320,6 +326,54 @@ class Cgroup:
     def cgroup_freeze(self) -> bool:
         """Whether a freeze is *requested*; ``cgroup_events().frozen`` says when it is done."""
         return self._parsed("cgroup.freeze", _parse.parse_bool)
+
+    # --- extended attributes -------------------------------------------------------------
+
+    def get_xattr(self, name: str) -> str | None:
+        """The cgroup directory's extended attribute ``name`` as text, ``None`` if unset."""
+        value = self._io("read", f"{self.dir} xattr {name}",
+                         lambda: self.fs.getxattr(self.dir, name))
+        return None if value is None else value.decode("utf-8", "replace")
+
+    def set_xattr(self, name: str, value: str | None) -> None:
+        """Set (or with ``None`` remove) the directory's extended attribute ``name``.
+        ``user.*`` needs Linux 5.7+ on cgroupfs; ``trusted.*`` needs CAP_SYS_ADMIN."""
+        encoded = None if value is None else value.encode()
+        self._io("write", f"{self.dir} xattr {name}",
+                 lambda: self.fs.setxattr(self.dir, name, encoded), value)
+
+    def priority(self) -> int | None:
+        """``user.cgoom.priority``: this cgroup's importance (higher is more important), or
+        ``None`` when unset. A value that is not an integer is :class:`~cgoom.ParseError`."""
+        text = self.get_xattr(PRIORITY_XATTR)
+        if text is None:
+            return None
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ParseError(
+                f"{self.dir}: xattr {PRIORITY_XATTR} is {text!r}, not an integer",
+                path=self.dir) from None
+
+    def set_priority(self, priority: int | None) -> None:
+        """Set ``user.cgoom.priority`` (``None`` removes it); higher is more important."""
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise InvalidValue(f"a priority is an integer, not {priority!r}", path=self.dir,
+                               value=repr(priority))
+        self.set_xattr(PRIORITY_XATTR, None if priority is None else str(priority))
+
+    def set_preference(self, preference: str | None) -> None:
+        """Set ``user.cgoom.preference``: ``"prefer"`` (kill first among equals), ``"avoid"``
+        (kill last among equals) or ``"omit"`` (never kill); ``None`` removes it."""
+        if preference not in (None, "prefer", "avoid", "omit"):
+            raise InvalidValue(f"a preference is 'prefer', 'avoid' or 'omit', not {preference!r}",
+                               path=self.dir, value=repr(preference))
+        self.set_xattr(PREFERENCE_XATTR, preference)
+
+    def set_killable(self, killable: bool) -> None:
+        """Declare (``user.cgoom.killable``) that this workload saved its state and may be
+        killed before anything else, as on Maemo's "background-killable" applications."""
+        self.set_xattr(KILLABLE_XATTR, "1" if killable else None)
 
     # --- core: actions -------------------------------------------------------------------
 

@@ -16,6 +16,9 @@ Some facts about cgroupfs (kernfs) I/O:
 - ENOENT from a file in a directory that still exists is something else: the kernel lacks that
   interface file, the file is not provided on the root cgroup (``CFTYPE_NOT_ON_ROOT``), or the
   controller that provides it is not enabled in the parent's ``cgroup.subtree_control``.
+- Extended attributes on cgroup directories: ``trusted.*`` (CAP_SYS_ADMIN) for long, ``user.*``
+  since Linux 5.7 ("cgroupfs: Support user xattrs"); before that ``user.*`` is EOPNOTSUPP.
+  systemd and the OOM daemons keep their per-cgroup settings there (``user.oomd_avoid``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ class CgroupFS(Protocol):
         """Whether the path exists now."""
         ...
 
+    def getxattr(self, path: str, name: str) -> bytes | None:
+        """An extended attribute's value, ``None`` when it is not set."""
+        ...
+
+    def setxattr(self, path: str, name: str, value: bytes | None) -> None:
+        """Set an extended attribute (``None``: remove it; removing an unset one is fine)."""
+        ...
+
 
 class OsFS:
     """:class:`CgroupFS` over the real filesystem, with raw ``os`` calls (no buffering)."""
@@ -103,6 +114,24 @@ class OsFS:
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def getxattr(self, path: str, name: str) -> bytes | None:
+        try:
+            return os.getxattr(path, name)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                return None
+            raise
+
+    def setxattr(self, path: str, name: str, value: bytes | None) -> None:
+        if value is not None:
+            os.setxattr(path, name, value)
+            return
+        try:
+            os.removexattr(path, name)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
 
     def __repr__(self) -> str:
         return "OsFS()"

@@ -13,6 +13,8 @@ import pytest
 import cgoom
 from cgoom.testing import FakeCgroupTree
 
+from .plugins import install_example
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 BLOCK = re.compile(r"^(<!-- real-kernel -->\n)?```python\n(.*?)^```", re.S | re.M)
@@ -33,9 +35,12 @@ def test_docs_have_examples() -> None:
 def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                       capsys: pytest.CaptureFixture[str]) -> None:
     tree = FakeCgroupTree(tmp_path)
-    for path in ("workload.slice/batch-1", "workload.slice/batch-2", "workload.slice/web"):
-        tree.add(path, memory_current=100 << 20)
+    for pid, path in enumerate(("workload.slice/batch-1", "workload.slice/batch-2",
+                                "workload.slice/web"), start=1001):
+        tree.add(path, memory_current=100 << 20, procs=[pid])
     monkeypatch.setattr(cgoom.Hierarchy, "discover", classmethod(lambda cls, **kw: tree.hierarchy))
+    if page.name == "writing-a-policy.md":
+        install_example(tmp_path / "site", monkeypatch)
     namespace: dict[str, object] = {}
     stop = threading.Event()
     if page.name == "events.md":
@@ -52,6 +57,8 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             exec(compile(block, f"{page.name}", "exec"), namespace)
     finally:
         stop.set()
+    if page.name == "writing-a-policy.md":
+        assert "smallest-first ['/workload.slice/batch-1'," in capsys.readouterr().out
     if page.name == "events.md":
         assert "killed by the kernel in /workload.slice/batch-1" in capsys.readouterr().out
     if page.name == "cgroups.md":

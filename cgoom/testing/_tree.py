@@ -142,6 +142,17 @@ class FakeCgroupTree:
         counts[name] += count
         self.set(cgroup.path, filename, memory_events_text(self.kernel, **counts))
 
+    def add_process(self, pid: int, *, name: str = "worker", oom_score_adj: int = 0,
+                    rss: int = 0) -> None:
+        """A fake ``/proc/<pid>`` (comm, oom_score_adj, statm) for process snapshots;
+        ``rss`` in bytes. Put the pid in a cgroup with ``add(..., procs=[pid])``."""
+        base = os.path.join(self.base, "proc", str(pid))
+        os.makedirs(base, exist_ok=True)
+        pages = rss // os.sysconf("SC_PAGE_SIZE")
+        self._write(os.path.join(base, "comm"), f"{name}\n")
+        self._write(os.path.join(base, "oom_score_adj"), f"{oom_score_adj}\n")
+        self._write(os.path.join(base, "statm"), f"{pages * 2} {pages} 0 0 0 0 0\n")
+
     def remove_behind_our_back(self, path: str) -> None:
         """Delete ``path`` (and its subtree) as another process would, ignoring the rules."""
         directory = self.cgroup(path).dir

@@ -1,0 +1,397 @@
+"""Victim selection: the policy contract and the built-in policies. Pure: no I/O, no clock.
+
+A policy is any callable ``policy(incident, candidates) -> Decision`` with a ``name``:
+``candidates`` maps each cgroup path of the incident's subtree to its
+:class:`~cgoom.CgroupSnapshot`; the decision lists victims in the order to kill them, each
+with a machine-readable ``score`` and a sentence saying why. Same input, same answer: every
+ordering ends with the path, so ties are broken by a stated rule.
+
+What may be chosen (:func:`units`), for every built-in:
+
+- a *unit* is a cgroup that dies whole (``memory.oom.group=1``) or a leaf; nothing below a
+  ``memory.oom.group`` cgroup is considered separately (the kernel kills it as one);
+- never a cgroup marked ``omit``, nor anything below one;
+- never cgoom's own cgroup or its ancestors (``Incident.protected``);
+- never a cgroup outside the incident's subtree;
+- only units with something to free: populated (or unknown) and usage above zero (or unknown).
+
+A unit that is not killed whole gives up one process: the highest ``oom_score_adj``, ties to
+the largest RSS (Google's handler, step 6); ``oom_score_adj`` -1000 is never chosen, as the
+kernel's OOM killer never chooses it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from ._snapshot import CgroupSnapshot, ProcessSnapshot, tree_children
+
+_UNITS = ("B", "K", "M", "G", "T", "P")
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "unknown"
+    amount = float(value)
+    for unit in _UNITS:
+        if amount < 1024 or unit == _UNITS[-1]:
+            return f"{amount:.0f}{unit}" if unit == "B" else f"{amount:.1f}{unit}"
+        amount /= 1024
+    return str(value)
+
+
+def _within(path: str, top: str) -> bool:
+    return top == "/" or path == top or path.startswith(top + "/")
+
+
+def ancestors_and_self(path: str) -> frozenset[str]:
+    """``"/a/b"`` -> ``{"/", "/a", "/a/b"}``."""
+    parts = [p for p in path.split("/") if p]
+    return frozenset(["/"] + ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)])
+
+
+@attrs.frozen
+class Incident:
+    """What happened: ``cgroup`` ran out of memory (the subtree victims come from), because
+    of ``trigger`` (``"oom"``, ``"high"``, ``"pressure"``, ``"manual"``...).
+
+    ``protected``: cgroups never chosen; :meth:`create` fills it with cgoom's own cgroup and
+    its ancestors.
+    """
+
+    cgroup: str
+    trigger: str = "oom"
+    protected: frozenset[str] = frozenset()
+
+    @classmethod
+    def create(cls, cgroup: str, trigger: str = "oom", *, own_cgroup: str | None = None,
+               ) -> Incident:
+        protected = frozenset() if own_cgroup is None else ancestors_and_self(own_cgroup)
+        return cls(cgroup, trigger, protected)
+
+
+@attrs.frozen
+class Victim:
+    """One entry of a decision: kill ``cgroup`` whole (``whole``), or process ``pid`` in it."""
+
+    cgroup: str
+    #: The policy's number for this victim (bigger means "kill sooner" within one policy).
+    score: float
+    #: A sentence for humans: why this one, with the numbers.
+    reason: str
+    whole: bool
+    pid: int | None = None
+
+
+@attrs.frozen
+class Decision:
+    """A policy's answer: ``victims`` in the order to kill them (the first one first)."""
+
+    policy: str
+    victims: tuple[Victim, ...]
+    #: Remarks for the incident record, e.g. that a plugin failed and a fallback decided.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def first(self) -> Victim | None:
+        return self.victims[0] if self.victims else None
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Chooses victims. Must be pure, deterministic and fast (see docs/writing-a-policy.md)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def __call__(self, incident: Incident,
+                 candidates: Mapping[str, CgroupSnapshot]) -> Decision: ...
+
+
+# --- shared rules ----------------------------------------------------------------------------
+
+
+def has_memory(snapshot: CgroupSnapshot) -> bool:
+    """Something to free: populated (or unknown) and usage above zero (or unknown)."""
+    return snapshot.populated is not False and (snapshot.usage is None or snapshot.usage > 0)
+
+
+def units(incident: Incident, candidates: Mapping[str, CgroupSnapshot]) -> list[CgroupSnapshot]:
+    """The cgroups that may be chosen for ``incident``, by the rules in the module docstring,
+    sorted by path."""
+    if incident.cgroup not in candidates:
+        return []
+    children = tree_children(candidates)
+    found = []
+    stack = [incident.cgroup]
+    while stack:
+        path = stack.pop()
+        snapshot = candidates[path]
+        if snapshot.preference == "omit":
+            continue
+        kids = children.get(path, [])
+        if (snapshot.oom_group is True or not kids) and path not in incident.protected:
+            if has_memory(snapshot):
+                found.append(snapshot)
+            continue
+        stack.extend(kids)
+    return sorted(found, key=lambda s: s.path)
+
+
+def select_process(processes: Sequence[ProcessSnapshot]) -> ProcessSnapshot | None:
+    """The process to kill inside a cgroup not killed whole: highest ``oom_score_adj``, then
+    largest RSS, then lowest pid; never one with ``oom_score_adj`` -1000."""
+    eligible = [p for p in processes if p.oom_score_adj > -1000]
+    return max(eligible, key=lambda p: (p.oom_score_adj, p.rss, -p.pid), default=None)
+
+
+def preference_rank(snapshot: CgroupSnapshot) -> int:
+    """2 for ``prefer`` (kill sooner), 1 for none, 0 for ``avoid``."""
+    return {"prefer": 2, "avoid": 0}.get(snapshot.preference or "", 1)
+
+
+def make_victim(snapshot: CgroupSnapshot, score: float, reason: str,
+                whole: bool | None) -> Victim | None:
+    """A victim for ``snapshot``: whole if ``whole`` (``None``: if it has memory.oom.group=1),
+    else its process chosen by :func:`select_process`; ``None`` when no process may die."""
+    if whole if whole is not None else bool(snapshot.oom_group):
+        why = "memory.oom.group=1" if snapshot.oom_group else "this policy kills cgroups whole"
+        return Victim(snapshot.path, score, f"{reason}; killed whole ({why})", True)
+    process = select_process(snapshot.processes)
+    if process is None:
+        return None
+    return Victim(snapshot.path, score,
+                  f"{reason}; process {process.pid} ({process.name}): oom_score_adj "
+                  f"{process.oom_score_adj}, rss {_size(process.rss)}", False, process.pid)
+
+
+def _preference_note(snapshot: CgroupSnapshot) -> str:
+    return {"prefer": ", preferred", "avoid": ", avoided"}.get(snapshot.preference or "", "")
+
+
+# --- ranking policies ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RankBy:
+    """A policy that ranks :func:`units` by ``key`` (bigger: kill sooner) after the
+    preference (prefer, none, avoid), then by path. The building block of the flat built-ins
+    and of plugins: ``RankBy("newest", key=lambda s: (-(s.age or 0),), ...)``.
+
+    ``describe(snapshot)`` is the start of the human reason; ``score(snapshot)`` the number.
+    ``whole``: kill units whole (``True``), or follow memory.oom.group (``None``).
+    """
+
+    name: str
+    key: Callable[[CgroupSnapshot], tuple[float, ...]]
+    describe: Callable[[CgroupSnapshot], str]
+    score: Callable[[CgroupSnapshot], float]
+    whole: bool | None = True
+
+    def __call__(self, incident: Incident,
+                 candidates: Mapping[str, CgroupSnapshot]) -> Decision:
+        ranked = units(incident, candidates)  # sorted by path: the final tie-break
+        ranked.sort(key=lambda s: (preference_rank(s), *self.key(s)), reverse=True)
+        victims = []
+        for s in ranked:
+            victim = make_victim(s, self.score(s), self.describe(s) + _preference_note(s),
+                                 self.whole)
+            if victim is not None:
+                victims.append(victim)
+        return Decision(self.name, tuple(victims))
+
+
+def _protected_size(s: CgroupSnapshot) -> int:
+    usage = s.usage or 0
+    return usage - min(usage, s.protection)
+
+
+def largest(*, protection_aware: bool = True, whole: bool | None = True) -> RankBy:
+    """The unit using the most memory (oomd's kill_by_memory_size). With
+    ``protection_aware``, usage minus its memory.min/low protection (oomd's
+    protection-aware size)."""
+    if protection_aware:
+        return RankBy(
+            "largest", key=lambda s: (_protected_size(s), s.usage or 0),
+            describe=lambda s: f"usage {_size(s.usage)} minus protection "
+                               f"{_size(s.protection)}: {_size(_protected_size(s))}",
+            score=lambda s: float(_protected_size(s)), whole=whole)
+    return RankBy("largest", key=lambda s: (s.usage or 0,),
+                  describe=lambda s: f"usage {_size(s.usage)}",
+                  score=lambda s: float(s.usage or 0), whole=whole)
+
+
+def growth(*, whole: bool | None = True) -> RankBy:
+    """The unit growing fastest (bytes per second over the snapshotter's window), then the
+    largest; units without a growth reading rank after those with one (oomd's
+    kill_by_memory_size_or_growth, growth half)."""
+    return RankBy(
+        "growth",
+        key=lambda s: (0 if s.growth is None else 1,
+                       -math.inf if s.growth is None else s.growth, s.usage or 0),
+        describe=lambda s: ("growth unknown" if s.growth is None
+                            else f"growing {_size(int(s.growth))}/s") + f", usage {_size(s.usage)}",
+        score=lambda s: -math.inf if s.growth is None else s.growth, whole=whole)
+
+
+def pressure(*, kind: str = "some", window: str = "avg10", whole: bool | None = True) -> RankBy:
+    """The unit with the highest memory pressure (PSI ``kind`` ``window``), then the largest
+    (systemd-oomd's and oomd's pressure-based choice)."""
+    if kind not in ("some", "full") or window not in ("avg10", "avg60", "avg300"):
+        raise ValueError(f"pressure(kind={kind!r}, window={window!r}): kind is some or full, "
+                         "window avg10, avg60 or avg300")
+
+    def level(s: CgroupSnapshot) -> float:
+        line = None if s.pressure is None else getattr(s.pressure, kind)
+        return -1.0 if line is None else float(getattr(line, window))
+
+    return RankBy(
+        "pressure", key=lambda s: (level(s), s.usage or 0),
+        describe=lambda s: f"memory pressure {kind} {window} "
+                           f"{'unknown' if level(s) < 0 else f'{level(s):.2f}%'}, "
+                           f"usage {_size(s.usage)}",
+        score=level, whole=whole)
+
+
+def swap(*, whole: bool | None = True) -> RankBy:
+    """The unit with the most swap (systemd-oomd's swap-based choice), then the largest."""
+    return RankBy("swap", key=lambda s: (s.swap or 0, s.usage or 0),
+                  describe=lambda s: f"swap {_size(s.swap)}, usage {_size(s.usage)}",
+                  score=lambda s: float(s.swap or 0), whole=whole)
+
+
+@attrs.frozen
+class PriorityPolicy:
+    """Google's cgroup OOM handler: descend from the cgroup that ran out of memory; at each
+    level take the child with the lowest priority; among equals, one whose limit was raised
+    temporarily (overlimit) first, then ``prefer`` before none before ``avoid``, then the
+    largest usage (the one that frees most), then the path. Stop at a unit (a leaf, or a
+    ``memory.oom.group`` cgroup, which dies whole); inside a leaf, one process.
+
+    With every priority equal it reduces to "free the most memory", level by level. The
+    full order of victims is the same comparison applied to every unit's chain of ancestors.
+    """
+
+    whole: bool | None = None
+    name: str = "priority"
+
+    def __call__(self, incident: Incident,
+                 candidates: Mapping[str, CgroupSnapshot]) -> Decision:
+        chosen = units(incident, candidates)
+        base = [p for p in incident.cgroup.split("/") if p]
+
+        def level(path: str) -> tuple[int, int, int, int, str]:
+            s = candidates[path]
+            return (s.priority, 0 if s.overlimit else 1, -preference_rank(s), -(s.usage or 0),
+                    path)
+
+        def chain(path: str) -> list[tuple[int, int, int, int, str]]:
+            parts = [p for p in path.split("/") if p]
+            steps = ["/" + "/".join(parts[:i]) for i in range(len(base) + 1, len(parts) + 1)]
+            return [level(p) for p in steps if p in candidates] or [level(path)]
+
+        chosen.sort(key=lambda s: chain(s.path))
+        victims = []
+        for s in chosen:
+            reason = (f"priority {s.priority}{', overlimit' if s.overlimit else ''}"
+                      f"{_preference_note(s)}, usage {_size(s.usage)}; lowest priority first, "
+                      f"level by level from {incident.cgroup}")
+            victim = make_victim(s, float(-s.priority), reason, self.whole)
+            if victim is not None:
+                victims.append(victim)
+        return Decision(self.name, tuple(victims))
+
+
+@attrs.frozen
+class KillableFirstPolicy:
+    """Workloads that declared themselves background-killable (``user.cgoom.killable``)
+    die first, largest first; then the rest in the order of ``then`` (default: priority)."""
+
+    then: Policy = attrs.field(factory=PriorityPolicy)
+    whole: bool | None = True
+    name: str = "killable-first"
+
+    def __call__(self, incident: Incident,
+                 candidates: Mapping[str, CgroupSnapshot]) -> Decision:
+        killable = sorted((s for s in units(incident, candidates) if s.killable),
+                          key=lambda s: (-(s.usage or 0), s.path))
+        victims = []
+        for s in killable:
+            victim = make_victim(s, float(s.usage or 0),
+                                 f"declared background-killable, usage {_size(s.usage)}",
+                                 self.whole)
+            if victim is not None:
+                victims.append(victim)
+        first = {s.path for s in killable}
+        rest = self.then(incident, candidates)
+        victims += [v for v in rest.victims if v.cgroup not in first]
+        return Decision(self.name, tuple(victims), rest.notes)
+
+
+_POD = re.compile(r"(kubepods-(besteffort-|burstable-)?)?pod[0-9a-fA-F_-]+(\.slice)?")
+_QOS_RANK = {"besteffort": 0, "burstable": 1, "guaranteed": 2}
+
+
+def qos_class(path: str) -> str | None:
+    """The Kubernetes QoS class of a cgroup under kubepods (cgroupfs or systemd driver
+    layouts), or ``None`` outside kubepods."""
+    parts = [p for p in path.split("/") if p]
+    if not any(p.startswith("kubepods") for p in parts):
+        return None
+    for part in parts:
+        if "besteffort" in part:
+            return "besteffort"
+        if "burstable" in part:
+            return "burstable"
+    return "guaranteed"
+
+
+def is_pod(path: str) -> bool:
+    return bool(_POD.fullmatch(path.rsplit("/", 1)[1])) and qos_class(path) is not None
+
+
+@attrs.frozen
+class KubernetesQoSPolicy:
+    """Pods by QoS class, as the kubelet evicts: BestEffort first, then Burstable by how far
+    usage exceeds the request (memory.min or memory.low, as the kubelet's MemoryQoS sets
+    them), then Guaranteed; within a class lower priority (``user.cgoom.priority``) first,
+    then the largest. Pods die whole. Outside kubepods it ranks ordinary units by usage."""
+
+    name: str = "kubernetes-qos"
+
+    def __call__(self, incident: Incident,
+                 candidates: Mapping[str, CgroupSnapshot]) -> Decision:
+        pods = [s for path, s in candidates.items()
+                if is_pod(path) and _within(path, incident.cgroup) and has_memory(s)
+                and path not in incident.protected
+                and not any(candidates.get(a) is not None
+                            and candidates[a].preference == "omit"
+                            for a in ancestors_and_self(path))]
+        pool = sorted(pods, key=lambda s: s.path) or units(incident, candidates)
+
+        def over_request(s: CgroupSnapshot) -> int:
+            request = max((v for v in (s.memory_min, s.memory_low) if isinstance(v, int)),
+                          default=0)
+            return (s.usage or 0) - request
+
+        def key(s: CgroupSnapshot) -> tuple[int, int, int, int, int]:
+            qos = qos_class(s.path) or "guaranteed"
+            return (_QOS_RANK[qos], -preference_rank(s), -over_request(s) if qos == "burstable"
+                    else 0, s.priority, -(s.usage or 0))
+
+        pool.sort(key=key)
+        victims = []
+        for s in pool:
+            qos = qos_class(s.path) or "not a pod"
+            extra = (f", {_size(over_request(s))} over its request" if qos == "burstable" else "")
+            victim = make_victim(s, float(-_QOS_RANK.get(qos, 2)),
+                                 f"QoS {qos}{extra}, priority {s.priority}, usage "
+                                 f"{_size(s.usage)}{_preference_note(s)}", True)
+            if victim is not None:
+                victims.append(victim)
+        return Decision(self.name, tuple(victims))

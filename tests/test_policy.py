@@ -1,0 +1,331 @@
+"""Policies: tables per built-in, invariants under hypothesis, and the guard around them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cgoom
+from cgoom import CgroupSnapshot as S
+from cgoom import Incident, ProcessSnapshot
+
+M = 1 << 20
+
+
+def tree(*snaps: S) -> dict[str, S]:
+    return {s.path: s for s in snaps}
+
+
+def victims(decision: cgoom.Decision) -> list[str]:
+    return [v.cgroup for v in decision.victims]
+
+
+def group(path: str, usage: int, **kw: object) -> S:
+    """A populated memory.oom.group unit."""
+    return S(path, usage=usage, populated=True, oom_group=True, **kw)  # type: ignore[arg-type]
+
+
+JOBS = tree(
+    S("/jobs", usage=1000 * M, populated=True),
+    group("/jobs/web", 300 * M, priority=100),
+    group("/jobs/batch", 200 * M, priority=0),
+    group("/jobs/cache", 500 * M, priority=0),
+    group("/jobs/idle", 0, priority=-5),          # nothing to free
+)
+
+
+class TestPriority:
+    def test_lowest_priority_first_ties_to_largest(self) -> None:
+        d = cgoom.PriorityPolicy()(Incident("/jobs"), JOBS)
+        assert victims(d) == ["/jobs/cache", "/jobs/batch", "/jobs/web"]
+        assert d.first is not None and d.first.whole and d.first.score == 0.0
+        assert d.first.reason.startswith("priority 0, usage 500.0M; lowest priority first")
+        assert "killed whole (memory.oom.group=1)" in d.first.reason
+
+    def test_equal_priorities_reduce_to_largest(self) -> None:
+        flat = {p: S(p, usage=s.usage, populated=True, oom_group=s.oom_group)
+                for p, s in JOBS.items()}
+        d = cgoom.PriorityPolicy()(Incident("/jobs"), flat)
+        assert victims(d) == ["/jobs/cache", "/jobs/web", "/jobs/batch"]
+
+    def test_descends_level_by_level(self) -> None:
+        """A low-priority parent is chosen before a big high-priority sibling, and inside it
+        the lowest-priority child."""
+        cands = tree(
+            S("/", usage=0, populated=True),
+            S("/a", usage=100 * M, populated=True, priority=1),
+            group("/a/x", 60 * M, priority=5),
+            group("/a/y", 40 * M, priority=3),
+            group("/b", 900 * M, priority=10),
+        )
+        assert victims(cgoom.PriorityPolicy()(Incident("/"), cands)) == ["/a/y", "/a/x", "/b"]
+
+    def test_overlimit_then_preference_break_ties(self) -> None:
+        cands = tree(
+            S("/t", populated=True, usage=3 * M),
+            group("/t/big", 9 * M),
+            group("/t/raised", 1 * M, overlimit=True),
+            group("/t/pref", 1 * M, preference="prefer"),
+            group("/t/avoid", 20 * M, preference="avoid"),
+        )
+        assert victims(cgoom.PriorityPolicy()(Incident("/t"), cands)) == [
+            "/t/raised", "/t/pref", "/t/big", "/t/avoid"]
+
+    def test_process_inside_a_leaf(self) -> None:
+        procs = (ProcessSnapshot(10, "db", -500, 900 * M), ProcessSnapshot(11, "w1", 300, 5 * M),
+                 ProcessSnapshot(12, "w2", 300, 80 * M), ProcessSnapshot(13, "init", -1000, M))
+        cands = tree(S("/t", usage=M, populated=True),
+                     S("/t/leaf", usage=990 * M, populated=True, pids=(10, 11, 12, 13),
+                       processes=procs))
+        d = cgoom.PriorityPolicy()(Incident("/t"), cands)
+        assert d.first == cgoom.Victim("/t/leaf", 0.0, d.first.reason, False, 12)  # type: ignore[union-attr]
+        assert "process 12 (w2): oom_score_adj 300, rss 80.0M" in d.first.reason  # type: ignore[union-attr]
+
+    def test_only_unkillable_processes(self) -> None:
+        cands = tree(S("/t", usage=M, populated=True, pids=(1,),
+                       processes=(ProcessSnapshot(1, "x", -1000, M),)))
+        assert cgoom.PriorityPolicy()(Incident("/t"), cands).victims == ()
+
+    def test_omit_protected_and_outside_are_never_chosen(self) -> None:
+        cands = tree(
+            S("/", usage=0, populated=True),
+            S("/sys", usage=M, populated=True),
+            group("/sys/cgoom", 50 * M, priority=-100),     # cgoom itself
+            group("/sys/sshd", 10 * M, preference="omit"),
+            S("/apps", usage=M, populated=True, preference="omit"),
+            group("/apps/x", 90 * M, priority=-50),          # below an omitted cgroup
+            group("/other", 70 * M),
+        )
+        incident = Incident.create("/", own_cgroup="/sys/cgoom")
+        assert victims(cgoom.PriorityPolicy()(incident, cands)) == ["/other"]
+        assert victims(cgoom.PriorityPolicy()(Incident.create("/sys"), cands)) == ["/sys/cgoom"]
+
+
+class TestFlatPolicies:
+    CANDS = tree(
+        S("/w", usage=0, populated=True),
+        group("/w/a", 100 * M, swap=5 * M, growth=1e6, memory_low=90 * M),
+        group("/w/b", 80 * M, swap=50 * M, growth=None),
+        group("/w/c", 60 * M, swap=0, growth=5e6,
+              pressure=cgoom.Pressure(cgoom.PressureLine(42.0, 1, 1, 1))),
+    )
+
+    @pytest.mark.parametrize(("policy", "order"), [
+        (cgoom.largest(), ["/w/b", "/w/c", "/w/a"]),                 # a is 90M protected
+        (cgoom.largest(protection_aware=False), ["/w/a", "/w/b", "/w/c"]),
+        (cgoom.growth(), ["/w/c", "/w/a", "/w/b"]),
+        (cgoom.pressure(), ["/w/c", "/w/a", "/w/b"]),                 # unknown PSI ranks last
+        (cgoom.swap(), ["/w/b", "/w/a", "/w/c"]),
+    ])
+    def test_order(self, policy: cgoom.Policy, order: list[str]) -> None:
+        assert victims(policy(Incident("/w"), self.CANDS)) == order
+
+    def test_preference_comes_first(self) -> None:
+        cands = dict(self.CANDS)
+        cands["/w/c"] = group("/w/c", 60 * M, preference="prefer")
+        cands["/w/a"] = group("/w/a", 100 * M, preference="avoid")
+        assert victims(cgoom.largest(protection_aware=False)(Incident("/w"), cands)) == [
+            "/w/c", "/w/b", "/w/a"]
+
+    def test_reasons_carry_numbers(self) -> None:
+        d = cgoom.largest()(Incident("/w"), self.CANDS)
+        assert d.victims[-1].reason.startswith(
+            "usage 100.0M minus protection 90.0M: 10.0M; killed whole")
+
+    def test_pressure_arguments_are_checked(self) -> None:
+        with pytest.raises(ValueError, match="kind is some or full"):
+            cgoom.pressure(kind="most")
+
+    def test_killable_first(self) -> None:
+        cands = dict(JOBS)
+        cands["/jobs/web"] = group("/jobs/web", 300 * M, priority=100, killable=True)
+        d = cgoom.KillableFirstPolicy()(Incident("/jobs"), cands)
+        assert victims(d) == ["/jobs/web", "/jobs/cache", "/jobs/batch"]
+        assert d.victims[0].reason.startswith("declared background-killable")
+
+
+class TestKubernetes:
+    def test_qos_order(self) -> None:
+        base = "/kubepods.slice"
+        cands = tree(
+            S(base, usage=0, populated=True),
+            S(f"{base}/kubepods-pod9f1.slice", usage=900 * M, populated=True),
+            S(f"{base}/kubepods-burstable.slice", usage=0, populated=True),
+            S(f"{base}/kubepods-burstable.slice/kubepods-burstable-podb1.slice", usage=300 * M,
+              populated=True, memory_min=250 * M),
+            S(f"{base}/kubepods-burstable.slice/kubepods-burstable-podb2.slice", usage=200 * M,
+              populated=True, memory_min=50 * M),
+            S(f"{base}/kubepods-burstable.slice/kubepods-burstable-podb2.slice/ctr", usage=M,
+              populated=True),
+            S(f"{base}/kubepods-besteffort.slice", usage=0, populated=True),
+            S(f"{base}/kubepods-besteffort.slice/kubepods-besteffort-pode1.slice", usage=10 * M,
+              populated=True),
+        )
+        d = cgoom.KubernetesQoSPolicy()(Incident(base), cands)
+        assert [v.cgroup.rsplit("/", 1)[1] for v in d.victims] == [
+            "kubepods-besteffort-pode1.slice", "kubepods-burstable-podb2.slice",
+            "kubepods-burstable-podb1.slice", "kubepods-pod9f1.slice"]
+        assert "150.0M over its request" in d.victims[1].reason
+        assert all(v.whole for v in d.victims)
+
+    def test_qos_class_of_cgroupfs_driver_paths(self) -> None:
+        from cgoom._policy import is_pod, qos_class
+        assert qos_class("/kubepods/besteffort/pod1234-ab") == "besteffort"
+        assert qos_class("/kubepods/pod1234") == "guaranteed"
+        assert qos_class("/system.slice") is None
+        assert is_pod("/kubepods/burstable/pod0f3e-11") and not is_pod("/kubepods/burstable")
+
+
+# --- invariants ----------------------------------------------------------------------------
+
+names = st.sampled_from(["a", "b", "c", "d"])
+
+
+@st.composite
+def candidate_trees(draw: st.DrawFn) -> tuple[Incident, dict[str, S]]:
+    """Random trees below /r (and a sibling /z outside the incident), random settings."""
+    paths = {"/r", "/z"}
+    for _ in range(draw(st.integers(1, 12))):
+        parent = draw(st.sampled_from(sorted(paths)))
+        paths.add(f"{parent.rstrip('/')}/{draw(names)}")
+    snaps = {}
+    for path in sorted(paths):
+        pids = tuple(draw(st.lists(st.integers(100, 110), max_size=3, unique=True)))
+        snaps[path] = S(
+            path,
+            usage=draw(st.one_of(st.none(), st.integers(0, 10**9))),
+            populated=draw(st.one_of(st.none(), st.booleans())),
+            oom_group=draw(st.one_of(st.none(), st.booleans())),
+            priority=draw(st.integers(-3, 3)),
+            preference=draw(st.sampled_from([None, None, "prefer", "avoid", "omit"])),
+            overlimit=draw(st.booleans()),
+            killable=draw(st.booleans()),
+            swap=draw(st.one_of(st.none(), st.integers(0, 10**8))),
+            growth=draw(st.one_of(st.none(), st.floats(-1e6, 1e6))),
+            pids=pids,
+            processes=tuple(ProcessSnapshot(p, "p", draw(st.integers(-1000, 1000)),
+                                            draw(st.integers(0, 10**8))) for p in pids),
+        )
+    own = draw(st.sampled_from(sorted(paths)))
+    return Incident.create("/r", own_cgroup=own), snaps
+
+
+POLICIES = [cgoom.load_policy(n) for n in cgoom.BUILTIN_POLICIES]
+
+
+def below_omitted(path: str, cands: Mapping[str, S]) -> bool:
+    parts = [p for p in path.split("/") if p]
+    return any(cands.get("/" + "/".join(parts[:i])) is not None
+               and cands["/" + "/".join(parts[:i])].preference == "omit"
+               for i in range(1, len(parts) + 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(candidate_trees())
+def test_invariants(case: tuple[Incident, dict[str, S]]) -> None:
+    incident, cands = case
+    for policy in POLICIES:
+        d = policy(incident, cands)
+        assert d == policy(incident, cands), policy.name          # deterministic
+        assert cgoom._plugins.decision_problem(d, incident, cands) is None, policy.name
+        for v in d.victims:
+            assert v.cgroup == "/r" or v.cgroup.startswith("/r/")  # inside the incident
+            assert not below_omitted(v.cgroup, cands)             # never omitted
+            assert v.cgroup not in incident.protected             # never cgoom itself
+        assert len({v.cgroup for v in d.victims}) == len(d.victims)
+
+
+@settings(max_examples=300, deadline=None)
+@given(candidate_trees())
+def test_priority_never_skips_a_lower_priority_sibling(
+        case: tuple[Incident, dict[str, S]]) -> None:
+    """At every level of the first victim's chain, no sibling that still holds a killable
+    unit has a lower priority than the one taken."""
+    incident, cands = case
+    d = cgoom.PriorityPolicy(whole=True)(incident, cands)
+    if d.first is None:
+        return
+    allowed = {s.path for s in cgoom.units(incident, cands)}
+    parts = [p for p in d.first.cgroup.split("/") if p]
+    for depth in range(2, len(parts) + 1):
+        taken = "/" + "/".join(parts[:depth])
+        parent = taken.rsplit("/", 1)[0] or "/"
+        for other in cands:
+            if other != taken and (other.rsplit("/", 1)[0] or "/") == parent and any(
+                    u == other or u.startswith(other + "/") for u in allowed):
+                assert cands[taken].priority <= cands[other].priority
+
+
+# --- loading and guarding ------------------------------------------------------------------
+
+
+class TestLoading:
+    def test_builtins_load_with_arguments(self) -> None:
+        assert cgoom.load_policy("largest", protection_aware=False).name == "largest"
+        assert isinstance(cgoom.load_policy("priority"), cgoom.Policy)
+        assert cgoom.available_policies()["priority"] == "built in"
+
+    def test_unknown_name(self) -> None:
+        with pytest.raises(cgoom.PluginError,
+                           match=r"no policy named 'nope'; available: .*priority"):
+            cgoom.load_policy("nope")
+
+    def test_bad_arguments_name_the_policy(self) -> None:
+        with pytest.raises(cgoom.PluginError, match=r"policy 'largest' .* refused its arguments"):
+            cgoom.load_policy("largest", size=3)
+
+    @pytest.mark.parametrize(("policy", "match"), [
+        (42, "cannot be called"),
+        (lambda incident, candidates: None, "has no `name`"),
+    ])
+    def test_validation(self, policy: object, match: str) -> None:
+        with pytest.raises(cgoom.PluginError, match=match):
+            cgoom.validate_policy(policy, plugin="x")
+
+    def test_validation_runs_a_trial(self) -> None:
+        class Wrong:
+            name = "wrong"
+
+            def __call__(self, incident: Incident, candidates: Mapping[str, S]) -> cgoom.Decision:
+                return cgoom.Decision("wrong", (cgoom.Victim("/trial/c", 1, "omitted!", True),))
+
+        with pytest.raises(cgoom.PluginError, match="chose /trial/c, which is not a unit"):
+            cgoom.validate_policy(Wrong(), plugin="wrong")
+
+
+class TestDecide:
+    def test_good_policy_decides(self) -> None:
+        d = cgoom.decide(cgoom.largest(), Incident("/jobs"), JOBS)
+        assert d.policy == "largest" and d.notes == ()
+
+    def test_raising_policy_falls_back(self) -> None:
+        class Broken:
+            name = "broken"
+
+            def __call__(self, incident: Incident, candidates: Mapping[str, S]) -> cgoom.Decision:
+                raise ZeroDivisionError("oops")
+
+        d = cgoom.decide(Broken(), Incident("/jobs"), JOBS)
+        assert d.policy == "priority" and victims(d)[0] == "/jobs/cache"
+        assert d.notes == ("policy 'broken' raised ZeroDivisionError: oops; 'priority' decided",)
+
+    def test_slow_policy_falls_back(self) -> None:
+        ticks = iter([0.0, 0.5])
+        d = cgoom.decide(cgoom.largest(), Incident("/jobs"), JOBS, budget=0.1,
+                         clock=lambda: next(ticks))
+        assert d.policy == "priority"
+        assert "took 500.0 ms, over its budget of 100 ms" in d.notes[0]
+
+    def test_forbidden_victim_falls_back(self) -> None:
+        class Rogue:
+            name = "rogue"
+
+            def __call__(self, incident: Incident, candidates: Mapping[str, S]) -> cgoom.Decision:
+                return cgoom.Decision("rogue", (cgoom.Victim("/elsewhere", 1, "x", True),))
+
+        d = cgoom.decide(Rogue(), Incident("/jobs"), JOBS, fallback=cgoom.largest())
+        assert d.policy == "largest"
+        assert "chose /elsewhere" in d.notes[0]
