@@ -35,14 +35,13 @@ _UNITS = ("B", "K", "M", "G", "T", "P")
 
 
 def _size(value: int | None) -> str:
+    """``1536 -> "1.5K"`` in binary units (hot: one per victim reason)."""
     if value is None:
         return "unknown"
-    amount = float(value)
-    for unit in _UNITS:
-        if amount < 1024 or unit == _UNITS[-1]:
-            return f"{amount:.0f}{unit}" if unit == "B" else f"{amount:.1f}{unit}"
-        amount /= 1024
-    return str(value)
+    if value < 1024:
+        return f"{value}B"
+    exponent = min((int(value).bit_length() - 1) // 10, len(_UNITS) - 1)
+    return f"{value / (1 << (10 * exponent)):.1f}{_UNITS[exponent]}"
 
 
 def _within(path: str, top: str) -> bool:
@@ -211,6 +210,13 @@ def _protected_size(s: CgroupSnapshot) -> int:
     return usage - min(usage, s.protection)
 
 
+def _describe_protected(s: CgroupSnapshot) -> str:
+    protection = s.protection
+    usage = s.usage or 0
+    return (f"usage {_size(s.usage)} minus protection {_size(protection)}: "
+            f"{_size(usage - min(usage, protection))}")
+
+
 def largest(*, protection_aware: bool = True, whole: bool | None = True) -> RankBy:
     """The unit using the most memory (oomd's kill_by_memory_size). With
     ``protection_aware``, usage minus its memory.min/low protection (oomd's
@@ -218,9 +224,8 @@ def largest(*, protection_aware: bool = True, whole: bool | None = True) -> Rank
     if protection_aware:
         return RankBy(
             "largest", key=lambda s: (_protected_size(s), s.usage or 0),
-            describe=lambda s: f"usage {_size(s.usage)} minus protection "
-                               f"{_size(s.protection)}: {_size(_protected_size(s))}",
-            score=lambda s: float(_protected_size(s)), whole=whole)
+            describe=_describe_protected, score=lambda s: float(_protected_size(s)),
+            whole=whole)
     return RankBy("largest", key=lambda s: (s.usage or 0,),
                   describe=lambda s: f"usage {_size(s.usage)}",
                   score=lambda s: float(s.usage or 0), whole=whole)
@@ -285,13 +290,19 @@ class PriorityPolicy:
         chosen = units(incident, candidates)
         base = [p for p in incident.cgroup.split("/") if p]
 
+        levels: dict[str, tuple[int, int, int, int, str]] = {}
+
         def level(path: str) -> tuple[int, int, int, int, str]:
-            s = candidates[path]
-            return (s.priority, 0 if s.overlimit else 1, -preference_rank(s), -(s.usage or 0),
-                    path)
+            key = levels.get(path)
+            if key is None:
+                s = candidates[path]
+                key = (s.priority, 0 if s.overlimit else 1, -preference_rank(s),
+                       -(s.usage or 0), path)
+                levels[path] = key
+            return key
 
         def chain(path: str) -> list[tuple[int, int, int, int, str]]:
-            parts = [p for p in path.split("/") if p]
+            parts = path.split("/")[1:]
             steps = ["/" + "/".join(parts[:i]) for i in range(len(base) + 1, len(parts) + 1)]
             return [level(p) for p in steps if p in candidates] or [level(path)]
 

@@ -32,3 +32,10 @@ def test_import_time_benchmark_json() -> None:
     result = run(str(BENCH / "import_time.py"), "--json", "--runs", "3")
     assert result["runs"] == 3 and result["median_ms"] > 0
     assert result["heavy_modules_imported"] == []
+
+
+def test_policies_benchmark_json() -> None:
+    result = run(str(BENCH / "policies.py"), "--json", "--candidates", "200", "--runs", "3")
+    assert set(result) == set(__import__("cgoom").BUILTIN_POLICIES)
+    for row in result.values():
+        assert row["p99_ms"] >= row["p50_ms"] > 0 and row["candidates"] == 200

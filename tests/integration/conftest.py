@@ -95,5 +95,10 @@ def hog(megabytes: int) -> str:
     return f"head -c {megabytes}M /dev/zero | tail"
 
 
+def holding_hog(megabytes: int) -> str:
+    """Like :func:`hog`, but it keeps the memory until killed: tail waits for more input."""
+    return f"{{ head -c {megabytes}M /dev/zero; exec sleep 1000; }} | tail > /dev/null"
+
+
 def python_cmd(code: str) -> str:
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
