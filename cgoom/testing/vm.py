@@ -80,7 +80,8 @@ def ensure_prerequisites() -> tuple[str, str]:
         _say(f"installing {' '.join(APT_PACKAGES)} with apt-get (about a minute)")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         for cmd in (["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES]):
+                    # With recommends, as in the verified recipe (ipxe-qemu comes that way).
+                    ["apt-get", "install", "-y", "-q", *APT_PACKAGES]):
             done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                                   text=True, check=False)
             if done.returncode != 0:
