@@ -89,6 +89,16 @@ def spawn() -> Iterator[object]:
         s.cleanup()
 
 
+def throttled(parent: cgoom.Cgroup, name: str) -> cgoom.Cgroup:
+    """A child of ``parent`` where a 64 MiB hog is throttled, never killed: memory.high 16M
+    far below memory.max 512M, and no swap to escape to."""
+    cgroup = parent.create_child(name)
+    cgroup.set_memory_high("16M")
+    cgroup.set_memory_max("512M")
+    cgroup.set_memory_swap_max(0)
+    return cgroup
+
+
 def hog(megabytes: int) -> str:
     """A shell pipeline that holds ``megabytes`` MiB of anonymous memory: tail keeps the
     whole newline-free stream as one line."""

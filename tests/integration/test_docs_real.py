@@ -12,7 +12,7 @@ import cgoom
 from cgoom.testing import kill_and_remove
 
 from ..test_docs import PAGES, blocks
-from .conftest import hog
+from .conftest import hog, throttled
 
 
 def test_real_kernel_examples(parent: cgoom.Cgroup, spawn: Callable[[cgoom.Cgroup, str], Any],
@@ -24,10 +24,7 @@ def test_real_kernel_examples(parent: cgoom.Cgroup, spawn: Callable[[cgoom.Cgrou
     slice_ = parent.create_child("workload.slice")
     try:
         slice_.enable_controllers("memory", "pids")
-        batch = slice_.create_child("batch-1")
-        batch.set_memory_high("16M")
-        batch.set_memory_max("512M")
-        batch.set_memory_swap_max(0)
+        batch = throttled(slice_, "batch-1")
         spawn(batch, hog(64))
         for page, block in code:
             exec(compile(block, page.name, "exec"), {})

@@ -17,7 +17,7 @@ import cgoom
 from cgoom.cli import main as cli_main
 from cgoom.testing import wait_until
 
-from .conftest import hog
+from .conftest import hog, throttled
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 
@@ -187,10 +187,7 @@ class TestLimitsTakeEffect:
 
     def test_memory_high_throttles_without_killing(self, box: cgoom.Cgroup, spawn: Spawn) -> None:
         """Over memory.high the kernel throttles and counts `high`, and never kills."""
-        c = box.create_child("high")
-        c.set_memory_high("16M")
-        c.set_memory_max("512M")
-        c.set_memory_swap_max(0)
+        c = throttled(box, "high")
         p = spawn(c, hog(64))
         wait_until(lambda: c.memory_events().high > 0, 60, "the high counter to move")
         wait_until(lambda: c.memory_pressure().some.total_us > 0, 60, "memory stall time")

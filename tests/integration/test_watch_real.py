@@ -12,7 +12,7 @@ import pytest
 
 import cgoom
 
-from .conftest import hog
+from .conftest import hog, throttled
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 
@@ -44,10 +44,7 @@ async def test_high_events_while_throttled_and_nothing_missed(
         box: cgoom.Cgroup, spawn: Spawn) -> None:
     """Crossing memory.high gives `high` events as it happens; the deltas add up to the
     counter's growth, however the kernel coalesced its notifications."""
-    c = box.create_child("high")
-    c.set_memory_high("16M")
-    c.set_memory_max("512M")
-    c.set_memory_swap_max(0)
+    c = throttled(box, "high")
     h = cgoom.Hierarchy.discover()
     async with cgoom.open_watcher(h, c.path) as w:
         baseline = c.memory_events().high
@@ -125,10 +122,7 @@ async def test_created_and_removed_burst(box: cgoom.Cgroup) -> None:
 
 async def test_psi_trigger_fires_under_pressure(box: cgoom.Cgroup, spawn: Spawn) -> None:
     """A `some` trigger on the cgroup's memory.pressure fires while it is throttled."""
-    c = box.create_child("psi")
-    c.set_memory_high("16M")
-    c.set_memory_max("512M")
-    c.set_memory_swap_max(0)
+    c = throttled(box, "psi")
     h = cgoom.Hierarchy.discover()
     async with cgoom.open_watcher(h, c.path, files=["cgroup.events"]) as w:
         trigger = cgoom.PressureTrigger("some", 50_000, 500_000)  # 10% of 500 ms
@@ -145,10 +139,7 @@ async def test_psi_trigger_fires_under_pressure(box: cgoom.Cgroup, spawn: Spawn)
 
 async def test_sustained_pressure_rule(box: cgoom.Cgroup, spawn: Spawn) -> None:
     """"some above 10% for 2 s" holds while a hog is throttled over memory.high."""
-    c = box.create_child("sustained")
-    c.set_memory_high("16M")
-    c.set_memory_max("512M")
-    c.set_memory_swap_max(0)
+    c = throttled(box, "sustained")
     h = cgoom.Hierarchy.discover()
     rule = cgoom.SustainedPressure("some", percent=10, duration_s=2, window_s=0.5)
     async with cgoom.open_watcher(h, c.path, files=["cgroup.events"]) as w:
