@@ -50,8 +50,9 @@ async def watch_and_act(hierarchy: cgoom.Hierarchy, demo_cg: cgoom.Cgroup,
         started = time.monotonic()
         killed_at = None
         async for event in watcher:
-            if isinstance(event, cgoom.MemoryEventsChanged) and event.local:
-                continue  # the hierarchical line says the same here
+            if isinstance(event, cgoom.MemoryEventsChanged) and (
+                    event.local or event.cgroup == demo_cg.path):
+                continue  # batch's own hierarchical line says the same
             print(f"  +{time.monotonic() - started:6.3f}s  {event}", flush=True)
             if isinstance(event, cgoom.PressureSustained) and killed_at is None:
                 step("cgoom status " + demo_cg.path)

@@ -177,3 +177,37 @@ async def test_system_wide_trigger_arms(box: cgoom.Cgroup) -> None:
         with pytest.raises(cgoom.InvalidValue, match=r"at least 500 ms before Linux 6\.5"):
             w.watch_pressure(None, cgoom.PressureTrigger("some", 10_000, 100_000))
     assert w.statistics().triggers == 0
+
+
+WATCHES = "/proc/sys/fs/inotify/max_user_watches"
+
+
+def max_user_watches(value: int | None = None) -> int:
+    """Read the sysctl, or set it to ``value`` first."""
+    if value is not None:
+        with open(WATCHES, "w") as f:
+            f.write(f"{value}\n")
+    with open(WATCHES) as f:
+        return int(f.read())
+
+
+async def test_watch_limit_is_raised_when_root(box: cgoom.Cgroup,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """With fs.inotify.max_user_watches too low for the subtree, a root watcher raises it
+    (and says so) instead of failing; without that permission the error names the sysctl."""
+    saved = max_user_watches()
+    for i in range(60):
+        box.create_child(f"w{i}")
+    try:
+        max_user_watches(100)  # 61 cgroups x 5 watches need ~305
+        h = cgoom.Hierarchy.discover()
+        async with cgoom.open_watcher(h, box.path) as w:
+            assert w.statistics().watches == 61 * 5
+            assert max_user_watches() >= 61 * 5
+        assert "raised fs.inotify.max_user_watches from 100 to" in caplog.text
+        max_user_watches(100)
+        with pytest.raises(cgoom.CgoomError, match=r"max_user_watches.*is 100.*sysctl -w"):
+            async with cgoom.open_watcher(h, box.path, raise_watch_limit=False):
+                pass
+    finally:
+        max_user_watches(saved)
