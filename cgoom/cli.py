@@ -1,7 +1,9 @@
 """The ``cgoom`` command: inspect a cgroup v2 memory hierarchy.
 
 ``cgoom status [PATH]`` prints each cgroup under PATH with its usage, limits, event counters,
-population and memory pressure; ``cgoom features`` prints what the kernel and mount provide.
+population and memory pressure; ``cgoom features`` prints what the kernel and mount provide;
+``cgoom rank [PATH]`` shows whom a policy would kill if PATH ran out of memory now, and why
+(a dry run: it kills nothing); ``cgoom policies`` lists the policies installed.
 Exit status: 0 on success, 1 when cgoom cannot do its job here (the message says why and
 what to do), 2 for a usage error.
 """
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 import attrs
 
 from ._cgroup import Cgroup
-from ._errors import CgoomError, CgroupGone, NotSupported
+from ._errors import CgoomError, CgroupGone, InvalidValue, NotSupported
 from ._hierarchy import Hierarchy
 from ._types import Limit
 
@@ -115,8 +117,8 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def _hierarchy(args: argparse.Namespace) -> Hierarchy:
     if args.mount:
-        return Hierarchy(mount=args.mount)
-    return Hierarchy.discover()
+        return Hierarchy(mount=args.mount, proc_root=args.proc)
+    return Hierarchy.discover(proc_root=args.proc)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -154,11 +156,76 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_args(pairs: Sequence[str]) -> dict[str, object]:
+    args: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise InvalidValue(
+                f"--arg {pair!r}: write NAME=VALUE, e.g. --arg protection_aware=false",
+                value=pair)
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            args[key] = lowered == "true"
+        else:
+            try:
+                args[key] = int(text)
+            except ValueError:
+                try:
+                    args[key] = float(text)
+                except ValueError:
+                    args[key] = text
+    return args
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from ._plugins import decide, load_policy
+    from ._policy import Incident
+    from ._snapshot import Snapshotter
+
+    hierarchy = _hierarchy(args)
+    hierarchy.require_memory()
+    policy = load_policy(args.policy, **_policy_args(args.arg))
+    start = hierarchy.cgroup(args.path)
+    if not start.exists():
+        raise CgroupGone(f"no cgroup {start.path} under {hierarchy.mount}", path=start.dir)
+    try:
+        own = hierarchy.own_cgroup().path
+    except CgoomError:
+        own = None
+    candidates = Snapshotter(hierarchy).snapshot(start.path)
+    incident = Incident.create(start.path, "manual", own_cgroup=own)
+    decision = decide(policy, incident, candidates)
+    if args.json:
+        print(json.dumps(attrs.asdict(decision), indent=2))
+        return 0
+    print(f"policy {decision.policy}: {len(decision.victims)} candidate(s) in {start.path}, "
+          "first to die first (dry run: nothing is killed)")
+    for note in decision.notes:
+        print(f"note: {note}")
+    for rank, victim in enumerate(decision.victims[: args.top], 1):
+        target = "whole cgroup" if victim.whole else f"pid {victim.pid}"
+        print(f"{rank:3}. {victim.cgroup} ({target}): {victim.reason}")
+    hidden = len(decision.victims) - args.top
+    if hidden > 0:
+        print(f"     ... and {hidden} more (--top N)")
+    return 0
+
+
+def _cmd_policies(args: argparse.Namespace) -> int:
+    from ._plugins import available_policies
+
+    for name, origin in available_policies().items():
+        print(f"{name:<16} {origin}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgoom", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--mount", help="the cgroup2 mount (default: found in /proc/self/mountinfo)"
     )
+    parser.add_argument("--proc", default="/proc", help="where procfs is (default: /proc)")
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="usage, limits, events and pressure of each cgroup")
     status.add_argument("path", nargs="?", default="/", help="subtree to show (default: all)")
@@ -168,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     features = sub.add_parser("features", help="what this kernel and cgroup2 mount provide")
     features.add_argument("--json", action="store_true", help="print JSON")
     features.set_defaults(func=_cmd_features)
+    rank = sub.add_parser("rank", help="whom a policy would kill now, and why (dry run)")
+    rank.add_argument("path", nargs="?", default="/", help="the cgroup that ran out of memory")
+    rank.add_argument("--policy", default="priority", help="a policy name (cgoom policies)")
+    rank.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                      help="an option of the policy (repeatable)")
+    rank.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
+    rank.add_argument("--json", action="store_true", help="print the whole decision as JSON")
+    rank.set_defaults(func=_cmd_rank)
+    policies = sub.add_parser("policies", help="the policies installed (built-in and plugins)")
+    policies.set_defaults(func=_cmd_policies)
     return parser
 
 

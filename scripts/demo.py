@@ -1,10 +1,11 @@
 """cgoom's main job today, on a real cgroup v2 kernel (run by scripts/demo).
 
-Builds /cgoom-demo/{web,batch}, sets memory.high below memory.max on batch (the early-trigger
-pattern cgoom is built on), watches the subtree (kernel notifications, no polling) with a
-sustained-pressure rule on batch, starts a quiet service in web and a memory hog in batch,
-prints the events as the kernel reports them, and when the rule holds kills batch whole
-(cgroup.kill) and sees it empty while web lives on. Cleans up after itself.
+Builds /cgoom-demo/{web,batch} (web priority 100, batch 0), sets memory.high below memory.max
+on batch (the early-trigger pattern cgoom is built on), watches the subtree (kernel
+notifications, no polling) with a sustained-pressure rule on batch, starts a quiet service in
+web and a memory hog in batch, prints the events as the kernel reports them, and when the rule
+holds asks the priority policy whom to kill, kills its first victim (cgroup.kill) and sees it
+empty while web lives on. Cleans up after itself.
 
 On a host without a usable cgroup v2 memory controller it runs itself inside the VM.
 """
@@ -57,9 +58,18 @@ async def watch_and_act(hierarchy: cgoom.Hierarchy, demo_cg: cgoom.Cgroup,
             if isinstance(event, cgoom.PressureSustained) and killed_at is None:
                 step("cgoom status " + demo_cg.path)
                 cgoom_cli(["status", demo_cg.path])
-                step("the rule held: kill batch whole (cgroup.kill); the watcher sees it empty")
+                step(f"the rule held: cgoom rank {demo_cg.path} (the priority policy decides)")
+                cgoom_cli(["rank", demo_cg.path])
+                decision = cgoom.decide(
+                    cgoom.load_policy("priority"),
+                    cgoom.Incident.create(demo_cg.path, "pressure",
+                                          own_cgroup=hierarchy.own_cgroup().path),
+                    cgoom.Snapshotter(hierarchy).snapshot(demo_cg.path))
+                victim = decision.first
+                assert victim is not None and victim.whole, decision
+                step(f"kill {victim.cgroup} whole (cgroup.kill); the watcher sees it empty")
                 killed_at = time.monotonic()
-                await batch.akill()
+                await hierarchy.cgroup(victim.cgroup).akill()
             if (isinstance(event, cgoom.CgroupStateChanged) and event.cgroup == batch.path
                     and not event.state.populated and killed_at is not None):
                 print(f"batch empty {(time.monotonic() - killed_at) * 1000:.1f} ms after the "
@@ -80,8 +90,11 @@ def demo() -> int:
     try:
         demo_cg.enable_controllers("memory", "pids")
         web, batch = demo_cg.create_child("web"), demo_cg.create_child("batch")
-        step(f"{demo_cg.path}: web (max 64M) and batch (high 48M < max 96M, oom.group 1)")
+        step(f"{demo_cg.path}: web (priority 100, max 64M) and batch (priority 0, high 48M < "
+             "max 96M, oom.group 1)")
         web.set_memory_max("64M")
+        web.set_priority(100)
+        batch.set_priority(0)
         batch.set_memory_high("48M")
         batch.set_memory_max("96M")
         batch.set_memory_swap_max(0)

@@ -62,3 +62,46 @@ def test_no_memory_controller_says_what_to_do(tmp_path: Path,
                                               (1536, "1.5K"), (5 << 30, "5.0G")])
 def test_human(value: int | str | None, shown: str) -> None:
     assert human(value) == shown  # type: ignore[arg-type]
+
+
+def test_rank_is_a_dry_run_with_reasons(lab: FakeCgroupTree,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    lab.add_process(100, name="batchd", oom_score_adj=200, rss=250 << 20)
+    lab.cgroup("lab/web").attach(300)
+    lab.add_process(300, name="nginx", rss=50 << 20)
+    lab.cgroup("lab/web").set_priority(10)
+    assert main(["--mount", lab.mount, "--proc", f"{lab.base}/proc", "rank", "lab"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("policy priority: 2 candidate(s) in /lab, first to die first "
+                      "(dry run: nothing is killed)")
+    assert out[1].startswith("  1. /lab/batch (pid 100): priority 0, usage 300.0M")
+    assert out[2].startswith("  2. /lab/web (pid 300): priority 10")
+    assert lab.cgroup("lab/batch").cgroup_procs() == (100,)  # nothing was killed
+
+
+def test_rank_with_a_policy_and_arguments(lab: FakeCgroupTree,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    lab.cgroup("lab/web").attach(300)
+    assert main(["--mount", lab.mount, "--proc", f"{lab.base}/proc", "rank", "lab",
+                 "--policy", "largest",
+                 "--arg", "protection_aware=false", "--json"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["policy"] == "largest"
+    assert [v["cgroup"] for v in decision["victims"]] == ["/lab/batch", "/lab/web"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["rank", "lab", "--policy", "nope"], "no policy named 'nope'"),
+    (["rank", "lab", "--arg", "oops"], "write NAME=VALUE"),
+    (["rank", "missing"], "no cgroup /missing"),
+])
+def test_rank_errors(lab: FakeCgroupTree, capsys: pytest.CaptureFixture[str], argv: list[str],
+                     message: str) -> None:
+    assert main(["--mount", lab.mount, *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_policies_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policies"]) == 0
+    out = capsys.readouterr().out
+    assert "priority         built in" in out and "kubernetes-qos" in out

@@ -8,7 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import cgoom
+from cgoom.cli import main as cli_main
 from cgoom.testing import wait_until
 
 from .conftest import holding_hog
@@ -48,7 +51,8 @@ def test_xattrs_reach_snapshots(box: cgoom.Cgroup) -> None:
     assert fresh.age is not None and 1.0 <= fresh.age < 120
 
 
-def test_priority_policy_on_live_processes(box: cgoom.Cgroup, spawn: Spawn) -> None:
+def test_priority_policy_on_live_processes(box: cgoom.Cgroup, spawn: Spawn,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     """A hog in a low-priority cgroup is chosen; its high-priority sibling, larger or not,
     is spared; inside the leaf the process with the highest oom_score_adj is the victim."""
     low, high = box.create_child("low"), box.create_child("high")
@@ -71,4 +75,7 @@ def test_priority_policy_on_live_processes(box: cgoom.Cgroup, spawn: Spawn) -> N
     assert first.pid in low.cgroup_procs() and first.pid != small.pid
     assert [v.cgroup for v in decision.victims][-1] == high.path
     assert big.proc.poll() is None
+    assert cli_main(["rank", box.path]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(f"  1. {low.path} (pid {first.pid}): priority 0")
     os.kill(first.pid, 9)
