@@ -33,7 +33,7 @@ from typing import TypeVar
 import attrs
 
 from . import _parse
-from ._errors import CgroupGone, InvalidValue, ParseError
+from ._errors import CgroupGone, InvalidValue, NotSupported, ParseError
 from ._fs import CgroupFS, OsFS, translate_os_error
 from ._types import (
     CgroupEvents,
@@ -52,6 +52,15 @@ PRIORITY_XATTR = "user.cgoom.priority"
 PREFERENCE_XATTR = "user.cgoom.preference"
 KILLABLE_XATTR = "user.cgoom.killable"
 OVERLIMIT_XATTR = "user.cgoom.overlimit"
+
+
+def if_supported(read: Callable[[], _T]) -> _T | None:
+    """``read()``, or ``None`` where that file does not exist on this cgroup or kernel
+    (:class:`~cgoom.NotSupported`): a field the kernel lacks is absent, not zero."""
+    try:
+        return read()
+    except NotSupported:
+        return None
 
 
 async def _in_thread(func: Callable[[], _T]) -> _T:

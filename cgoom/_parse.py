@@ -122,6 +122,17 @@ def parse_size(value: int | str, source: str) -> int:
     return number
 
 
+_SIZE_UNITS = ("B", "K", "M", "G", "T", "P", "E")
+
+
+def format_size(value: int) -> str:
+    """``1536 -> "1.5K"``: binary units, as the kernel counts (for logs and reasons)."""
+    if value < 1024:
+        return f"{value}B"
+    exponent = min((value.bit_length() - 1) // 10, len(_SIZE_UNITS) - 1)
+    return f"{value / (1 << (10 * exponent)):.1f}{_SIZE_UNITS[exponent]}"
+
+
 def format_limit(value: int | str, source: str) -> str:
     """The text to write for a limit: ``"max"`` or the size in decimal bytes."""
     if isinstance(value, str) and value.strip() == MAX:

@@ -29,19 +29,12 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from ._parse import format_size
 from ._snapshot import CgroupSnapshot, ProcessSnapshot, tree_children
-
-_UNITS = ("B", "K", "M", "G", "T", "P")
 
 
 def _size(value: int | None) -> str:
-    """``1536 -> "1.5K"`` in binary units (hot: one per victim reason)."""
-    if value is None:
-        return "unknown"
-    if value < 1024:
-        return f"{value}B"
-    exponent = min((int(value).bit_length() - 1) // 10, len(_UNITS) - 1)
-    return f"{value / (1 << (10 * exponent)):.1f}{_UNITS[exponent]}"
+    return "unknown" if value is None else format_size(value)
 
 
 def _within(path: str, top: str) -> bool:

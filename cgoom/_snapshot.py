@@ -37,6 +37,7 @@ from ._cgroup import (
     PREFERENCE_XATTR,
     PRIORITY_XATTR,
     Cgroup,
+    if_supported,
 )
 from ._errors import CgoomError, CgroupGone, NotSupported
 from ._hierarchy import Hierarchy
@@ -112,13 +113,6 @@ class CgroupSnapshot:
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[1]
-
-
-def _optional(read: Callable[[], object]) -> object:
-    try:
-        return read()
-    except NotSupported:
-        return None
 
 
 def read_processes(pids: Iterable[int], proc_root: str = "/proc") -> tuple[ProcessSnapshot, ...]:
@@ -218,13 +212,13 @@ class Snapshotter:
         """One cgroup's snapshot. Raises :class:`~cgoom.CgroupGone` if it vanished."""
         problems: list[str] = []
         settings = self._settings(cgroup, problems)
-        usage = _optional(cgroup.memory_current)
-        stat = _optional(cgroup.memory_stat)
-        cg_events = _optional(cgroup.cgroup_events)
+        usage = if_supported(cgroup.memory_current)
+        stat = if_supported(cgroup.memory_stat)
+        cg_events = if_supported(cgroup.cgroup_events)
         pids = cgroup.cgroup_procs()
         now = self._clock()
         growth = None
-        if isinstance(usage, int):
+        if usage is not None:
             first = self._history.get(cgroup.path)
             if first is None:
                 self._history[cgroup.path] = (now, usage)
@@ -236,23 +230,23 @@ class Snapshotter:
             age = None
         return CgroupSnapshot(
             path=cgroup.path,
-            usage=usage,  # type: ignore[arg-type]
-            peak=_optional(cgroup.memory_peak),  # type: ignore[arg-type]
-            swap=_optional(cgroup.memory_swap_current),  # type: ignore[arg-type]
-            anon=None if stat is None else stat.get("anon"),  # type: ignore[attr-defined]
-            file=None if stat is None else stat.get("file"),  # type: ignore[attr-defined]
-            kernel=None if stat is None else stat.get("kernel"),  # type: ignore[attr-defined]
+            usage=usage,
+            peak=if_supported(cgroup.memory_peak),
+            swap=if_supported(cgroup.memory_swap_current),
+            anon=None if stat is None else stat.get("anon"),
+            file=None if stat is None else stat.get("file"),
+            kernel=None if stat is None else stat.get("kernel"),
             growth=growth,
-            pressure=_optional(cgroup.memory_pressure),  # type: ignore[arg-type]
-            events=_optional(cgroup.memory_events),  # type: ignore[arg-type]
-            populated=None if cg_events is None else cg_events.populated,  # type: ignore[attr-defined]
+            pressure=if_supported(cgroup.memory_pressure),
+            events=if_supported(cgroup.memory_events),
+            populated=None if cg_events is None else cg_events.populated,
             pids=pids,
             age=age,
-            memory_min=_optional(cgroup.memory_min),  # type: ignore[arg-type]
-            memory_low=_optional(cgroup.memory_low),  # type: ignore[arg-type]
-            memory_high=_optional(cgroup.memory_high),  # type: ignore[arg-type]
-            memory_max=_optional(cgroup.memory_max),  # type: ignore[arg-type]
-            oom_group=_optional(cgroup.memory_oom_group),  # type: ignore[arg-type]
+            memory_min=if_supported(cgroup.memory_min),
+            memory_low=if_supported(cgroup.memory_low),
+            memory_high=if_supported(cgroup.memory_high),
+            memory_max=if_supported(cgroup.memory_max),
+            oom_group=if_supported(cgroup.memory_oom_group),
             processes=read_processes(pids, self.hierarchy.proc_root) if processes else (),
             problems=tuple(problems),
             **settings,  # type: ignore[arg-type]
@@ -265,11 +259,16 @@ class Snapshotter:
         result: dict[str, CgroupSnapshot] = {}
         for cgroup in self.hierarchy.cgroup(root).walk():
             try:
-                leaf = not cgroup.children()
-                group = _optional(cgroup.memory_oom_group) is True
-                result[cgroup.path] = self.read(cgroup, processes=leaf and not group)
+                result[cgroup.path] = self.read(cgroup)
             except CgroupGone:
                 continue
+        # Processes from the pids already read, for leaves (no child in this pass) that are
+        # not oom.group units: no file of the pass is read twice.
+        children = tree_children(result)
+        for path, snap in result.items():
+            if not children[path] and snap.oom_group is not True and snap.pids:
+                result[path] = attrs.evolve(
+                    snap, processes=read_processes(snap.pids, self.hierarchy.proc_root))
         return result
 
 

@@ -83,25 +83,21 @@ from ._types import CgroupEvents, MemoryEvents, SwapEvents
 
 log = logging.getLogger("cgoom")
 
-#: The files a watcher follows in each cgroup, where they exist.
-DEFAULT_FILES = ("memory.events", "memory.events.local", "memory.swap.events", "cgroup.events")
-
-_DIR_MASK = IN_CREATE | IN_DELETE | IN_ONLYDIR
 _Record = MemoryEvents | SwapEvents | CgroupEvents
 Listener = Callable[[Event], object]
 
+#: How each file a watcher can follow is read; its keys are the files it follows.
+_READERS: dict[str, Callable[[Cgroup], _Record]] = {
+    "memory.events": lambda c: c.memory_events(),
+    "memory.events.local": lambda c: c.memory_events(local=True),
+    "memory.swap.events": lambda c: c.memory_swap_events(),
+    "cgroup.events": lambda c: c.cgroup_events(),
+}
 
-def _read(cgroup: Cgroup, name: str) -> _Record:
-    if name == "memory.events":
-        return cgroup.memory_events()
-    if name == "memory.events.local":
-        return cgroup.memory_events(local=True)
-    if name == "memory.swap.events":
-        return cgroup.memory_swap_events()
-    if name == "cgroup.events":
-        return cgroup.cgroup_events()
-    raise InvalidValue(f"cgoom cannot watch {name!r}; it watches {', '.join(DEFAULT_FILES)}",
-                       value=name)
+#: The files a watcher follows in each cgroup, where they exist.
+DEFAULT_FILES = tuple(_READERS)
+
+_DIR_MASK = IN_CREATE | IN_DELETE | IN_ONLYDIR
 
 
 @attrs.frozen
@@ -184,7 +180,6 @@ class Watcher:
         self._tracked: dict[str, list[int]] = {}
         self._last: dict[tuple[str, str], _Record] = {}
         self._triggers: dict[int, _Trigger] = {}
-        self._estimate = 0
         self._wakeups = self._notifications = self._events = self._resyncs = 0
         self._closed = False
 
@@ -217,7 +212,6 @@ class Watcher:
                 cgroup = self.hierarchy.cgroup(root)
                 if not cgroup.exists():
                     raise CgroupGone(f"cannot watch {cgroup.dir}: no such cgroup", path=cgroup.dir)
-                self._estimate += sum(1 for _ in cgroup.walk()) * (1 + len(self.files))
                 self._track_tree(cgroup, announce=False)
             self._loop.add_reader(self._inotify.fd, self._on_inotify)
         except BaseException:
@@ -307,7 +301,10 @@ class Watcher:
             if exc.errno != errno.ENOSPC:
                 raise
             current = read_int(MAX_USER_WATCHES)
-            needed = max(self._estimate, len(self._wds)) + 1024
+            # Count the subtrees only now: a second walk of every root is worth it only when
+            # the limit is hit.
+            total = sum(1 for root in self.roots for _ in self.hierarchy.cgroup(root).walk())
+            needed = max(total * (1 + len(self.files)), len(self._wds)) + 1024
             if self.raise_watch_limit and os.geteuid() == 0 and current is not None:
                 target = max(current * 2, needed * 2)
                 try:
@@ -342,7 +339,7 @@ class Watcher:
             wds.append(wd)
             self._wds[wd] = (cgroup.path, name)
             try:
-                self._last[(cgroup.path, name)] = _read(cgroup, name)
+                self._last[(cgroup.path, name)] = _READERS[name](cgroup)
             except NotSupported:
                 continue
             except ParseError as exc:
@@ -421,7 +418,7 @@ class Watcher:
     def _refresh(self, path: str, name: str) -> None:
         cgroup = self.hierarchy.cgroup(path)
         try:
-            new = _read(cgroup, name)
+            new = _READERS[name](cgroup)
         except CgroupGone:
             return  # being removed: the parent's IN_DELETE will say so
         except (NotSupported, ParseError) as exc:

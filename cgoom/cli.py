@@ -14,29 +14,24 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
-from ._cgroup import Cgroup
-from ._errors import CgoomError, CgroupGone, InvalidValue, NotSupported
+from ._cgroup import Cgroup, if_supported
+from ._errors import CgoomError, CgroupGone, InvalidValue
 from ._hierarchy import Hierarchy
+from ._parse import format_size
 from ._types import Limit
 
-_UNITS = ("B", "K", "M", "G", "T", "P", "E")
-
+if TYPE_CHECKING:
+    from ._policy import Decision
 
 def human(value: Limit | None) -> str:
     """``1536 -> "1.5K"``, ``"max" -> "max"``, ``None -> "-"`` (binary units, as the kernel)."""
     if value is None:
         return "-"
-    if isinstance(value, str):
-        return value
-    amount = float(value)
-    for unit in _UNITS:
-        if amount < 1024 or unit == _UNITS[-1]:
-            return f"{amount:.0f}{unit}" if unit == "B" else f"{amount:.1f}{unit}"
-        amount /= 1024
-    raise AssertionError("unreachable")
+    return value if isinstance(value, str) else format_size(value)
 
 
 @attrs.frozen
@@ -53,28 +48,21 @@ class Row:
     pressure_some_avg10: float | None
 
 
-def _optional(read: object) -> object:
-    try:
-        return read()  # type: ignore[operator]
-    except NotSupported:
-        return None
-
-
 def status_row(cgroup: Cgroup) -> Row:
     """Read one cgroup's row; raises :class:`~cgoom.CgroupGone` if it vanished meanwhile."""
-    events = _optional(cgroup.memory_events)
-    cg_events = _optional(cgroup.cgroup_events)
-    pressure = _optional(cgroup.memory_pressure)
+    events = if_supported(cgroup.memory_events)
+    cg_events = if_supported(cgroup.cgroup_events)
+    pressure = if_supported(cgroup.memory_pressure)
     return Row(
         path=cgroup.path,
-        current=_optional(cgroup.memory_current),  # type: ignore[arg-type]
-        high=_optional(cgroup.memory_high),  # type: ignore[arg-type]
-        max=_optional(cgroup.memory_max),  # type: ignore[arg-type]
+        current=if_supported(cgroup.memory_current),
+        high=if_supported(cgroup.memory_high),
+        max=if_supported(cgroup.memory_max),
         events=None if events is None else {
             k: getattr(events, k) for k in ("high", "max", "oom", "oom_kill", "oom_group_kill")
         },
-        populated=None if cg_events is None else cg_events.populated,  # type: ignore[attr-defined]
-        pressure_some_avg10=None if pressure is None else pressure.some.avg10,  # type: ignore[attr-defined]
+        populated=None if cg_events is None else cg_events.populated,
+        pressure_some_avg10=None if pressure is None else pressure.some.avg10,
     )
 
 
@@ -199,17 +187,21 @@ def _cmd_rank(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(attrs.asdict(decision), indent=2))
         return 0
-    print(f"policy {decision.policy}: {len(decision.victims)} candidate(s) in {start.path}, "
-          "first to die first (dry run: nothing is killed)")
-    for note in decision.notes:
-        print(f"note: {note}")
-    for rank, victim in enumerate(decision.victims[: args.top], 1):
-        target = "whole cgroup" if victim.whole else f"pid {victim.pid}"
-        print(f"{rank:3}. {victim.cgroup} ({target}): {victim.reason}")
-    hidden = len(decision.victims) - args.top
-    if hidden > 0:
-        print(f"     ... and {hidden} more (--top N)")
+    print("\n".join(format_decision(decision, start.path, args.top)))
     return 0
+
+
+def format_decision(decision: Decision, path: str, top: int = 10) -> list[str]:
+    """The lines ``cgoom rank`` prints for ``decision`` about ``path``."""
+    lines = [f"policy {decision.policy}: {len(decision.victims)} candidate(s) in {path}, "
+             "first to die first (dry run: nothing is killed)"]
+    lines += [f"note: {note}" for note in decision.notes]
+    for rank, victim in enumerate(decision.victims[:top], 1):
+        target = "whole cgroup" if victim.whole else f"pid {victim.pid}"
+        lines.append(f"{rank:3}. {victim.cgroup} ({target}): {victim.reason}")
+    if len(decision.victims) > top:
+        lines.append(f"     ... and {len(decision.victims) - top} more (--top N)")
+    return lines
 
 
 def _cmd_policies(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import sys
 import time
 
 import cgoom
+from cgoom.cli import format_decision
 from cgoom.cli import main as cgoom_cli
 from cgoom.testing import find_test_parent, kill_and_remove
 
@@ -58,13 +59,13 @@ async def watch_and_act(hierarchy: cgoom.Hierarchy, demo_cg: cgoom.Cgroup,
             if isinstance(event, cgoom.PressureSustained) and killed_at is None:
                 step("cgoom status " + demo_cg.path)
                 cgoom_cli(["status", demo_cg.path])
-                step(f"the rule held: cgoom rank {demo_cg.path} (the priority policy decides)")
-                cgoom_cli(["rank", demo_cg.path])
+                step("the rule held: the priority policy decides (as `cgoom rank` shows it)")
                 decision = cgoom.decide(
                     cgoom.load_policy("priority"),
                     cgoom.Incident.create(demo_cg.path, "pressure",
                                           own_cgroup=hierarchy.own_cgroup().path),
                     cgoom.Snapshotter(hierarchy).snapshot(demo_cg.path))
+                print("\n".join(format_decision(decision, demo_cg.path)))
                 victim = decision.first
                 assert victim is not None and victim.whole, decision
                 step(f"kill {victim.cgroup} whole (cgroup.kill); the watcher sees it empty")
