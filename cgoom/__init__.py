@@ -46,6 +46,12 @@ from ._types import PressureLine as PressureLine
 from ._types import SwapEvents as SwapEvents
 
 if TYPE_CHECKING:
+    from ._candidates import PRIORITY_MAX as PRIORITY_MAX
+    from ._candidates import PRIORITY_MIN as PRIORITY_MIN
+    from ._candidates import CgroupSnapshot as CgroupSnapshot
+    from ._candidates import Incident as Incident
+    from ._candidates import Preference as Preference
+    from ._candidates import ProcessSnapshot as ProcessSnapshot
     from ._events import CgroupCreated as CgroupCreated
     from ._events import CgroupRemoved as CgroupRemoved
     from ._events import CgroupStateChanged as CgroupStateChanged
@@ -58,14 +64,16 @@ if TYPE_CHECKING:
     from ._events import Resynchronized as Resynchronized
     from ._events import SustainedPressure as SustainedPressure
     from ._events import SwapEventsChanged as SwapEventsChanged
+    from ._events import WatchFailed as WatchFailed
     from ._plugins import BUILTIN_POLICIES as BUILTIN_POLICIES
     from ._plugins import PluginError as PluginError
+    from ._plugins import adecide as adecide
     from ._plugins import available_policies as available_policies
     from ._plugins import decide as decide
     from ._plugins import load_policy as load_policy
+    from ._plugins import start_policy_worker as start_policy_worker
     from ._plugins import validate_policy as validate_policy
     from ._policy import Decision as Decision
-    from ._policy import Incident as Incident
     from ._policy import KillableFirstPolicy as KillableFirstPolicy
     from ._policy import KubernetesQoSPolicy as KubernetesQoSPolicy
     from ._policy import Policy as Policy
@@ -79,10 +87,10 @@ if TYPE_CHECKING:
     from ._policy import select_process as select_process
     from ._policy import swap as swap
     from ._policy import units as units
-    from ._snapshot import CgroupSnapshot as CgroupSnapshot
-    from ._snapshot import Preference as Preference
-    from ._snapshot import ProcessSnapshot as ProcessSnapshot
+    from ._snapshot import FIELDS as FIELDS
     from ._snapshot import Snapshotter as Snapshotter
+    from ._snapshot import UsageHistory as UsageHistory
+    from ._snapshot import policy_fields as policy_fields
     from ._watcher import DEFAULT_FILES as DEFAULT_FILES
     from ._watcher import Watcher as Watcher
     from ._watcher import WatcherStatistics as WatcherStatistics
@@ -92,49 +100,59 @@ __version__ = "0.1.0.dev0"
 
 # Loaded on first use, so that `import cgoom` stays under 60 ms for supervisors that only
 # manage cgroups: the watcher needs asyncio (~50 ms), and the event, snapshot, policy and
-# plugin layers define many attrs classes (~1 ms each).
-_LAZY = {
-    "BUILTIN_POLICIES": "_plugins",
+# plugin layers define many attrs classes (~1 ms each). The one table of lazy public names:
+# `__all__`, `__dir__` and the TYPE_CHECKING imports above follow it (tests/test_exports.py
+# checks that they agree).
+_LAZY: dict[str, str] = {
+    "CgroupSnapshot": "_candidates",
+    "Incident": "_candidates",
+    "PRIORITY_MAX": "_candidates",
+    "PRIORITY_MIN": "_candidates",
+    "Preference": "_candidates",
+    "ProcessSnapshot": "_candidates",
     "CgroupCreated": "_events",
     "CgroupRemoved": "_events",
-    "CgroupSnapshot": "_snapshot",
     "CgroupStateChanged": "_events",
-    "DEFAULT_FILES": "_watcher",
-    "Decision": "_policy",
     "Event": "_events",
-    "Incident": "_policy",
-    "KillableFirstPolicy": "_policy",
-    "KubernetesQoSPolicy": "_policy",
     "MemoryEventsChanged": "_events",
-    "PluginError": "_plugins",
-    "Policy": "_policy",
-    "Preference": "_snapshot",
     "PressureSustained": "_events",
     "PressureTrigger": "_events",
-    "PressureTriggerEnded": "_events",
     "PressureTriggered": "_events",
-    "PriorityPolicy": "_policy",
-    "ProcessSnapshot": "_snapshot",
-    "RankBy": "_policy",
+    "PressureTriggerEnded": "_events",
     "Resynchronized": "_events",
-    "Snapshotter": "_snapshot",
     "SustainedPressure": "_events",
     "SwapEventsChanged": "_events",
-    "Victim": "_policy",
-    "Watcher": "_watcher",
-    "WatcherStatistics": "_watcher",
+    "WatchFailed": "_events",
+    "BUILTIN_POLICIES": "_plugins",
+    "PluginError": "_plugins",
+    "adecide": "_plugins",
     "available_policies": "_plugins",
     "decide": "_plugins",
+    "load_policy": "_plugins",
+    "start_policy_worker": "_plugins",
+    "validate_policy": "_plugins",
+    "Decision": "_policy",
+    "KillableFirstPolicy": "_policy",
+    "KubernetesQoSPolicy": "_policy",
+    "Policy": "_policy",
+    "PriorityPolicy": "_policy",
+    "RankBy": "_policy",
+    "Victim": "_policy",
     "growth": "_policy",
     "largest": "_policy",
-    "load_policy": "_plugins",
     "make_victim": "_policy",
-    "open_watcher": "_watcher",
     "pressure": "_policy",
     "select_process": "_policy",
     "swap": "_policy",
     "units": "_policy",
-    "validate_policy": "_plugins",
+    "FIELDS": "_snapshot",
+    "Snapshotter": "_snapshot",
+    "UsageHistory": "_snapshot",
+    "policy_fields": "_snapshot",
+    "DEFAULT_FILES": "_watcher",
+    "Watcher": "_watcher",
+    "WatcherStatistics": "_watcher",
+    "open_watcher": "_watcher",
 }
 
 
@@ -157,75 +175,20 @@ def parse_size(value: int | str) -> int:
     return _parse_size(value, "size")
 
 
-__all__ = [
-    "BUILTIN_POLICIES",
-    "DEFAULT_FILES",
-    "MAX",
-    "CgoomError",
-    "Cgroup",
-    "CgroupBusy",
-    "CgroupCreated",
-    "CgroupEvents",
-    "CgroupFS",
-    "CgroupGone",
-    "CgroupRemoved",
-    "CgroupSnapshot",
-    "CgroupStateChanged",
-    "CgroupType",
-    "ControllerNotEnabled",
-    "Decision",
-    "Event",
-    "Features",
-    "Hierarchy",
-    "Incident",
-    "InvalidValue",
-    "KillableFirstPolicy",
-    "KubernetesQoSPolicy",
-    "Limit",
-    "MemoryControllerUnavailable",
-    "MemoryEvents",
-    "MemoryEventsChanged",
-    "MemoryStat",
-    "NotSupported",
-    "OsFS",
-    "ParseError",
-    "PermissionDenied",
-    "PluginError",
-    "Policy",
-    "Preference",
-    "Pressure",
-    "PressureLine",
-    "PressureSustained",
-    "PressureTrigger",
-    "PressureTriggerEnded",
-    "PressureTriggered",
-    "PriorityPolicy",
-    "ProcessGone",
-    "ProcessSnapshot",
-    "RankBy",
-    "Resynchronized",
-    "Snapshotter",
-    "SustainedPressure",
-    "SwapEvents",
-    "SwapEventsChanged",
-    "Victim",
-    "Watcher",
-    "WatcherStatistics",
-    "available_policies",
-    "decide",
-    "growth",
-    "largest",
-    "load_policy",
-    "make_victim",
-    "open_watcher",
-    "parse_size",
-    "pressure",
-    "remove_tree",
-    "select_process",
-    "swap",
-    "units",
-    "validate_policy",
-]
+#: Imported eagerly above (the kernel-facing layer every user needs).
+_EAGER = (
+    "MAX", "CgoomError", "Cgroup", "CgroupBusy", "CgroupEvents", "CgroupFS", "CgroupGone",
+    "CgroupType", "ControllerNotEnabled", "Features", "Hierarchy", "InvalidValue", "Limit",
+    "MemoryControllerUnavailable", "MemoryEvents", "MemoryStat", "NotSupported", "OsFS",
+    "ParseError", "PermissionDenied", "Pressure", "PressureLine", "ProcessGone", "SwapEvents",
+    "parse_size", "remove_tree",
+)
+
+__all__ = sorted([*_EAGER, *_LAZY])
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def _fixup_module_metadata() -> None:

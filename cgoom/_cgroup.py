@@ -33,7 +33,8 @@ from typing import TypeVar
 import attrs
 
 from . import _parse
-from ._errors import CgroupGone, InvalidValue, NotSupported, ParseError
+from ._candidates import check_priority, normalize_path
+from ._errors import CgroupGone, InvalidValue, NotSupported
 from ._fs import CgroupFS, OsFS, translate_os_error
 from ._types import (
     CgroupEvents,
@@ -76,14 +77,6 @@ def normpath(path: str) -> str:
     return os.path.normpath(path)
 
 
-def _normalize(path: str) -> str:
-    """``"lab/batch/"`` -> ``"/lab/batch"``; refuses ``..`` so a handle never leaves its mount."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    if ".." in parts:
-        raise InvalidValue(f"cgroup path {path!r} must not contain '..'", value=path)
-    return "/" + "/".join(parts)
-
-
 def _check_child_name(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\n" in name or "\0" in name:
         raise InvalidValue(
@@ -103,7 +96,7 @@ class Cgroup:
     """
 
     mount: str = attrs.field(converter=normpath)
-    path: str = attrs.field(default="/", converter=_normalize)
+    path: str = attrs.field(default="/", converter=normalize_path)
     fs: CgroupFS = attrs.field(factory=OsFS, eq=False)
 
     def __repr__(self) -> str:
@@ -353,22 +346,19 @@ class Cgroup:
 
     def priority(self) -> int | None:
         """``user.cgoom.priority``: this cgroup's importance (higher is more important), or
-        ``None`` when unset. A value that is not an integer is :class:`~cgoom.ParseError`."""
+        ``None`` when unset. A value that is not an integer from ``-2**31`` to ``2**31 - 1``
+        in ASCII digits is :class:`~cgoom.ParseError`. (Whether a snapshot trusts it
+        depends on who owns the directory: docs/policies.md.)"""
         text = self.get_xattr(PRIORITY_XATTR)
         if text is None:
             return None
-        try:
-            return int(text.strip())
-        except ValueError:
-            raise ParseError(
-                f"{self.dir}: xattr {PRIORITY_XATTR} is {text!r}, not an integer",
-                path=self.dir) from None
+        return _parse.parse_priority(text, f"{self.dir}: xattr {PRIORITY_XATTR}")
 
     def set_priority(self, priority: int | None) -> None:
-        """Set ``user.cgoom.priority`` (``None`` removes it); higher is more important."""
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-            raise InvalidValue(f"a priority is an integer, not {priority!r}", path=self.dir,
-                               value=repr(priority))
+        """Set ``user.cgoom.priority`` (``None`` removes it); higher is more important. An
+        ``int`` from ``-2**31`` to ``2**31 - 1``; :class:`~cgoom.InvalidValue` otherwise."""
+        if priority is not None:
+            check_priority(priority, f"{self.dir}: {PRIORITY_XATTR}")
         self.set_xattr(PRIORITY_XATTR, None if priority is None else str(priority))
 
     def set_preference(self, preference: str | None) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import attrs
 
-from ._types import CgroupEvents, MemoryEvents, SwapEvents
+from ._types import CgroupEvents, MemoryEvents, SwapEvents, frozen_mapping
 
 
 def counters(record: MemoryEvents | SwapEvents) -> dict[str, int]:
@@ -56,7 +56,7 @@ class MemoryEventsChanged:
 
     cgroup: str
     local: bool
-    delta: Mapping[str, int]
+    delta: Mapping[str, int] = attrs.field(converter=frozen_mapping)
     totals: MemoryEvents
     time: float
 
@@ -70,7 +70,7 @@ class SwapEventsChanged:
     """``memory.swap.events`` counters moved (``high``, ``max``, ``fail``)."""
 
     cgroup: str
-    delta: Mapping[str, int]
+    delta: Mapping[str, int] = attrs.field(converter=frozen_mapping)
     totals: SwapEvents
     time: float
 
@@ -120,14 +120,30 @@ class CgroupRemoved:
 
 @attrs.frozen
 class Resynchronized:
-    """The kernel's inotify queue overflowed (IN_Q_OVERFLOW): notifications were lost, so
-    the watcher re-read the whole subtree; the events it found follow this one."""
+    """Events were lost, so state must be re-read: the kernel's inotify queue overflowed
+    (IN_Q_OVERFLOW; the watcher then re-reads the whole subtree and the events it finds
+    follow this one), or the consumer of ``async for`` fell so far behind that the
+    watcher's own queue was full (its queued events were dropped)."""
 
     reason: str
     time: float
 
     def __str__(self) -> str:
         return f"resynchronized: {self.reason}"
+
+
+@attrs.frozen
+class WatchFailed:
+    """A cgroup in a watched subtree could not be watched (``reason`` says why, e.g. the
+    inotify watch limit): its events are not reported until a retry succeeds (when watches
+    are freed, or at a resync). Every other cgroup is still watched."""
+
+    cgroup: str
+    reason: str
+    time: float
+
+    def __str__(self) -> str:
+        return f"{self.cgroup} not watched: {self.reason}"
 
 
 PressureKind = Literal["some", "full"]
@@ -226,6 +242,7 @@ Event = (
     | CgroupCreated
     | CgroupRemoved
     | Resynchronized
+    | WatchFailed
     | PressureTriggered
     | PressureSustained
     | PressureTriggerEnded

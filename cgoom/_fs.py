@@ -75,6 +75,16 @@ class CgroupFS(Protocol):
         """An extended attribute's value, ``None`` when it is not set."""
         ...
 
+    def listxattr(self, path: str) -> list[str]:
+        """The names of the extended attributes set on ``path`` (those the caller may see:
+        ``trusted.*`` only with CAP_SYS_ADMIN)."""
+        ...
+
+    def stat(self, path: str) -> os.stat_result:
+        """``stat(2)`` of ``path``: a cgroup's id (``st_ino``), owner (``st_uid``) and
+        creation time (``st_ctime``)."""
+        ...
+
     def setxattr(self, path: str, name: str, value: bytes | None) -> None:
         """Set an extended attribute (``None``: remove it; removing an unset one is fine)."""
         ...
@@ -88,12 +98,17 @@ class OsFS:
     def read(self, path: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            chunks = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
+            # A short read is the end: kernfs and seq_file fill the buffer until the file
+            # ends (seq_read_iter), and so do regular files. Only a full one reads on.
+            data = os.read(fd, 65536)
+            if len(data) == 65536:
+                chunks = [data]
+                while chunk := os.read(fd, 65536):
+                    chunks.append(chunk)
+                data = b"".join(chunks)
         finally:
             os.close(fd)
-        return b"".join(chunks).decode("utf-8", "surrogateescape")
+        return data.decode("utf-8", "surrogateescape")
 
     def write(self, path: str, data: str) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -122,6 +137,12 @@ class OsFS:
             if exc.errno == errno.ENODATA:
                 return None
             raise
+
+    def listxattr(self, path: str) -> list[str]:
+        return os.listxattr(path)
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
 
     def setxattr(self, path: str, name: str, value: bytes | None) -> None:
         if value is not None:

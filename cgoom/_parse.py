@@ -42,7 +42,8 @@ U64_MAX = 2**64 - 1
 _SUFFIXES = {
     "": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60,
 }
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgtpe]?)\s*", re.IGNORECASE)
+# [0-9], not \d: \d also matches fullwidth and Arabic-Indic digits, which the kernel refuses.
+_SIZE_RE = re.compile(r"[ \t\n]*([0-9]+)[ \t\n]*([kmgtpe]?)[ \t\n]*", re.IGNORECASE)
 
 
 def _quote(text: str, limit: int = 120) -> str:
@@ -333,3 +334,46 @@ def parse_mountinfo(text: str, source: str) -> list[tuple[str, str, frozenset[st
             options.update(right[2].split(","))
         mounts.append((_unescape_mount(left[4]), right[0], frozenset(options)))
     return mounts
+
+
+# --- settings and /proc -------------------------------------------------------------------
+
+_PRIORITY_RE = re.compile(r"-?[0-9]{1,10}")
+
+
+def parse_priority(text: str, source: str) -> int:
+    """A priority as stored in ``user.cgoom.priority``: an optional ``-`` and ASCII digits,
+    surrounding whitespace allowed, within the signed 32-bit range (``PRIORITY_MIN`` ..
+    ``PRIORITY_MAX`` in :mod:`cgoom._candidates`). No ``+``, no ``_``, no other digits:
+    :class:`~cgoom.ParseError` quoting the text otherwise."""
+    stripped = text.strip(" \t\n")
+    if _PRIORITY_RE.fullmatch(stripped) is None:
+        raise ParseError(f"{source}: {_quote(text, 40)} is not a priority (an integer from "
+                         f"{-(2**31)} to {2**31 - 1}, ASCII digits)", path=source)
+    value = int(stripped)
+    if not -(2**31) <= value <= 2**31 - 1:
+        raise ParseError(f"{source}: priority {stripped} is outside {-(2**31)}..{2**31 - 1}",
+                         path=source)
+    return value
+
+
+#: /proc/PID/stat flags bit of kernel threads (include/linux/sched.h): never candidates.
+PF_KTHREAD = 0x00200000
+
+
+def parse_proc_stat(text: str, source: str) -> tuple[str, str, int, int, int]:
+    """``(comm, state, flags, start_time, rss_pages)`` from ``/proc/PID/stat``.
+
+    ``comm`` is whatever the process set (``prctl(PR_SET_NAME)``: up to 15 bytes, any but
+    NUL, parentheses, spaces and newlines included), so it is taken between the first ``(``
+    and the *last* ``)``; the fields after it are space-separated (proc(5)): state is field
+    3, flags 9, starttime 22, rss 24 (pages).
+    """
+    open_at, close_at = text.find("("), text.rfind(")")
+    rest = text[close_at + 1:].split() if 0 <= open_at < close_at else []
+    try:
+        return (text[open_at + 1:close_at], rest[0], int(rest[6]), int(rest[19]),
+                int(rest[21]))
+    except (IndexError, ValueError):
+        raise ParseError(f"{source}: not a /proc/PID/stat line: {_quote(text)}",
+                         path=source) from None

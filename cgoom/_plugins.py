@@ -7,24 +7,35 @@ loaded, not when memory runs out (pluggy's habit): it must import, accept its ar
 a name, and answer a small test incident with a valid, repeatable decision. Any failure is a
 :class:`PluginError` naming the plugin and where it came from.
 
-At incident time :func:`decide` runs the chosen policy and checks its answer; if the policy
-raises, runs past its time budget, or names a cgroup it must not (outside the incident,
-omitted, protected, a pid not in the cgroup), the default policy decides instead and the
-decision's ``notes`` say why.
+At incident time :func:`decide` (or :func:`adecide` on the event loop) runs the chosen policy
+and checks its answer. The policy gets a read-only view of the candidates, and runs in a
+worker thread started before any incident, with a deadline (``budget``). If it raises
+(anything, ``SystemExit`` included), does not answer in time, or names what it must not
+(outside the incident, omitted, protected, empty, inside a unit, a pid not in the cgroup or
+with ``oom_score_adj`` -1000, a cgroup whole where only its own processes may die, a
+victim twice), the fallback decides instead (the priority policy with the caller's kill
+granularity) and the decision's ``notes`` say why. A call that overran is abandoned: Python
+cannot stop a thread, so it runs on in its own thread and its answer is discarded; until it
+ends, that policy is not called again (its later incidents go straight to the fallback), and
+a fresh worker serves the other policies. :func:`decide` never raises for anything a policy
+does, and an empty decision always carries a note saying why.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ._candidates import CgroupSnapshot, Incident
 from ._errors import CgoomError
 from ._policy import (
     Decision,
-    Incident,
     KillableFirstPolicy,
     KubernetesQoSPolicy,
     Policy,
@@ -32,10 +43,11 @@ from ._policy import (
     growth,
     largest,
     pressure,
+    select_process,
     swap,
     units,
 )
-from ._snapshot import CgroupSnapshot
+from ._worker import Worker
 
 ENTRY_POINT_GROUP = "cgoom.policies"
 
@@ -125,6 +137,10 @@ def _trial() -> tuple[Incident, dict[str, CgroupSnapshot]]:
     }
 
 
+#: How long a plugin may take on the validation incident (four cgroups).
+VALIDATION_BUDGET = 1.0
+
+
 def validate_policy(policy: object, *, plugin: str, origin: str = "policy") -> None:
     """Check that ``policy`` keeps the contract; :class:`PluginError` if not."""
     label = f"policy {plugin!r} ({origin})"
@@ -135,18 +151,21 @@ def validate_policy(policy: object, *, plugin: str, origin: str = "policy") -> N
     if not isinstance(name, str) or not name:
         raise PluginError(f"{label} has no `name` (a non-empty str) to put in incident records",
                           plugin=plugin)
+    fields = getattr(policy, "fields", None)
+    if fields is not None and not (isinstance(fields, frozenset | set)
+                                   and all(isinstance(f, str) for f in fields)):
+        raise PluginError(f"{label} has `fields` = {fields!r}: a frozenset of snapshot field "
+                          "names, or None for all", plugin=plugin)
     incident, candidates = _trial()
-    try:
-        first = policy(incident, candidates)
-        second = policy(incident, candidates)
-    except Exception as exc:
-        raise PluginError(f"{label} raised on a test incident: {type(exc).__name__}: {exc}",
-                          plugin=plugin) from exc
-    problem = decision_problem(first, incident, candidates)
-    if problem is None and first != second:
-        problem = "gave two different answers to the same input (policies must be deterministic)"
-    if problem is not None:
-        raise PluginError(f"{label} {problem} on a test incident", plugin=plugin)
+    answers = []
+    for _ in range(2):
+        decision, problem = _GUARD.call(policy, incident, candidates, VALIDATION_BUDGET)  # type: ignore[arg-type]
+        if problem is not None:
+            raise PluginError(f"{label} {problem} on a test incident", plugin=plugin)
+        answers.append(decision)
+    if answers[0] != answers[1]:
+        raise PluginError(f"{label} gave two different answers to the same input (policies "
+                          "must be deterministic) on a test incident", plugin=plugin)
 
 
 def decision_problem(decision: object, incident: Incident,
@@ -154,15 +173,176 @@ def decision_problem(decision: object, incident: Incident,
     """Why ``decision`` must not be acted on, or ``None``."""
     if not isinstance(decision, Decision):
         return f"returned a {type(decision).__name__}, not a cgoom.Decision"
-    allowed = {s.path for s in units(incident, candidates)}
+    victims: object = decision.victims  # frozen, but a plugin can force anything in
+    if not isinstance(victims, tuple):
+        return "returned victims that are not a tuple"
+    allowed = {(s.path, s.internal): s for s in units(incident, candidates)}
+    seen: set[tuple[str, bool, int | None]] = set()
     for victim in decision.victims:
-        snapshot = candidates.get(victim.cgroup)
-        if snapshot is None or victim.cgroup not in allowed:
+        whole: object = victim.whole
+        if not isinstance(whole, bool):
+            return f"chose {victim.cgroup} with whole={victim.whole!r}, which is not a bool"
+        ident = (victim.cgroup, victim.whole, victim.pid)
+        if ident in seen:
+            return f"chose {victim.cgroup} (pid {victim.pid}) twice"
+        seen.add(ident)
+        unit = allowed.get((victim.cgroup, False))
+        inner = allowed.get((victim.cgroup, True))
+        if unit is None and inner is None:
             return (f"chose {victim.cgroup}, which is not a unit it may kill for {incident.cgroup}"
                     " (outside the subtree, omitted, protected, empty, or inside a unit)")
-        if not victim.whole and (victim.pid is None or victim.pid not in snapshot.pids):
-            return f"chose pid {victim.pid}, which is not in {victim.cgroup}"
+        if victim.whole and unit is None:
+            return (f"chose {victim.cgroup} whole, but it has child cgroups: only its own "
+                    "processes may die (cgroup.kill would take its children too)")
+        if not victim.whole:
+            snapshot = unit or inner
+            assert snapshot is not None
+            process = next((p for p in snapshot.processes if p.pid == victim.pid), None)
+            if process is None or victim.pid not in snapshot.pids:
+                return f"chose pid {victim.pid}, which is not a process read in {victim.cgroup}"
+            if process.oom_score_adj is None or process.oom_score_adj <= -1000:
+                return (f"chose pid {victim.pid} in {victim.cgroup}, whose oom_score_adj is "
+                        f"{process.oom_score_adj} (never killed)")
     return None
+
+
+class _Guard:
+    """Runs policies in a worker thread with a deadline; remembers calls that overran."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._worker: Worker | None = None
+        #: Policies (by id) whose abandoned call is still running, with that call's future.
+        self._overrunning: dict[int, tuple[object, concurrent.futures.Future[Any]]] = {}
+
+    def start(self) -> Worker:
+        with self._lock:
+            if self._worker is None:
+                self._worker = Worker("cgoom-policy")
+            return self._worker
+
+    def submit(self, policy: Policy, incident: Incident,
+               view: Mapping[str, CgroupSnapshot],
+               ) -> tuple[concurrent.futures.Future[Any] | None, str | None]:
+        running = self._overrunning.get(id(policy))
+        if running is not None:
+            if not running[1].done():
+                return None, ("is still running a call that overran its budget; not called "
+                              "again until it ends")
+            del self._overrunning[id(policy)]
+        return self.start().submit(lambda: policy(incident, view)), None
+
+    def abandon(self, policy: Policy, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._overrunning[id(policy)] = (policy, future)
+            if self._worker is not None:
+                self._worker.abandon()  # busy for good; it ends after the call, if ever
+                self._worker = None
+        self.start()  # the next incident must not wait for a thread to start
+
+    def outcome(self, policy: Policy, future: concurrent.futures.Future[Any] | None,
+                problem: str | None, incident: Incident,
+                candidates: Mapping[str, CgroupSnapshot], budget: float,
+                ) -> tuple[Decision | None, str | None]:
+        if future is None:
+            return None, problem
+        if not future.done():
+            self.abandon(policy, future)
+            return None, (f"did not answer within its budget of {budget * 1000:.0f} ms; the "
+                          "call was abandoned (it runs on in its thread, its answer discarded)")
+        exc = future.exception()
+        if exc is not None:
+            return None, f"raised {type(exc).__name__}: {exc}"
+        decision = future.result()
+        problem = decision_problem(decision, incident, candidates)
+        return (decision if problem is None else None), problem
+
+    def call(self, policy: Policy, incident: Incident, candidates: Mapping[str, CgroupSnapshot],
+             budget: float) -> tuple[Decision | None, str | None]:
+        view = MappingProxyType(dict(candidates))
+        future, problem = self.submit(policy, incident, view)
+        if future is not None:
+            concurrent.futures.wait([future], timeout=budget)
+        return self.outcome(policy, future, problem, incident, candidates, budget)
+
+
+_GUARD = _Guard()
+
+
+def start_policy_worker() -> None:
+    """Start the thread policies run in now, so no incident waits for it (an engine calls
+    this when it starts; :func:`decide` starts it on first use otherwise)."""
+    _GUARD.start()
+
+
+def _granularity(policy: object) -> bool | None:
+    whole = getattr(policy, "whole", None)
+    return whole if isinstance(whole, bool) else None
+
+
+def _finish(policy: Policy, incident: Incident, candidates: Mapping[str, CgroupSnapshot],
+            decision: Decision | None, problem: str | None, elapsed: float, budget: float,
+            fallback: Policy | None) -> Decision:
+    if decision is not None and problem is None and elapsed > budget:
+        problem = f"took {elapsed * 1000:.1f} ms, over its budget of {budget * 1000:.0f} ms"
+        decision = None
+    if decision is None:
+        name = getattr(policy, "name", None)
+        label = repr(name) if isinstance(name, str) else repr(type(policy).__name__)
+        decision = _fallback(incident, candidates, fallback, _granularity(policy),
+                             f"policy {label} {problem}")
+    return _explain(decision, incident, candidates)
+
+
+def _fallback(incident: Incident, candidates: Mapping[str, CgroupSnapshot],
+              fallback: Policy | None, whole: bool | None, why: str) -> Decision:
+    notes = [why]
+    if fallback is not None:
+        try:
+            answer = fallback(incident, MappingProxyType(dict(candidates)))
+            problem = decision_problem(answer, incident, candidates)
+        except Exception as exc:
+            problem = f"raised {type(exc).__name__}: {exc}"
+        if problem is None:
+            assert isinstance(answer, Decision)
+            return Decision(answer.policy, answer.victims,
+                            (*answer.notes, f"{why}; {answer.policy!r} decided"))
+        notes.append(f"the fallback {getattr(fallback, 'name', fallback)!r} {problem}")
+    default = PriorityPolicy(whole=whole)
+    try:
+        answer = default(incident, candidates)
+    except Exception as exc:  # a bug in cgoom: still never raise at OOM time
+        notes.append(f"the priority policy raised {type(exc).__name__}: {exc}")
+        return Decision("none", (), tuple(notes))
+    return Decision(answer.policy, answer.victims,
+                    (*answer.notes, f"{'; '.join(notes)}; {answer.policy!r} decided"))
+
+
+def _explain(decision: Decision, incident: Incident,
+             candidates: Mapping[str, CgroupSnapshot]) -> Decision:
+    """Add notes for units passed over for want of a process that may die, and for an empty
+    decision, why it is empty."""
+    all_units = units(incident, candidates)
+    chosen_paths = {v.cgroup for v in decision.victims}
+    notes = list(decision.notes)
+    for unit in all_units:
+        if unit.path not in chosen_paths and unit.processes and \
+                select_process(unit.processes) is None:
+            notes.append(f"{unit.path}{' (its own processes)' if unit.internal else ''} was "
+                         "passed over: none of its processes may die (oom_score_adj -1000 or "
+                         "unreadable)")
+    if not decision.victims:
+        if incident.cgroup not in candidates:
+            notes.append(f"no victim: {incident.cgroup} was not in the snapshot (it vanished, "
+                         "or the snapshot is of another subtree)")
+        elif not all_units:
+            notes.append(f"no victim: nothing in {incident.cgroup} may be chosen (every cgroup "
+                         "is omitted, protected, threaded or holds no memory)")
+        elif not any("passed over" in n for n in notes):
+            notes.append(f"no victim: the policy chose none of the {len(all_units)} unit(s) "
+                         f"of {incident.cgroup}")
+    return decision if notes == list(decision.notes) else attrs.evolve(decision,
+                                                                      notes=tuple(notes))
 
 
 def decide(
@@ -174,25 +354,34 @@ def decide(
     fallback: Policy | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Decision:
-    """Run ``policy`` and return its decision, or the ``fallback``'s (default: priority)
-    when it raised, took longer than ``budget`` seconds, or chose what it may not; the
-    decision's notes then say what happened. The budget is checked, not enforced: a policy
-    runs to its end (there is no safe way to stop Python code midway), and then its answer
-    is discarded."""
+    """Run ``policy`` on a read-only view of ``candidates`` and return its decision, or the
+    fallback's when it raised, did not answer within ``budget`` seconds, or chose what it
+    may not; the notes then say what happened. ``fallback`` (default: the priority policy,
+    killing whole or not as ``policy.whole`` says) is checked too. Never raises for what a
+    policy does; blocks for at most about ``budget`` (the guarded call runs in a worker)."""
     started = clock()
-    try:
-        decision = policy(incident, candidates)
-        problem = decision_problem(decision, incident, candidates)
-    except Exception as exc:
-        problem = f"raised {type(exc).__name__}: {exc}"
-    elapsed = clock() - started
-    if problem is None and elapsed > budget:
-        problem = f"took {elapsed * 1000:.1f} ms, over its budget of {budget * 1000:.0f} ms"
-    if problem is None:
-        assert isinstance(decision, Decision)
-        return decision
-    backup = fallback if fallback is not None else PriorityPolicy()
-    answer = backup(incident, candidates)
-    name = getattr(policy, "name", repr(policy))
-    return attrs.evolve(answer, notes=(*answer.notes,
-                                       f"policy {name!r} {problem}; {answer.policy!r} decided"))
+    decision, problem = _GUARD.call(policy, incident, candidates, budget)
+    return _finish(policy, incident, candidates, decision, problem, clock() - started, budget,
+                   fallback)
+
+
+async def adecide(
+    policy: Policy,
+    incident: Incident,
+    candidates: Mapping[str, CgroupSnapshot],
+    *,
+    budget: float = 0.1,
+    fallback: Policy | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Decision:
+    """:func:`decide` for the event loop: the loop keeps running while the policy thinks."""
+    import asyncio
+
+    started = clock()
+    view = MappingProxyType(dict(candidates))
+    future, problem = _GUARD.submit(policy, incident, view)
+    if future is not None:
+        await asyncio.wait({asyncio.wrap_future(future)}, timeout=budget)
+    decision, problem = _GUARD.outcome(policy, future, problem, incident, candidates, budget)
+    return _finish(policy, incident, candidates, decision, problem, clock() - started, budget,
+                   fallback)

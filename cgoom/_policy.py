@@ -10,27 +10,40 @@ What may be chosen (:func:`units`), for every built-in:
 
 - a *unit* is a cgroup that dies whole (``memory.oom.group=1``) or a leaf; nothing below a
   ``memory.oom.group`` cgroup is considered separately (the kernel kills it as one);
+- the processes living directly in a cgroup that also has children are a unit too (an
+  *internal* unit, ``CgroupSnapshot.internal``): they give up single processes, never the
+  cgroup whole; threaded cgroups are not units (their threaded domain is);
 - never a cgroup marked ``omit``, nor anything below one;
-- never cgoom's own cgroup or its ancestors (``Incident.protected``);
+- never cgoom's own cgroup or its ancestors (``Incident.protected``), nor their processes;
 - never a cgroup outside the incident's subtree;
 - only units with something to free: populated (or unknown) and usage above zero (or unknown).
 
 A unit that is not killed whole gives up one process: the highest ``oom_score_adj``, ties to
 the largest RSS (Google's handler, step 6); ``oom_score_adj`` -1000 is never chosen, as the
-kernel's OOM killer never chooses it.
+kernel's OOM killer never chooses it, nor one whose ``oom_score_adj`` could not be read.
+
+A policy may declare ``fields`` (a frozenset of ``cgoom.FIELDS`` names): a snapshot for it
+then reads only those, plus what every snapshot holds. The built-ins declare theirs.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ._candidates import (
+    CgroupSnapshot,
+    Incident,
+    ProcessSnapshot,
+    ancestors_and_self,
+    str_tuple,
+    tree_children,
+)
 from ._parse import format_size
-from ._snapshot import CgroupSnapshot, ProcessSnapshot, tree_children
 
 
 def _size(value: int | None) -> str:
@@ -41,53 +54,53 @@ def _within(path: str, top: str) -> bool:
     return top == "/" or path == top or path.startswith(top + "/")
 
 
-def ancestors_and_self(path: str) -> frozenset[str]:
-    """``"/a/b"`` -> ``{"/", "/a", "/a/b"}``."""
-    parts = [p for p in path.split("/") if p]
-    return frozenset(["/"] + ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)])
+def _finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise TypeError(f"Victim.{attribute.name} must be a number, not {value!r}")
 
 
-@attrs.frozen
-class Incident:
-    """What happened: ``cgroup`` ran out of memory (the subtree victims come from), because
-    of ``trigger`` (``"oom"``, ``"high"``, ``"pressure"``, ``"manual"``...).
-
-    ``protected``: cgroups never chosen; :meth:`create` fills it with cgoom's own cgroup and
-    its ancestors.
-    """
-
-    cgroup: str
-    trigger: str = "oom"
-    protected: frozenset[str] = frozenset()
-
-    @classmethod
-    def create(cls, cgroup: str, trigger: str = "oom", *, own_cgroup: str | None = None,
-               ) -> Incident:
-        protected = frozenset() if own_cgroup is None else ancestors_and_self(own_cgroup)
-        return cls(cgroup, trigger, protected)
+_optional_int = attrs.validators.optional(attrs.validators.instance_of(int))
 
 
 @attrs.frozen
 class Victim:
-    """One entry of a decision: kill ``cgroup`` whole (``whole``), or process ``pid`` in it."""
+    """One entry of a decision: kill ``cgroup`` whole (``whole``), or process ``pid`` in it.
 
-    cgroup: str
+    ``cgroup_id`` and ``start_time`` are the identity the decision was made on (the
+    cgroup's inode, the process's start time): whoever acts re-checks them first
+    (:meth:`cgoom.Snapshotter.recheck`), so a cgroup re-created at the same path, or a
+    reused pid, is never hit by an older decision. :func:`make_victim` fills them.
+    """
+
+    cgroup: str = attrs.field(validator=attrs.validators.instance_of(str))
     #: The policy's number for this victim (bigger means "kill sooner" within one policy).
-    score: float
+    score: float = attrs.field(validator=_finite)
     #: A sentence for humans: why this one, with the numbers.
-    reason: str
-    whole: bool
-    pid: int | None = None
+    reason: str = attrs.field(validator=attrs.validators.instance_of(str))
+    whole: bool = attrs.field(validator=attrs.validators.instance_of(bool))
+    pid: int | None = attrs.field(default=None, validator=_optional_int)
+    cgroup_id: int | None = attrs.field(default=None, kw_only=True, validator=_optional_int)
+    start_time: int | None = attrs.field(default=None, kw_only=True, validator=_optional_int)
+
+
+def _victims(value: Iterable[Victim]) -> tuple[Victim, ...]:
+    victims = tuple(value)
+    for v in victims:
+        if not isinstance(v, Victim):
+            raise TypeError(f"Decision.victims holds a {type(v).__name__}, not a cgoom.Victim")
+    return victims
 
 
 @attrs.frozen
 class Decision:
-    """A policy's answer: ``victims`` in the order to kill them (the first one first)."""
+    """A policy's answer: ``victims`` in the order to kill them (the first one first). Any
+    iterable of :class:`Victim` is taken (and kept as a tuple)."""
 
-    policy: str
-    victims: tuple[Victim, ...]
-    #: Remarks for the incident record, e.g. that a plugin failed and a fallback decided.
-    notes: tuple[str, ...] = ()
+    policy: str = attrs.field(validator=attrs.validators.instance_of(str))
+    victims: tuple[Victim, ...] = attrs.field(converter=_victims)
+    #: Remarks for the incident record, e.g. that a plugin failed and a fallback decided,
+    #: or why there is no victim at all.
+    notes: tuple[str, ...] = attrs.field(default=(), converter=str_tuple)
 
     @property
     def first(self) -> Victim | None:
@@ -113,9 +126,26 @@ def has_memory(snapshot: CgroupSnapshot) -> bool:
     return snapshot.populated is not False and (snapshot.usage is None or snapshot.usage > 0)
 
 
+def internal_unit(snapshot: CgroupSnapshot) -> CgroupSnapshot:
+    """The unit made of the processes living directly in ``snapshot``'s cgroup, which also
+    has child cgroups: the same record with ``internal=True``, ``usage`` the sum of those
+    processes' RSS (``None`` when they were not read). It ranks with its cgroup's own
+    settings, as an implicit leaf beside the cgroup's children."""
+    usage = sum(p.rss for p in snapshot.processes) if snapshot.processes else None
+    return attrs.evolve(snapshot, internal=True, usage=usage, oom_group=False,
+                        populated=bool(snapshot.pids))
+
+
 def units(incident: Incident, candidates: Mapping[str, CgroupSnapshot]) -> list[CgroupSnapshot]:
-    """The cgroups that may be chosen for ``incident``, by the rules in the module docstring,
-    sorted by path."""
+    """The units that may be chosen for ``incident``, by the rules in the module docstring,
+    sorted by path (an internal unit right before its cgroup's children).
+
+    A cgroup may hold processes of its own *and* child cgroups (legal while it enables no
+    domain controller for them; the root cgroup always does): the kernel's memcg OOM killer
+    sees those processes too, so they are a unit of their own (``internal=True``), which
+    gives up single processes and never dies whole. Threaded cgroups are never units: their
+    processes are those of their threaded domain, which ends the descent.
+    """
     if incident.cgroup not in candidates:
         return []
     children = tree_children(candidates)
@@ -124,21 +154,26 @@ def units(incident: Incident, candidates: Mapping[str, CgroupSnapshot]) -> list[
     while stack:
         path = stack.pop()
         snapshot = candidates[path]
-        if snapshot.preference == "omit":
+        if snapshot.preference == "omit" or snapshot.threaded:
             continue
-        kids = children.get(path, [])
+        kids = [k for k in children.get(path, []) if not candidates[k].threaded]
         if (snapshot.oom_group is True or not kids) and path not in incident.protected:
             if has_memory(snapshot):
                 found.append(snapshot)
             continue
+        if snapshot.pids and path not in incident.protected:
+            inner = internal_unit(snapshot)
+            if has_memory(inner):
+                found.append(inner)
         stack.extend(kids)
-    return sorted(found, key=lambda s: s.path)
+    return sorted(found, key=lambda s: (s.path, not s.internal))
 
 
 def select_process(processes: Sequence[ProcessSnapshot]) -> ProcessSnapshot | None:
     """The process to kill inside a cgroup not killed whole: highest ``oom_score_adj``, then
-    largest RSS, then lowest pid; never one with ``oom_score_adj`` -1000."""
-    eligible = [p for p in processes if p.oom_score_adj > -1000]
+    largest RSS, then lowest pid; never one with ``oom_score_adj`` -1000 (the kernel never
+    kills those) or unknown."""
+    eligible = [p for p in processes if p.oom_score_adj is not None and p.oom_score_adj > -1000]
     return max(eligible, key=lambda p: (p.oom_score_adj, p.rss, -p.pid), default=None)
 
 
@@ -150,16 +185,33 @@ def preference_rank(snapshot: CgroupSnapshot) -> int:
 def make_victim(snapshot: CgroupSnapshot, score: float, reason: str,
                 whole: bool | None) -> Victim | None:
     """A victim for ``snapshot``: whole if ``whole`` (``None``: if it has memory.oom.group=1),
-    else its process chosen by :func:`select_process`; ``None`` when no process may die."""
-    if whole if whole is not None else bool(snapshot.oom_group):
+    else its process chosen by :func:`select_process`; ``None`` when no process may die.
+    An internal unit (processes beside child cgroups) never dies whole: ``cgroup.kill``
+    would take its children too. The victim carries the identity to re-check."""
+    if snapshot.internal:
+        reason = f"{reason}; its own processes (it also has child cgroups)"
+    elif whole if whole is not None else bool(snapshot.oom_group):
         why = "memory.oom.group=1" if snapshot.oom_group else "this policy kills cgroups whole"
-        return Victim(snapshot.path, score, f"{reason}; killed whole ({why})", True)
+        return Victim(snapshot.path, score, f"{reason}; killed whole ({why})", True,
+                      cgroup_id=snapshot.inode)
     process = select_process(snapshot.processes)
     if process is None:
         return None
+    adj = process.oom_score_adj
     return Victim(snapshot.path, score,
                   f"{reason}; process {process.pid} ({process.name}): oom_score_adj "
-                  f"{process.oom_score_adj}, rss {_size(process.rss)}", False, process.pid)
+                  f"{adj}, rss {_size(process.rss)}", False, process.pid,
+                  cgroup_id=snapshot.inode, start_time=process.start_time)
+
+
+def _whole_fields(whole: bool | None, *names: str) -> frozenset[str]:
+    return frozenset(names) if whole is True else frozenset({*names, "processes"})
+
+
+def _whole_validator(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"whole={value!r}: True (kill units whole), False (one process) or "
+                        "None (follow memory.oom.group)")
 
 
 def _preference_note(snapshot: CgroupSnapshot) -> str:
@@ -176,14 +228,24 @@ class RankBy:
     and of plugins: ``RankBy("newest", key=lambda s: (-(s.age or 0),), ...)``.
 
     ``describe(snapshot)`` is the start of the human reason; ``score(snapshot)`` the number.
-    ``whole``: kill units whole (``True``), or follow memory.oom.group (``None``).
+    ``whole``: kill units whole (``True``), follow memory.oom.group (``None``), or take one
+    process from each (``False``). ``needs``: the snapshot fields ``key``, ``describe`` and
+    ``score`` read (``cgoom.FIELDS``; ``None``: all), so a snapshot reads only those.
     """
 
     name: str
     key: Callable[[CgroupSnapshot], tuple[float, ...]]
     describe: Callable[[CgroupSnapshot], str]
     score: Callable[[CgroupSnapshot], float]
-    whole: bool | None = True
+    whole: bool | None = attrs.field(default=True, validator=_whole_validator)
+    needs: frozenset[str] | None = attrs.field(default=None, kw_only=True)
+
+    @property
+    def fields(self) -> frozenset[str] | None:
+        """What a snapshot must read for this policy (``None``: everything)."""
+        if self.needs is None:
+            return None
+        return _whole_fields(self.whole, *self.needs)
 
     def __call__(self, incident: Incident,
                  candidates: Mapping[str, CgroupSnapshot]) -> Decision:
@@ -218,10 +280,11 @@ def largest(*, protection_aware: bool = True, whole: bool | None = True) -> Rank
         return RankBy(
             "largest", key=lambda s: (_protected_size(s), s.usage or 0),
             describe=_describe_protected, score=lambda s: float(_protected_size(s)),
-            whole=whole)
+            whole=whole, needs=frozenset({"usage", "memory_min", "memory_low"}))
     return RankBy("largest", key=lambda s: (s.usage or 0,),
                   describe=lambda s: f"usage {_size(s.usage)}",
-                  score=lambda s: float(s.usage or 0), whole=whole)
+                  score=lambda s: float(s.usage or 0), whole=whole,
+                  needs=frozenset({"usage"}))
 
 
 def growth(*, whole: bool | None = True) -> RankBy:
@@ -234,7 +297,8 @@ def growth(*, whole: bool | None = True) -> RankBy:
                        -math.inf if s.growth is None else s.growth, s.usage or 0),
         describe=lambda s: ("growth unknown" if s.growth is None
                             else f"growing {_size(int(s.growth))}/s") + f", usage {_size(s.usage)}",
-        score=lambda s: -math.inf if s.growth is None else s.growth, whole=whole)
+        score=lambda s: -math.inf if s.growth is None else s.growth, whole=whole,
+        needs=frozenset({"growth", "usage"}))
 
 
 def pressure(*, kind: str = "some", window: str = "avg10", whole: bool | None = True) -> RankBy:
@@ -253,14 +317,15 @@ def pressure(*, kind: str = "some", window: str = "avg10", whole: bool | None = 
         describe=lambda s: f"memory pressure {kind} {window} "
                            f"{'unknown' if level(s) < 0 else f'{level(s):.2f}%'}, "
                            f"usage {_size(s.usage)}",
-        score=level, whole=whole)
+        score=level, whole=whole, needs=frozenset({"pressure", "usage"}))
 
 
 def swap(*, whole: bool | None = True) -> RankBy:
     """The unit with the most swap (systemd-oomd's swap-based choice), then the largest."""
     return RankBy("swap", key=lambda s: (s.swap or 0, s.usage or 0),
                   describe=lambda s: f"swap {_size(s.swap)}, usage {_size(s.usage)}",
-                  score=lambda s: float(s.swap or 0), whole=whole)
+                  score=lambda s: float(s.swap or 0), whole=whole,
+                  needs=frozenset({"swap", "usage"}))
 
 
 @attrs.frozen
@@ -275,31 +340,48 @@ class PriorityPolicy:
     full order of victims is the same comparison applied to every unit's chain of ancestors.
     """
 
-    whole: bool | None = None
+    #: ``None``: follow memory.oom.group (a unit with it dies whole, any other gives up one
+    #: process); ``True``: kill units whole; ``False``: one process, even from an oom.group
+    #: unit (whose other processes the kernel would kill with it on its own OOM).
+    whole: bool | None = attrs.field(default=None, validator=_whole_validator)
     name: str = "priority"
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """What a snapshot must read for this policy."""
+        return _whole_fields(self.whole, "usage")
 
     def __call__(self, incident: Incident,
                  candidates: Mapping[str, CgroupSnapshot]) -> Decision:
         chosen = units(incident, candidates)
-        base = [p for p in incident.cgroup.split("/") if p]
+        depth = len([p for p in incident.cgroup.split("/") if p])
 
-        levels: dict[str, tuple[int, int, int, int, str]] = {}
+        Key = tuple[int, int, int, int, str]
+        levels: dict[str, Key] = {}
 
-        def level(path: str) -> tuple[int, int, int, int, str]:
-            key = levels.get(path)
-            if key is None:
-                s = candidates[path]
-                key = (s.priority, 0 if s.overlimit else 1, -preference_rank(s),
-                       -(s.usage or 0), path)
-                levels[path] = key
-            return key
+        def key(s: CgroupSnapshot) -> Key:
+            return (s.priority, 0 if s.overlimit else 1, -preference_rank(s), -(s.usage or 0),
+                    s.path)
 
-        def chain(path: str) -> list[tuple[int, int, int, int, str]]:
-            parts = path.split("/")[1:]
-            steps = ["/" + "/".join(parts[:i]) for i in range(len(base) + 1, len(parts) + 1)]
-            return [level(p) for p in steps if p in candidates] or [level(path)]
+        def level(path: str) -> Key:
+            found = levels.get(path)
+            if found is None:
+                found = levels[path] = key(candidates[path])
+            return found
 
-        chosen.sort(key=lambda s: chain(s.path))
+        def chain(s: CgroupSnapshot) -> list[Key]:
+            # The keys of the unit's ancestors below the incident's cgroup, and its own: the
+            # descent compares siblings level by level. An internal unit is an implicit
+            # leaf child of its cgroup, ranked by its cgroup's settings and its own usage
+            # (its path sorts before its cgroup's children's).
+            parts = [p for p in s.path.split("/") if p]
+            steps = ["/" + "/".join(parts[:i]) for i in range(depth + 1, len(parts) + 1)]
+            keys = [level(p) for p in steps if p in candidates]
+            if s.internal:
+                keys.append(key(s))
+            return keys or [level(s.path)]
+
+        chosen.sort(key=chain)
         victims = []
         for s in chosen:
             reason = (f"priority {s.priority}{', overlimit' if s.overlimit else ''}"
@@ -317,8 +399,14 @@ class KillableFirstPolicy:
     die first, largest first; then the rest in the order of ``then`` (default: priority)."""
 
     then: Policy = attrs.field(factory=PriorityPolicy)
-    whole: bool | None = True
+    whole: bool | None = attrs.field(default=True, validator=_whole_validator)
     name: str = "killable-first"
+
+    @property
+    def fields(self) -> frozenset[str] | None:
+        """What a snapshot must read for this policy (``None``: everything)."""
+        then = getattr(self.then, "fields", None)
+        return None if then is None else _whole_fields(self.whole, "usage") | then
 
     def __call__(self, incident: Incident,
                  candidates: Mapping[str, CgroupSnapshot]) -> Decision:
@@ -367,6 +455,8 @@ class KubernetesQoSPolicy:
     then the largest. Pods die whole. Outside kubepods it ranks ordinary units by usage."""
 
     name: str = "kubernetes-qos"
+    #: What a snapshot must read for this policy (pods die whole).
+    fields: frozenset[str] = frozenset({"usage", "memory_min", "memory_low"})
 
     def __call__(self, incident: Incident,
                  candidates: Mapping[str, CgroupSnapshot]) -> Decision:

@@ -1,49 +1,74 @@
-"""Snapshots: everything a policy may weigh about each candidate cgroup, read in one pass.
+"""``Snapshotter``: reads the candidate records (``_candidates``) a policy decides on.
 
-A policy never touches the kernel; :class:`Snapshotter` reads the incident's subtree once
-and hands the policy frozen :class:`CgroupSnapshot` records. A field this kernel (or this
-cgroup) does not have is ``None``, never ``0``, so a policy can tell "absent" from "zero".
+One pass over a subtree, reading only what the policy declares it needs (``fields``), never
+a file twice; everything through the hierarchy's :class:`~cgoom.CgroupFS`, so the fake tree
+covers /proc and ``stat`` too. A policy never touches the kernel.
 
-Where the per-cgroup settings come from (docs/policies.md):
+What a snapshot always holds, whatever the fields: the structure, each cgroup's identity and
+owner (one ``stat``), its settings (one ``listxattr``, then only the xattrs that are set),
+``cgroup.procs`` and ``memory.oom.group`` (what may be chosen, and how), ``populated``
+(derived from the subtree's ``cgroup.procs``) and ``age``.
 
-- ``priority``: the xattr ``user.cgoom.priority`` (an integer; higher is more important),
-  else the first configured pattern that matches, else 0.
-- ``preference``: ``user.cgoom.preference`` (``prefer``/``avoid``/``omit``), else the
-  conventions users already set for the peers: ``user.oomd_omit`` (systemd's
-  ManagedOOMPreference=omit), ``trusted.oomd_prefer``/``user.oomd_prefer``,
-  ``trusted.oomd_avoid``/``user.oomd_avoid``. For the peers' names only presence matters
-  (oomd's Fs::readKillPreferenceAt); omit beats prefer beats avoid.
-- ``killable``: ``user.cgoom.killable`` (the workload saved its state and may die first).
-- ``overlimit``: ``user.cgoom.overlimit`` (its limit was raised temporarily; it ranks below
-  its peers of the same priority, as in Google's handler).
+Reading never fails as a whole: a cgroup that vanishes mid-pass is left out, and a file that
+cannot be read as documented leaves its field ``None`` with a line in ``problems``. A
+threaded cgroup (``cgroup.procs`` is EOPNOTSUPP there, cgroup-v2.rst "Threads") is marked
+``threaded``. A process that exits mid-pass is left out; one whose files cannot be read
+while it still exists stays, with what could be read (``oom_score_adj=None`` is never
+chosen).
 
-A setting that cannot be read as documented is ignored and recorded in ``problems``: a
-broken xattr must never crash a decision at OOM time.
+The trust model (docs/policies.md, "Who may set what"): any ``user.*`` xattr is writable by
+the cgroup directory's owner, and delegation (systemd's ``Delegate=yes``, rootless
+containers) gives a tenant its directory. So a setting counts only where its writer is
+trusted for what it does:
+
+- *trusted*: the directory is owned by root, or by the owner of the snapshot's root (the
+  domain: an unprivileged cgoom in its own delegated subtree trusts itself);
+- ``priority`` from an untrusted owner counts only among siblings of the same owner (the
+  tenant ordering its own children: the priority descent compares siblings only), or when
+  it lowers the cgroup (volunteering to die sooner);
+- ``avoid`` and ``omit`` need a trusted writer: they shield a cgroup from every policy;
+- ``prefer``, ``killable`` and ``overlimit`` only make a cgroup die sooner: anyone's count;
+- ``trusted.*`` xattrs (CAP_SYS_ADMIN only) and configured patterns are always trusted.
+
+Whatever is ignored is recorded in ``problems`` with the reason.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from . import _parse
+from ._candidates import (
+    CgroupSnapshot,
+    Preference,
+    ProcessSnapshot,
+    check_priority,
+    normalize_path,
+    parent_path,
+    tree_children,
+)
 from ._cgroup import (
     KILLABLE_XATTR,
     OVERLIMIT_XATTR,
     PREFERENCE_XATTR,
     PRIORITY_XATTR,
     Cgroup,
-    if_supported,
 )
-from ._errors import CgoomError, CgroupGone, NotSupported
+from ._errors import CgoomError, CgroupGone, InvalidValue, NotSupported
 from ._hierarchy import Hierarchy
-from ._types import Limit, MemoryEvents, Pressure
 
-Preference = Literal["prefer", "avoid", "omit"]
+if TYPE_CHECKING:
+    from ._policy import Victim
+    from ._worker import Worker
+
 _PEER_PREFERENCES: tuple[tuple[str, Preference], ...] = (
     ("user.oomd_omit", "omit"),
     ("trusted.oomd_prefer", "prefer"),
@@ -51,98 +76,99 @@ _PEER_PREFERENCES: tuple[tuple[str, Preference], ...] = (
     ("trusted.oomd_avoid", "avoid"),
     ("user.oomd_avoid", "avoid"),
 )
+_SETTINGS_XATTRS = frozenset({PRIORITY_XATTR, PREFERENCE_XATTR, KILLABLE_XATTR,
+                              OVERLIMIT_XATTR, *(n for n, _ in _PEER_PREFERENCES)})
+
+#: The snapshot fields a policy may ask for (its ``fields`` attribute); the rest (structure,
+#: identity, owner, settings, pids, oom_group, populated, age) are always read.
+FIELDS: Final = frozenset({
+    "usage", "peak", "swap", "anon", "file", "kernel", "growth", "pressure", "events",
+    "memory_min", "memory_low", "memory_high", "memory_max", "processes",
+})
+
+_SIMPLE: dict[str, Callable[[Cgroup], Any]] = {
+    "usage": Cgroup.memory_current,
+    "peak": Cgroup.memory_peak,
+    "swap": Cgroup.memory_swap_current,
+    "pressure": Cgroup.memory_pressure,
+    "events": Cgroup.memory_events,
+    "memory_min": Cgroup.memory_min,
+    "memory_low": Cgroup.memory_low,
+    "memory_high": Cgroup.memory_high,
+    "memory_max": Cgroup.memory_max,
+}
 
 
-@attrs.frozen
-class ProcessSnapshot:
-    """One process of a cgroup: what picks a single victim inside it."""
-
-    pid: int
-    name: str
-    #: /proc/<pid>/oom_score_adj: -1000 (never) to 1000 (first); higher is more killable.
-    oom_score_adj: int
-    #: Resident set size in bytes.
-    rss: int
+def policy_fields(policy: object) -> frozenset[str]:
+    """The fields ``policy`` declares (its ``fields`` attribute), or all of :data:`FIELDS`."""
+    declared = getattr(policy, "fields", None)
+    if declared is None:
+        return FIELDS
+    return frozenset(declared) & FIELDS
 
 
-@attrs.frozen
-class CgroupSnapshot:
-    """One candidate cgroup as read in one pass. ``path`` is below the mount ("/a/b")."""
+class UsageHistory:
+    """The usage readings behind ``growth``: per cgroup (path *and* id, so a re-created
+    cgroup starts afresh), the oldest reading within ``window`` seconds. Bounded
+    (``max_cgroups``, a ``cachetools.TTLCache``); thread-safe. Keep one for the life of a
+    handler and give it to each :class:`Snapshotter`, so ``growth`` works from the first
+    incident."""
 
-    path: str
-    usage: int | None = None
-    peak: int | None = None
-    swap: int | None = None
-    anon: int | None = None
-    file: int | None = None
-    kernel: int | None = None
-    #: Bytes per second over the recent window (``None`` until two readings exist).
-    growth: float | None = None
-    pressure: Pressure | None = None
-    events: MemoryEvents | None = None
-    populated: bool | None = None
-    pids: tuple[int, ...] = ()
-    #: Seconds since the cgroup directory was created, where the filesystem says.
-    age: float | None = None
-    memory_min: Limit | None = None
-    memory_low: Limit | None = None
-    memory_high: Limit | None = None
-    memory_max: Limit | None = None
-    oom_group: bool | None = None
-    priority: int = 0
-    preference: Preference | None = None
-    killable: bool = False
-    overlimit: bool = False
-    #: Filled for cgroups a single process may be picked from (leaves without oom.group).
-    processes: tuple[ProcessSnapshot, ...] = ()
-    #: Settings that could not be read as documented, and were ignored.
-    problems: tuple[str, ...] = ()
+    def __init__(self, window: float = 30.0, *, max_cgroups: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        import cachetools  # here, not at module level: `import cgoom` stays lean
 
-    @property
-    def protection(self) -> int:
-        """The larger of memory.min and memory.low in bytes (0 when unset or unknown;
-        ``max`` counts as all of the usage)."""
-        best = 0
-        for value in (self.memory_min, self.memory_low):
-            if value == "max":
-                return self.usage or 0
-            if isinstance(value, int):
-                best = max(best, value)
-        return best
+        if not window > 0:
+            raise InvalidValue(f"growth window {window!r}: must be a positive number of "
+                               "seconds", value=repr(window))
+        self.window = window
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._cache: cachetools.TTLCache[tuple[str, int | None], tuple[float, int]] = (
+            cachetools.TTLCache(maxsize=max_cgroups, ttl=window, timer=clock))
 
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[1]
+    def growth(self, path: str, inode: int | None, usage: int) -> float | None:
+        """Record ``usage`` now; bytes per second since the oldest reading in the window."""
+        now = self.clock()
+        with self._lock:
+            first = self._cache.get((path, inode))
+            if first is None:
+                self._cache[(path, inode)] = (now, usage)
+                return None
+        return (usage - first[1]) / (now - first[0]) if now > first[0] else None
 
 
-def read_processes(pids: Iterable[int], proc_root: str = "/proc") -> tuple[ProcessSnapshot, ...]:
-    """Process records for ``pids``; a process that exits meanwhile is left out."""
-    result = []
-    for pid in pids:
-        base = os.path.join(proc_root, str(pid))
-        try:
-            with open(os.path.join(base, "oom_score_adj")) as f:
-                adj = int(f.read().strip())
-            with open(os.path.join(base, "statm")) as f:
-                rss_pages = int(f.read().split()[1])
-            with open(os.path.join(base, "comm")) as f:
-                name = f.read().strip()
-        except (OSError, ValueError, IndexError):
-            continue  # gone, or a zombie: nothing to free
-        result.append(ProcessSnapshot(pid, name, adj, rss_pages * os.sysconf("SC_PAGE_SIZE")))
-    return tuple(result)
+def _check_patterns(priorities: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    checked = []
+    for i, item in enumerate(priorities):
+        if not (isinstance(item, tuple | list) and len(item) == 2
+                and isinstance(item[0], str)):
+            raise InvalidValue(f"priorities[{i}] = {item!r}: write (pattern, priority), e.g. "
+                               "('workload.slice/web*', 100)", value=repr(item))
+        pattern, priority = item
+        check_priority(priority, f"priorities[{i}] ({pattern!r})")
+        checked.append((pattern.strip("/"), priority))
+    return tuple(checked)
+
+
+@attrs.define
+class _Pass:
+    """One snapshot's context: the domain's owner and the owners seen so far."""
+
+    root: str
+    fields: frozenset[str]
+    domain_owner: int | None
+    owners: dict[str, int | None] = attrs.Factory(dict)
 
 
 class Snapshotter:
     """Reads candidate snapshots for decisions.
 
     ``priorities``: ``(pattern, priority)`` pairs, fnmatch on the path below the mount
-    (``"workload.slice/web*"``), used where ``user.cgoom.priority`` is unset; first match
-    wins. ``growth_window``: seconds of usage history kept per cgroup for ``growth``.
-
-    The usage history is the only state kept between decisions: a bounded
-    ``cachetools.TTLCache`` (old entries expire, the number of cgroups is capped), so
-    cgroups that vanished are forgotten. Nothing else is cached across decisions.
+    (``"workload.slice/web*"``), used where no trusted ``user.cgoom.priority`` is set; first
+    match wins. ``history``: a :class:`UsageHistory` to keep across snapshotters (default:
+    a new one of ``growth_window`` seconds). ``clock`` (monotonic, for growth) and
+    ``wall_clock`` (for ``age``) are injectable.
     """
 
     def __init__(
@@ -153,15 +179,22 @@ class Snapshotter:
         growth_window: float = 30.0,
         max_cgroups: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        history: UsageHistory | None = None,
     ) -> None:
         self.hierarchy = hierarchy
-        self.priorities = tuple(priorities)
-        self.growth_window = growth_window
-        self._clock = clock
-        import cachetools  # here, not at module level: `import cgoom` stays lean
+        self.priorities = _check_patterns(priorities)
+        self.history = history if history is not None else UsageHistory(
+            growth_window, max_cgroups=max_cgroups, clock=clock)
+        self._wall_clock = wall_clock
+        self._worker: Worker | None = None
+        self._page_size = os.sysconf("SC_PAGE_SIZE")
 
-        self._history: cachetools.TTLCache[str, tuple[float, int]] = cachetools.TTLCache(
-            maxsize=max_cgroups, ttl=growth_window, timer=clock)
+    @property
+    def growth_window(self) -> float:
+        return self.history.window
+
+    # --- settings ----------------------------------------------------------------------
 
     def _pattern_priority(self, path: str) -> int:
         rel = path.lstrip("/")
@@ -170,37 +203,67 @@ class Snapshotter:
                 return priority
         return 0
 
-    def _settings(self, cgroup: Cgroup, problems: list[str]) -> dict[str, object]:
+    def _settings(self, cgroup: Cgroup, owner: int | None, parent_owner: int | None,
+                  domain_owner: int | None, problems: list[str]) -> dict[str, Any]:
+        fs, where = self.hierarchy.fs, cgroup.dir
+        try:
+            names = set(fs.listxattr(where)) & _SETTINGS_XATTRS
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENODEV):
+                raise CgroupGone(f"{where} vanished", path=where) from exc
+            names = set()  # no xattrs on this filesystem (Linux < 5.7 for user.*)
+
         def xattr(name: str) -> str | None:
+            if name not in names:
+                return None
             try:
                 return cgroup.get_xattr(name)
             except CgroupGone:
                 raise
             except CgoomError as exc:
-                if not isinstance(exc, NotSupported) and "trusted." not in name:
-                    problems.append(str(exc))
+                problems.append(str(exc))
                 return None
 
-        priority = self._pattern_priority(cgroup.path)
+        trusted = owner is not None and owner in (0, domain_owner)
+        who = (f"uid {owner}" if owner is not None else "an unknown owner")
+        default = self._pattern_priority(cgroup.path)
+        priority = default
         text = xattr(PRIORITY_XATTR)
         if text is not None:
             try:
-                priority = int(text.strip())
-            except ValueError:
-                problems.append(f"{PRIORITY_XATTR}={text!r} is not an integer; ignored")
+                value = _parse.parse_priority(text, f"{PRIORITY_XATTR}")
+            except CgoomError:
+                problems.append(f"{PRIORITY_XATTR}={_shown(text)} is not an integer from "
+                                f"{-(2**31)} to {2**31 - 1}; ignored")
+            else:
+                if trusted or owner == parent_owner or value <= default:
+                    priority = value
+                else:
+                    problems.append(
+                        f"{PRIORITY_XATTR}={value} ignored: set by {who}, who owns "
+                        f"{cgroup.path} but not its parent (uid {parent_owner}) nor the domain"
+                        f" (uid {domain_owner}); a delegated cgroup may order its own "
+                        "children or lower itself, never raise itself among its siblings")
         preference: Preference | None = None
+        source = PREFERENCE_XATTR
         text = xattr(PREFERENCE_XATTR)
         if text is not None:
             if text.strip() in ("prefer", "avoid", "omit"):
                 preference = text.strip()  # type: ignore[assignment]
             else:
-                problems.append(f"{PREFERENCE_XATTR}={text!r} is not prefer, avoid or omit; "
-                                "ignored")
+                problems.append(f"{PREFERENCE_XATTR}={_shown(text)} is not prefer, avoid or "
+                                "omit; ignored")
         if preference is None:
             for name, meaning in _PEER_PREFERENCES:
                 if xattr(name) is not None:
-                    preference = meaning
+                    preference, source = meaning, name
                     break
+        if preference in ("avoid", "omit") and not (trusted or source.startswith("trusted.")):
+            problems.append(
+                f"{source} ({preference}) ignored: set by {who}, who is neither root nor the "
+                f"domain's owner (uid {domain_owner}); only a trusted writer may shield a "
+                "cgroup")
+            preference = None
         return {
             "priority": priority,
             "preference": preference,
@@ -208,77 +271,244 @@ class Snapshotter:
             "overlimit": (xattr(OVERLIMIT_XATTR) or "").strip() == "1",
         }
 
-    def read(self, cgroup: Cgroup, *, processes: bool = False) -> CgroupSnapshot:
-        """One cgroup's snapshot. Raises :class:`~cgoom.CgroupGone` if it vanished."""
-        problems: list[str] = []
-        settings = self._settings(cgroup, problems)
-        usage = if_supported(cgroup.memory_current)
-        stat = if_supported(cgroup.memory_stat)
-        cg_events = if_supported(cgroup.cgroup_events)
-        pids = cgroup.cgroup_procs()
-        now = self._clock()
-        growth = None
-        if usage is not None:
-            first = self._history.get(cgroup.path)
-            if first is None:
-                self._history[cgroup.path] = (now, usage)
-            elif now - first[0] > 0:
-                growth = (usage - first[1]) / (now - first[0])
-        try:
-            age: float | None = time.time() - os.stat(cgroup.dir).st_ctime
-        except OSError:
-            age = None
-        return CgroupSnapshot(
-            path=cgroup.path,
-            usage=usage,
-            peak=if_supported(cgroup.memory_peak),
-            swap=if_supported(cgroup.memory_swap_current),
-            anon=None if stat is None else stat.get("anon"),
-            file=None if stat is None else stat.get("file"),
-            kernel=None if stat is None else stat.get("kernel"),
-            growth=growth,
-            pressure=if_supported(cgroup.memory_pressure),
-            events=if_supported(cgroup.memory_events),
-            populated=None if cg_events is None else cg_events.populated,
-            pids=pids,
-            age=age,
-            memory_min=if_supported(cgroup.memory_min),
-            memory_low=if_supported(cgroup.memory_low),
-            memory_high=if_supported(cgroup.memory_high),
-            memory_max=if_supported(cgroup.memory_max),
-            oom_group=if_supported(cgroup.memory_oom_group),
-            processes=read_processes(pids, self.hierarchy.proc_root) if processes else (),
-            problems=tuple(problems),
-            **settings,  # type: ignore[arg-type]
-        )
+    # --- one cgroup --------------------------------------------------------------------
 
-    def snapshot(self, root: str) -> dict[str, CgroupSnapshot]:
-        """Snapshots of ``root`` and every descendant, read once, parents first. Cgroups
-        that vanish during the pass are left out. Leaves that are not ``memory.oom.group``
-        units also get their processes, for single-process victims."""
-        result: dict[str, CgroupSnapshot] = {}
-        for cgroup in self.hierarchy.cgroup(root).walk():
+    def _read(self, cgroup: Cgroup, ctx: _Pass) -> CgroupSnapshot | None:
+        """One cgroup's record, ``None`` if it vanished. Never raises for a bad file."""
+        problems: list[str] = []
+        fs = self.hierarchy.fs
+        try:
+            st = fs.stat(cgroup.dir)
+        except OSError:
+            return None  # gone (or never was: the caller's structure was stale)
+        owner = st.st_uid
+        ctx.owners[cgroup.path] = owner
+        parent = parent_path(cgroup.path)
+        if parent in ctx.owners:
+            parent_owner = ctx.owners[parent]
+        else:
             try:
-                result[cgroup.path] = self.read(cgroup)
+                parent_owner = fs.stat(self.hierarchy.cgroup(parent).dir).st_uid
+            except OSError:
+                parent_owner = None
+        if ctx.domain_owner is None and cgroup.path == ctx.root:
+            ctx.domain_owner = owner
+
+        def get(read: Callable[[Cgroup], Any]) -> Any:
+            try:
+                return read(cgroup)
             except CgroupGone:
+                raise
+            except NotSupported:
+                return None
+            except CgoomError as exc:
+                problems.append(str(exc))
+                return None
+
+        try:
+            settings = self._settings(cgroup, owner, parent_owner, ctx.domain_owner, problems)
+            threaded = False
+            try:
+                pids: tuple[int, ...] | None = cgroup.cgroup_procs()
+            except NotSupported:
+                threaded, pids = True, None
+                problems.append(f"{cgroup.path} is a threaded cgroup (cgroup.procs: "
+                                "EOPNOTSUPP); its processes belong to its threaded domain")
+            except CgroupGone:
+                raise
+            except CgoomError as exc:
+                problems.append(str(exc))
+                pids = None
+            values = {name: get(_SIMPLE[name]) for name in ctx.fields if name in _SIMPLE}
+            if "usage" not in values and "growth" in ctx.fields:
+                values["usage"] = get(_SIMPLE["usage"])
+            if ctx.fields & {"anon", "file", "kernel"}:
+                stat = get(Cgroup.memory_stat)
+                for key in ("anon", "file", "kernel"):
+                    if key in ctx.fields:
+                        values[key] = None if stat is None else stat.get(key)
+            oom_group = get(Cgroup.memory_oom_group)
+            populated = None
+            if pids is None:  # threaded or unreadable: ask cgroup.events itself
+                events = get(Cgroup.cgroup_events)
+                populated = None if events is None else events.populated
+        except CgroupGone:
+            return None
+        growth = None
+        if "growth" in ctx.fields and values.get("usage") is not None:
+            growth = self.history.growth(cgroup.path, st.st_ino, values["usage"])
+        age = max(0.0, self._wall_clock() - st.st_ctime)
+        return CgroupSnapshot(
+            cgroup.path, inode=st.st_ino, owner=owner, growth=growth, age=age,
+            pids=pids or (), populated=populated if pids is None else bool(pids),
+            oom_group=oom_group, threaded=threaded, problems=tuple(problems),
+            **values, **settings)
+
+    def read(self, cgroup: Cgroup, *, processes: bool = False,
+             fields: Iterable[str] = FIELDS) -> CgroupSnapshot:
+        """One cgroup's snapshot, as the only cgroup of its domain; ``processes``: read its
+        processes too. Raises :class:`~cgoom.CgroupGone` if it vanished."""
+        wanted = frozenset(fields) & FIELDS
+        snap = self._read(cgroup, _Pass(cgroup.path, wanted, None))
+        if snap is None:
+            raise CgroupGone(f"cannot read {cgroup.dir}: the cgroup no longer exists",
+                             path=cgroup.dir)
+        if processes:
+            snap = attrs.evolve(snap, processes=self.processes(snap.pids))
+        return snap
+
+    # --- processes ---------------------------------------------------------------------
+
+    def processes(self, pids: Iterable[int]) -> tuple[ProcessSnapshot, ...]:
+        """Records for ``pids``. A process that has exited (its /proc directory is gone) is
+        left out, and so are kernel threads; any other read failure keeps the process with
+        what could be read: a process cannot hide by making its files unreadable."""
+        fs, proc = self.hierarchy.fs, self.hierarchy.proc_root
+        result = []
+        for pid in pids:
+            base = f"{proc}/{pid}"
+            try:
+                stat_text = fs.read(f"{base}/stat")
+            except OSError:
+                if not fs.exists(base):
+                    continue  # exited
+                result.append(ProcessSnapshot(pid, "?", None, 0))
                 continue
-        # Processes from the pids already read, for leaves (no child in this pass) that are
-        # not oom.group units: no file of the pass is read twice.
+            try:
+                comm, state, flags, start, rss_pages = _parse.parse_proc_stat(
+                    _replace(stat_text), f"{base}/stat")
+            except CgoomError:
+                result.append(ProcessSnapshot(pid, "?", None, 0))
+                continue
+            if flags & _parse.PF_KTHREAD or state in ("Z", "X"):
+                continue  # a kernel thread or already dead: nothing to kill or free
+            try:
+                adj: int | None = int(fs.read(f"{base}/oom_score_adj").strip())
+            except (OSError, ValueError):
+                adj = None
+            if adj is not None and not -1000 <= adj <= 1000:
+                adj = None
+            result.append(ProcessSnapshot(pid, comm, adj, rss_pages * self._page_size, start))
+        return tuple(result)
+
+    # --- a subtree ---------------------------------------------------------------------
+
+    def snapshot(self, root: str, *, fields: Iterable[str] = FIELDS,
+                 paths: Iterable[str] | None = None) -> dict[str, CgroupSnapshot]:
+        """Snapshots of ``root`` and every descendant, parents first, read once.
+
+        ``fields``: what the policy needs (:func:`policy_fields`); the rest stays ``None``.
+        ``paths``: the cgroups known to exist (e.g. ``watcher.watched()``), to skip listing
+        every directory; those outside ``root`` are ignored. Cgroups that vanish during the
+        pass are left out. With ``processes`` in ``fields``, the cgroups a single process
+        may be taken from (leaves and cgroups with processes of their own, unless
+        ``memory.oom.group``) also get their processes.
+        """
+        root = normalize_path(root)
+        ctx = _Pass(root, frozenset(fields) & FIELDS, None)
+        result: dict[str, CgroupSnapshot] = {}
+        if paths is None:
+            cgroups: Iterable[Cgroup] = self.hierarchy.cgroup(root).walk()
+        else:
+            inside = sorted({p for p in map(normalize_path, paths)
+                             if root == "/" or p == root or p.startswith(root + "/")} | {root})
+            cgroups = (self.hierarchy.cgroup(p) for p in inside)
+        for cgroup in cgroups:
+            if cgroup.path != root and parent_path(cgroup.path) not in result:
+                continue  # its parent vanished (or was never there): so did it
+            snap = self._read(cgroup, ctx)
+            if snap is not None:
+                result[cgroup.path] = snap
+        self._derive_populated(result)
+        # A process may be taken from any cgroup with processes of its own that does not die
+        # whole: leaves (when the policy asks), and cgroups that also have children (always:
+        # their processes can only die one by one, cgoom.units).
         children = tree_children(result)
         for path, snap in result.items():
-            if not children[path] and snap.oom_group is not True and snap.pids:
-                result[path] = attrs.evolve(
-                    snap, processes=read_processes(snap.pids, self.hierarchy.proc_root))
+            if snap.oom_group is True or not snap.pids:
+                continue
+            if "processes" in ctx.fields or any(not result[k].threaded for k in children[path]):
+                result[path] = attrs.evolve(snap, processes=self.processes(snap.pids))
         return result
 
+    @staticmethod
+    def _derive_populated(result: dict[str, CgroupSnapshot]) -> None:
+        # populated = processes here or below (cgroup_update_populated() counts the same:
+        # tasks of the cgroup's css_sets and populated children; zombies are not listed in
+        # cgroup.procs, nor counted). Children come after parents: walk backwards.
+        below: dict[str, bool] = {}
+        for path in reversed(list(result)):
+            snap = result[path]
+            populated = snap.populated is True or below.get(path, False)
+            if populated != snap.populated and not (snap.populated is None and not populated):
+                result[path] = attrs.evolve(snap, populated=populated)
+            if populated and path != "/":
+                below[parent_path(path)] = True
 
-def tree_children(candidates: Mapping[str, CgroupSnapshot]) -> dict[str, list[str]]:
-    """``path -> child paths`` (sorted) for the candidates whose parent is also a candidate."""
-    children: dict[str, list[str]] = {p: [] for p in candidates}
-    for path in candidates:
-        parent = path.rsplit("/", 1)[0] or "/"
-        if path != "/" and parent in children:
-            children[parent].append(path)
-    for kids in children.values():
-        kids.sort()
-    return children
+    async def asnapshot(self, root: str, *, fields: Iterable[str] = FIELDS,
+                        paths: Iterable[str] | None = None) -> dict[str, CgroupSnapshot]:
+        """:meth:`snapshot` in the snapshotter's own worker thread (started by
+        :meth:`start`, or on first use), so the event loop never waits for the kernel."""
+        worker = self.start()
+        path_list = None if paths is None else list(paths)
+        return await worker.run(lambda: self.snapshot(root, fields=fields, paths=path_list))
+
+    def start(self) -> Worker:
+        """Start the worker thread for :meth:`asnapshot` now, before any incident."""
+        if self._worker is None or not self._worker.alive:
+            from ._worker import Worker
+
+            self._worker = Worker("cgoom-snapshot")
+        return self._worker
+
+    def close(self) -> None:
+        """Stop the worker thread, if any."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    # --- identity ----------------------------------------------------------------------
+
+    def recheck(self, victim: Victim) -> str | None:
+        """Why acting on ``victim`` now would hit something else than was decided on, or
+        ``None``: the cgroup is gone or was re-created (another id), the process is gone,
+        its pid was reused (another start time) or it left the cgroup. Whoever acts calls
+        this right before acting (with a pidfd already open, for a process)."""
+        cgroup = self.hierarchy.cgroup(victim.cgroup)
+        fs = self.hierarchy.fs
+        try:
+            st = fs.stat(cgroup.dir)
+        except OSError:
+            return f"{victim.cgroup} no longer exists"
+        if victim.cgroup_id is not None and st.st_ino != victim.cgroup_id:
+            return (f"{victim.cgroup} was removed and re-created (id {victim.cgroup_id} is "
+                    f"now {st.st_ino})")
+        if victim.pid is None:
+            return None
+        base = f"{self.hierarchy.proc_root}/{victim.pid}"
+        try:
+            _, state, _, start, _ = _parse.parse_proc_stat(
+                _replace(fs.read(f"{base}/stat")), f"{base}/stat")
+        except (OSError, CgoomError):
+            return f"process {victim.pid} is gone"
+        if victim.start_time is not None and start != victim.start_time:
+            return (f"pid {victim.pid} was reused (start time {victim.start_time} is now "
+                    f"{start})")
+        try:
+            if victim.pid not in cgroup.cgroup_procs():
+                return f"process {victim.pid} left {victim.cgroup}"
+        except CgoomError:
+            return f"cannot read {victim.cgroup}/cgroup.procs"
+        if state in ("Z", "X"):
+            return f"process {victim.pid} is already dead"
+        return None
+
+
+def _replace(text: str) -> str:
+    # OsFS decodes with surrogateescape; a process name may be any bytes: show them with
+    # U+FFFD rather than carry lone surrogates that no strict encoder can print.
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")

@@ -15,7 +15,7 @@ Some facts about the formats (Documentation/admin-guide/cgroup-v2.rst, mm/memcon
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Final, Literal
+from typing import Final, Literal, NoReturn
 
 import attrs
 
@@ -26,9 +26,32 @@ MAX: Final = "max"
 Limit = int | Literal["max"]
 
 
-def _frozen_mapping(value: Mapping[str, int]) -> Mapping[str, int]:
-    # A private copy so a record never aliases a caller's mutable dict.
-    return dict(value)
+class FrozenDict(dict[str, int]):
+    """A read-only, hashable ``dict``: the mappings inside frozen records (counters, deltas,
+    memory.stat). It stays a ``dict`` so ``json.dumps`` and ``attrs.asdict`` take it as one;
+    every method that would change it raises ``TypeError``."""
+
+    __slots__ = ()
+
+    def _readonly(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(f"{type(self).__name__} is read-only: records are frozen")
+
+    __setitem__ = __delitem__ = __ior__ = _readonly
+    clear = pop = popitem = setdefault = update = _readonly
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({dict.__repr__(self)})"
+
+    def __reduce__(self) -> tuple[type[FrozenDict], tuple[dict[str, int]]]:
+        return (FrozenDict, (dict(self),))
+
+
+def frozen_mapping(value: Mapping[str, int]) -> Mapping[str, int]:
+    # A private, read-only copy so a record never aliases a caller's mutable dict.
+    return value if type(value) is FrozenDict else FrozenDict(value)
 
 
 @attrs.frozen
@@ -49,7 +72,7 @@ class MemoryEvents:
     #: Linux 6.19+; ``None`` on older kernels.
     sock_throttled: int | None = None
     #: Keys this version of cgoom does not know, as the kernel wrote them.
-    extra: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    extra: Mapping[str, int] = attrs.field(factory=dict, converter=frozen_mapping)
 
 
 @attrs.frozen
@@ -60,7 +83,7 @@ class SwapEvents:
     fail: int
     #: Linux 5.8+; ``None`` on older kernels.
     high: int | None = None
-    extra: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    extra: Mapping[str, int] = attrs.field(factory=dict, converter=frozen_mapping)
 
 
 @attrs.frozen
@@ -71,7 +94,7 @@ class CgroupEvents:
     populated: bool
     #: Linux 5.2+: the freeze requested through ``cgroup.freeze`` has completed.
     frozen: bool | None = None
-    extra: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_mapping)
+    extra: Mapping[str, int] = attrs.field(factory=dict, converter=frozen_mapping)
 
 
 @attrs.frozen
@@ -103,7 +126,7 @@ class MemoryStat(Mapping[str, int]):
     """
 
     #: Every key and value as the kernel printed them (also reachable as the mapping itself).
-    data: Mapping[str, int] = attrs.field(converter=_frozen_mapping)
+    data: Mapping[str, int] = attrs.field(converter=frozen_mapping)
 
     def __getitem__(self, key: str) -> int:
         return self.data[key]

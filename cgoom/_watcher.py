@@ -18,7 +18,13 @@ Some facts this code depends on (notes/kernel-interface.md §3-§5, measured on 
 - A removed cgroup: IN_DELETE|IN_ISDIR on the parent's watch only. Its final counters may
   be unreadable by the time we look; the parent's hierarchical memory.events still has them.
 - IN_Q_OVERFLOW: the kernel's queue (fs.inotify.max_queued_events) overflowed and
-  notifications were lost; the only correct answer is to re-read everything.
+  notifications were lost; the only correct answer is to re-read everything, and to compare
+  identity (the directory's inode, the cgroup id): a cgroup removed and re-created at the same
+  path meanwhile has new files, and the old watches on it are dead.
+- inotify watches are limited per user (fs.inotify.max_user_watches); ENOSPC from
+  inotify_add_watch is that limit. At run time it is an event (``WatchFailed``), not an
+  exception: the rest of the batch is still handled, and the cgroup is retried when watches
+  are freed (a cgroup removed) or at a resync.
 - PSI trigger fds poll EPOLLPRI when the threshold is crossed and EPOLLERR|EPOLLPRI when their
   cgroup is removed. ``psi_trigger_poll`` *consumes* the event (cmpxchg of t->event): when
   asyncio's epoll asks whether our private epoll is ready, the kernel polls the PSI file
@@ -38,11 +44,12 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 
 import attrs
 
+from ._candidates import parent_path
 from ._cgroup import Cgroup
 from ._errors import CgoomError, CgroupGone, InvalidValue, NotSupported, ParseError
 from ._events import (
@@ -59,6 +66,7 @@ from ._events import (
     SustainedPressure,
     SustainedState,
     SwapEventsChanged,
+    WatchFailed,
     counter_delta,
     counters,
     trigger_problem,
@@ -75,6 +83,7 @@ from ._linux import (
     IN_Q_OVERFLOW,
     MAX_USER_WATCHES,
     Inotify,
+    InotifyEvent,
     has_cap_sys_resource,
     kernel_release,
     read_int,
@@ -99,6 +108,14 @@ DEFAULT_FILES = tuple(_READERS)
 
 _DIR_MASK = IN_CREATE | IN_DELETE | IN_ONLYDIR
 
+#: The longest the watcher keeps the event loop while starting or resynchronising: it
+#: yields to other tasks after this much work (issue #8: 10,000 cgroups took ~1 s).
+SLICE_SECONDS = 0.005
+
+
+class _WatchLimit(CgoomError):
+    """inotify_add_watch said ENOSPC: the watch limit."""
+
 
 @attrs.frozen
 class WatcherStatistics:
@@ -120,6 +137,10 @@ class WatcherStatistics:
     resyncs: int
     #: Events waiting in the queue for ``async for``.
     queued: int
+    #: Cgroups that could not be watched (see ``Watcher.untracked()``).
+    untracked: int = 0
+    #: Events dropped because the queue was full (a ``Resynchronized`` said so).
+    dropped: int = 0
 
 
 @attrs.define
@@ -142,12 +163,17 @@ class Watcher:
 
     Use it as an async context manager (``async with cgoom.open_watcher(...) as w``), then
     either iterate (``async for event in w``) or register callbacks (``w.add_listener(f)``),
-    or both. Events from the moment it starts are queued until read; none are dropped.
+    or both. Events from the moment it starts are queued until read, up to ``max_queued``;
+    past that (a consumer that stopped reading, or one that only uses listeners) the queued
+    events are dropped and one :class:`Resynchronized` says so. Listeners see every event.
 
     ``roots``: cgroup paths to follow with all their descendants. ``include``: fnmatch
     patterns on the path below the mount (``"workload.slice/*"``) whose files are watched
     and whose creation and removal are reported (default: all); ``exclude``: patterns pruned
     with their subtrees. ``files``: which of :data:`DEFAULT_FILES` to watch.
+    ``raise_watch_limit``: when the inotify watch limit is hit and cgoom runs as root, raise
+    the host-wide sysctl ``fs.inotify.max_user_watches`` (off by default: a library should not
+    change host settings; the error says which value is needed).
     """
 
     def __init__(
@@ -158,7 +184,8 @@ class Watcher:
         include: Iterable[str] | None = None,
         exclude: Iterable[str] = (),
         files: Iterable[str] = DEFAULT_FILES,
-        raise_watch_limit: bool = True,
+        raise_watch_limit: bool = False,
+        max_queued: int = 10_000,
     ) -> None:
         self.hierarchy = hierarchy
         self.roots = tuple(hierarchy.cgroup(r).path for r in roots)
@@ -171,6 +198,14 @@ class Watcher:
                     f"cgoom cannot watch {name!r}; it watches {', '.join(DEFAULT_FILES)}",
                     value=name)
         self.raise_watch_limit = raise_watch_limit
+        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
+            raise InvalidValue(f"max_queued={max_queued!r}: a positive int", value=repr(max_queued))
+        self.max_queued = max_queued
+        self._dropped = 0
+        self._ids: dict[str, int] = {}
+        self._untracked: dict[str, str] = {}
+        self._resync_task: asyncio.Task[None] | None = None
+        self._resync_reason: str | None = None
         self._kernel = kernel_release()
         self._inotify: Inotify | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -190,7 +225,7 @@ class Watcher:
     # --- life cycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Watcher:
-        self.start()
+        await self.astart()
         return self
 
     async def __aexit__(
@@ -202,21 +237,42 @@ class Watcher:
         self.close()
 
     def start(self) -> None:
-        """Watch the roots' subtrees. Must run in the event loop's thread."""
+        """Watch the roots' subtrees, all at once (blocking the loop for as long as that
+        takes: about 0.1 ms per cgroup). Must run in the event loop's thread; prefer
+        :meth:`astart` (what ``async with`` does)."""
+        self._begin()
+        try:
+            for root in self._roots_present():
+                self._track_tree(root, announce=False)
+        except BaseException:
+            self.close()
+            raise
+
+    async def astart(self) -> None:
+        """Watch the roots' subtrees, yielding to the event loop every
+        :data:`SLICE_SECONDS` of work, so other tasks are never stalled by a large tree.
+        Events from cgroups already watched are delivered meanwhile."""
+        self._begin()
+        try:
+            for root in self._roots_present():
+                await self._atrack_tree(root, announce=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def _begin(self) -> None:
         if self._inotify is not None or self._closed:
             raise RuntimeError(f"{self!r} was already started")
         self._loop = asyncio.get_running_loop()
         self._inotify = Inotify()
-        try:
-            for root in self.roots:
-                cgroup = self.hierarchy.cgroup(root)
-                if not cgroup.exists():
-                    raise CgroupGone(f"cannot watch {cgroup.dir}: no such cgroup", path=cgroup.dir)
-                self._track_tree(cgroup, announce=False)
-            self._loop.add_reader(self._inotify.fd, self._on_inotify)
-        except BaseException:
-            self.close()
-            raise
+        self._loop.add_reader(self._inotify.fd, self._on_inotify)
+
+    def _roots_present(self) -> list[Cgroup]:
+        roots = [self.hierarchy.cgroup(root) for root in self.roots]
+        for cgroup in roots:
+            if not cgroup.exists():
+                raise CgroupGone(f"cannot watch {cgroup.dir}: no such cgroup", path=cgroup.dir)
+        return roots
 
     def close(self) -> None:
         """Stop watching and release every fd. Pending events stay readable; iteration then
@@ -224,6 +280,8 @@ class Watcher:
         if self._closed:
             return
         self._closed = True
+        if self._resync_task is not None:
+            self._resync_task.cancel()
         if self._inotify is not None:
             if self._loop is not None and self._inotify.fd >= 0:
                 self._loop.remove_reader(self._inotify.fd)
@@ -232,6 +290,7 @@ class Watcher:
             self._drop_trigger(fd)
         self._wds.clear()
         self._tracked.clear()
+        self._ids.clear()
         self._queue.put_nowait(_CLOSED)
 
     async def aclose(self) -> None:
@@ -260,6 +319,15 @@ class Watcher:
 
     def _emit(self, event: Event) -> None:
         self._events += 1
+        if self._queue.qsize() >= self.max_queued:
+            dropped = 0
+            while not self._queue.empty():
+                self._queue.get_nowait()
+                dropped += 1
+            self._dropped += dropped
+            self._queue.put_nowait(Resynchronized(
+                f"the consumer fell behind: {dropped} queued events were dropped (max_queued="
+                f"{self.max_queued}); re-read the state you need", time.monotonic()))
         self._queue.put_nowait(event)
         for listener in list(self._listeners):
             try:
@@ -273,11 +341,17 @@ class Watcher:
         """The cgroups followed now, sorted."""
         return sorted(self._tracked)
 
+    def untracked(self) -> dict[str, str]:
+        """The cgroups that could not be watched, with the reason (each was reported by a
+        :class:`WatchFailed` event); retried when watches are freed and at each resync."""
+        return dict(self._untracked)
+
     def statistics(self) -> WatcherStatistics:
         return WatcherStatistics(
             cgroups=len(self._tracked), watches=len(self._wds), triggers=len(self._triggers),
             wakeups=self._wakeups, notifications=self._notifications, events=self._events,
             resyncs=self._resyncs, queued=self._queue.qsize(),
+            untracked=len(self._untracked), dropped=self._dropped,
         )
 
     def _relative(self, path: str) -> str:
@@ -316,7 +390,7 @@ class Watcher:
                     log.warning("cgoom raised fs.inotify.max_user_watches from %d to %d",
                                 current, target)
                     return self._inotify.add_watch(path, mask)
-            raise CgoomError(
+            raise _WatchLimit(
                 f"cannot watch {path}: the inotify watch limit is reached "
                 f"(fs.inotify.max_user_watches, {MAX_USER_WATCHES}, is {current}); these "
                 f"cgroups need about {needed} watches: as root, "
@@ -325,10 +399,13 @@ class Watcher:
             ) from exc
 
     def _track(self, cgroup: Cgroup) -> None:
-        """Watch one cgroup: its directory, then its files, then read their baselines."""
+        """Watch one cgroup: its directory, then its files, then read their baselines. A
+        watch-limit error leaves nothing half-watched."""
         wds = [self._add_watch(cgroup.dir, _DIR_MASK)]
         self._wds[wds[0]] = (cgroup.path, "")
         self._tracked[cgroup.path] = wds
+        self._ids[cgroup.path] = self.hierarchy.fs.stat(cgroup.dir).st_ino
+        self._untracked.pop(cgroup.path, None)
         if not self._included(cgroup.path):
             return
         for name in self.files:
@@ -336,6 +413,9 @@ class Watcher:
                 wd = self._add_watch(os.path.join(cgroup.dir, name), IN_MODIFY)
             except FileNotFoundError:
                 continue  # not on this cgroup (the root) or this kernel
+            except _WatchLimit:
+                self._untrack(cgroup.path)
+                raise
             wds.append(wd)
             self._wds[wd] = (cgroup.path, name)
             try:
@@ -345,7 +425,10 @@ class Watcher:
             except ParseError as exc:
                 log.warning("cgoom watcher: %s", exc)
 
-    def _track_tree(self, top: Cgroup, *, announce: bool) -> None:
+    def _tracking(self, top: Cgroup, *, announce: bool) -> Iterator[None]:
+        """Watch ``top`` and its subtree, one cgroup per step. At start (``announce`` false)
+        the watch limit is an error; later it is a :class:`WatchFailed` event for that
+        cgroup, whose subtree is left for a retry, and the rest goes on."""
         stack = [top]
         while stack:
             cgroup = stack.pop()
@@ -357,12 +440,37 @@ class Watcher:
             except (CgroupGone, FileNotFoundError):
                 self._untrack(cgroup.path)
                 continue
+            except _WatchLimit as exc:
+                if not announce:
+                    raise
+                self._untracked[cgroup.path] = exc.message
+                self._emit(WatchFailed(cgroup.path, exc.message, time.monotonic()))
+                continue
             if announce and self._included(cgroup.path):
                 self._emit(CgroupCreated(cgroup.path, time.monotonic()))
             stack.extend(reversed(children))
+            yield
+
+    def _track_tree(self, top: Cgroup, *, announce: bool) -> None:
+        for _ in self._tracking(top, announce=announce):
+            pass
+
+    async def _atrack_tree(self, top: Cgroup, *, announce: bool) -> None:
+        deadline = time.perf_counter() + SLICE_SECONDS
+        for _ in self._tracking(top, announce=announce):
+            if time.perf_counter() > deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + SLICE_SECONDS
+
+    def _retry_untracked(self) -> None:
+        for path in sorted(self._untracked):
+            if parent_path(path) in self._tracked and path in self._untracked:
+                del self._untracked[path]
+                self._track_tree(self.hierarchy.cgroup(path), announce=True)
 
     def _untrack(self, path: str) -> None:
         assert self._inotify is not None
+        self._ids.pop(path, None)
         for wd in self._tracked.pop(path, []):
             self._wds.pop(wd, None)
             with contextlib.suppress(OSError):
@@ -373,6 +481,8 @@ class Watcher:
     def _untrack_tree(self, top: str, *, announce: bool) -> None:
         gone = sorted((p for p in self._tracked if p == top or p.startswith(top + "/")),
                       key=lambda p: -p.count("/"))
+        for path in [p for p in self._untracked if p == top or p.startswith(top + "/")]:
+            del self._untracked[path]
         now = time.monotonic()
         for path in gone:
             self._untrack(path)
@@ -394,26 +504,38 @@ class Watcher:
             self._resync("the kernel's inotify queue overflowed (IN_Q_OVERFLOW)")
             return
         reread: set[int] = set()
+        freed = False
         for event in batch:
-            if event.mask & IN_IGNORED:
-                self._wds.pop(event.wd, None)
-                continue
-            entry = self._wds.get(event.wd)
-            if entry is None:
-                continue
-            path, name = entry
-            if not name:
-                if not event.mask & IN_ISDIR:
-                    continue
-                child = f"{path.rstrip('/')}/{event.name}"
-                if event.mask & IN_CREATE:
-                    self._track_tree(self.hierarchy.cgroup(child), announce=True)
-                elif event.mask & IN_DELETE:
-                    self._untrack_tree(child, announce=True)
-            elif event.mask & IN_MODIFY and event.wd not in reread:
-                # The first re-read already sees the state after every queued change.
-                reread.add(event.wd)
-                self._refresh(path, name)
+            try:
+                freed |= self._handle(event, reread)
+            except Exception:  # one bad event must not drop the rest of the batch
+                log.exception("cgoom watcher: failed to handle %r", event)
+        if freed and self._untracked:
+            self._retry_untracked()
+
+    def _handle(self, event: InotifyEvent, reread: set[int]) -> bool:
+        """Handle one inotify event; ``True`` if it freed watches."""
+        if event.mask & IN_IGNORED:
+            self._wds.pop(event.wd, None)
+            return True
+        entry = self._wds.get(event.wd)
+        if entry is None:
+            return False
+        path, name = entry
+        if not name:
+            if not event.mask & IN_ISDIR:
+                return False
+            child = f"{path.rstrip('/')}/{event.name}"
+            if event.mask & IN_CREATE:
+                self._track_tree(self.hierarchy.cgroup(child), announce=True)
+            elif event.mask & IN_DELETE:
+                self._untrack_tree(child, announce=True)
+                return True
+        elif event.mask & IN_MODIFY and event.wd not in reread:
+            # The first re-read already sees the state after every queued change.
+            reread.add(event.wd)
+            self._refresh(path, name)
+        return False
 
     def _refresh(self, path: str, name: str) -> None:
         cgroup = self.hierarchy.cgroup(path)
@@ -445,18 +567,62 @@ class Watcher:
             self._emit(SwapEventsChanged(path, delta, new, now))
 
     def _resync(self, reason: str) -> None:
+        """Re-read everything, in a task that yields to the loop; an overflow during it
+        runs it once more after."""
         self._resyncs += 1
         self._emit(Resynchronized(reason, time.monotonic()))
-        # Removals, then changes in the cgroups that remain, then creations.
+        if self._resync_task is not None and not self._resync_task.done():
+            self._resync_reason = reason
+            return
+        assert self._loop is not None
+        self._resync_task = self._loop.create_task(self._aresync())
+
+    async def _aresync(self) -> None:
+        while True:
+            try:
+                await self._resync_pass()
+            except Exception:
+                log.exception("cgoom watcher: resync failed")
+            if self._resync_reason is None or self._closed:
+                return
+            self._resync_reason = None
+
+    async def _resync_pass(self) -> None:
+        fs = self.hierarchy.fs
+        deadline = time.perf_counter() + SLICE_SECONDS
+
+        async def pace() -> None:
+            nonlocal deadline
+            if time.perf_counter() > deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + SLICE_SECONDS
+
+        # Removals and re-creations (another id at the same path: its old watches are dead),
+        # then changes in the cgroups that remain, then creations.
         for path in sorted(self._tracked):
-            if path in self._tracked and not self.hierarchy.cgroup(path).exists():
+            if path not in self._tracked:
+                continue
+            cgroup = self.hierarchy.cgroup(path)
+            try:
+                same = fs.stat(cgroup.dir).st_ino == self._ids.get(path)
+            except OSError:
                 self._untrack_tree(path, announce=True)
+                continue
+            if not same:
+                self._untrack_tree(path, announce=True)
+                await self._atrack_tree(cgroup, announce=True)
+            await pace()
         for path, name in list(self._last):
-            self._refresh(path, name)
+            if (path, name) in self._last:
+                self._refresh(path, name)
+            await pace()
+        for path in list(self._untracked):
+            self._untracked.pop(path, None)
         for root in self.roots:
             for each in self.hierarchy.cgroup(root).walk():
                 if each.path not in self._tracked:
-                    self._track_tree(each, announce=True)
+                    await self._atrack_tree(each, announce=True)
+                await pace()
 
     # --- PSI triggers ------------------------------------------------------------------
 
@@ -559,7 +725,8 @@ def open_watcher(
     include: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     files: Iterable[str] = DEFAULT_FILES,
-    raise_watch_limit: bool = True,
+    raise_watch_limit: bool = False,
+    max_queued: int = 10_000,
 ) -> Watcher:
     """A :class:`Watcher` for ``roots`` (default: the whole hierarchy), to use as
     ``async with cgoom.open_watcher(h, "workload.slice") as watcher:``."""
@@ -570,4 +737,5 @@ def open_watcher(
         exclude=exclude,
         files=files,
         raise_watch_limit=raise_watch_limit,
+        max_queued=max_queued,
     )

@@ -167,8 +167,8 @@ def _policy_args(pairs: Sequence[str]) -> dict[str, object]:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
+    from ._candidates import Incident
     from ._plugins import decide, load_policy
-    from ._policy import Incident
     from ._snapshot import Snapshotter
 
     hierarchy = _hierarchy(args)

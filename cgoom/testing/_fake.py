@@ -148,8 +148,13 @@ _LIMITS = frozenset(
         "memory.swap.max", "memory.zswap.max",
     }
 )
-_MEMPARSE = re.compile(r"(\d+)([kKmMgGtTpPeE]?)")
+_MEMPARSE = re.compile(r"([0-9]+)([kKmMgGtTpPeE]?)")
 _SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def _digits(text: str) -> bool:
+    # The kernel's kstrto*() take ASCII digits only; str.isdigit() also takes "\uff13".
+    return text.isascii() and text.isdigit()
 
 
 def _err(code: int, path: str) -> OSError:
@@ -174,11 +179,24 @@ class FakeCgroupFS(OsFS):
     Paths outside ``mount`` (the fake /proc and /sys) are plain files.
     """
 
-    __slots__ = ("kernel", "mount")
+    __slots__ = ("kernel", "mount", "owners")
 
     def __init__(self, mount: str, *, kernel: tuple[int, int] = (6, 1)) -> None:
         self.mount = os.path.normpath(mount)
         self.kernel = kernel
+        #: uid overrides by path, so tests can delegate a cgroup without being root (see
+        #: :meth:`FakeCgroupTree.chown`); ``stat`` reports them as ``st_uid``.
+        self.owners: dict[str, int] = {}
+
+    def stat(self, path: str) -> os.stat_result:
+        st = os.stat(path)
+        uid = self.owners.get(os.path.normpath(path))
+        if uid is None:
+            return st
+        fields = list(st[:10])
+        fields[4] = uid
+        return os.stat_result(fields, {"st_ctime": st.st_ctime, "st_mtime": st.st_mtime,
+                                       "st_atime": st.st_atime})
 
     def __repr__(self) -> str:
         return f"FakeCgroupFS({self.mount!r}, kernel={self.kernel!r})"
@@ -286,7 +304,7 @@ class FakeCgroupFS(OsFS):
         self._put(directory, "memory.oom.group", value + "\n")
 
     def _write_cgroup_freeze(self, directory: str, value: str, path: str) -> None:
-        if not value.lstrip("-").isdigit():
+        if not _digits(value.lstrip("-")):
             raise _err(errno.EINVAL, path)
         if value not in ("0", "1"):
             raise _err(errno.ERANGE, path)
@@ -295,7 +313,7 @@ class FakeCgroupFS(OsFS):
         self._put(directory, "cgroup.events", re.sub(r"frozen \d", f"frozen {value}", events))
 
     def _write_cgroup_kill(self, directory: str, value: str, path: str) -> None:
-        if not value.lstrip("-").isdigit():
+        if not _digits(value.lstrip("-")):
             raise _err(errno.EINVAL, path)
         if value != "1":
             raise _err(errno.ERANGE, path)
@@ -304,7 +322,7 @@ class FakeCgroupFS(OsFS):
             self._update_populated(current)
 
     def _write_cgroup_procs(self, directory: str, value: str, path: str) -> None:
-        if not value.isdigit():
+        if not _digits(value):
             raise _err(errno.EINVAL, path)
         pid = int(value)
         if not self._is_root(directory) and self._get(directory, "cgroup.subtree_control").split():
@@ -354,7 +372,7 @@ class FakeCgroupFS(OsFS):
         amount, *options = value.split()
         for option in options:
             key, _, val = option.partition("=")
-            if key != "swappiness" or not val.isdigit() or int(val) > 200:
+            if key != "swappiness" or not _digits(val) or int(val) > 200:
                 raise _err(errno.EINVAL, path)
         pages = _memparse_pages(amount, path)
         if amount == "max" or pages == 0:

@@ -142,16 +142,42 @@ class FakeCgroupTree:
         counts[name] += count
         self.set(cgroup.path, filename, memory_events_text(self.kernel, **counts))
 
-    def add_process(self, pid: int, *, name: str = "worker", oom_score_adj: int = 0,
-                    rss: int = 0) -> None:
-        """A fake ``/proc/<pid>`` (comm, oom_score_adj, statm) for process snapshots;
-        ``rss`` in bytes. Put the pid in a cgroup with ``add(..., procs=[pid])``."""
+    def add_process(self, pid: int, *, name: str | bytes = "worker", oom_score_adj: int = 0,
+                    rss: int = 0, start_time: int | None = None, state: str = "S",
+                    kernel_thread: bool = False) -> None:
+        """A fake ``/proc/<pid>`` (stat, comm, oom_score_adj, statm) for process snapshots;
+        ``rss`` in bytes; ``name`` may be any bytes, as ``prctl(PR_SET_NAME)`` allows;
+        ``start_time`` (field 22 of stat) defaults to ``pid``. Put the pid in a cgroup with
+        ``add(..., procs=[pid])``."""
         base = os.path.join(self.base, "proc", str(pid))
         os.makedirs(base, exist_ok=True)
         pages = rss // os.sysconf("SC_PAGE_SIZE")
-        self._write(os.path.join(base, "comm"), f"{name}\n")
+        comm = name.encode() if isinstance(name, str) else name
+        flags = 0x00200000 if kernel_thread else 0x00400000
+        start = pid if start_time is None else start_time
+        # proc(5): pid (comm) state ppid pgrp session tty tpgid flags ... starttime(22)
+        # vsize(23) rss(24) ...
+        fields = [state, "1", str(pid), str(pid), "0", "-1", str(flags)] + ["0"] * 12
+        fields += [str(start), str(pages * 2 * 4096), str(pages)] + ["0"] * 28
+        with open(os.path.join(base, "stat"), "wb") as f:
+            f.write(f"{pid} (".encode() + comm + b") " + " ".join(fields).encode() + b"\n")
+        with open(os.path.join(base, "comm"), "wb") as f:
+            f.write(comm + b"\n")
         self._write(os.path.join(base, "oom_score_adj"), f"{oom_score_adj}\n")
         self._write(os.path.join(base, "statm"), f"{pages * 2} {pages} 0 0 0 0 0\n")
+
+    def remove_process(self, pid: int) -> None:
+        """The process exits: its fake ``/proc/<pid>`` goes (it stays in ``cgroup.procs``
+        until the test takes it out, as in the moment before the kernel does)."""
+        base = os.path.join(self.base, "proc", str(pid))
+        for name in os.listdir(base):
+            os.unlink(os.path.join(base, name))
+        os.rmdir(base)
+
+    def chown(self, path: str, uid: int) -> None:
+        """Delegate ``path`` to ``uid`` as ``chown`` (systemd's ``Delegate=yes``) would: its
+        directory's ``st_uid`` reads ``uid`` (no root needed: the fake keeps an overlay)."""
+        self.fs.owners[os.path.normpath(self.cgroup(path).dir)] = uid
 
     def remove_behind_our_back(self, path: str) -> None:
         """Delete ``path`` (and its subtree) as another process would, ignoring the rules."""
