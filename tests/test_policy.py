@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -329,3 +334,154 @@ class TestDecide:
         d = cgoom.decide(Rogue(), Incident("/jobs"), JOBS, fallback=cgoom.largest())
         assert d.policy == "largest"
         assert "chose /elsewhere" in d.notes[0]
+
+
+# --- the guard against policies that lie, cheat or hang (issue #8 §3) ---------------------
+
+
+WITH_PROCS = tree(
+    S("/t", usage=300 * M, populated=True),
+    S("/t/low", usage=100 * M, populated=True, pids=(10, 11), processes=(
+        ProcessSnapshot(10, "guardian", -1000, 90 * M), ProcessSnapshot(11, "w", 0, 5 * M))),
+    S("/t/omitted", usage=150 * M, populated=True, preference="omit", oom_group=True),
+    S("/t/db", usage=50 * M, populated=True, priority=100, pids=(20,),
+      processes=(ProcessSnapshot(20, "db", 0, 50 * M),)),
+)
+
+
+def policy_of(func: Callable[[Incident, Mapping[str, S]], object], name: str = "p") -> object:
+    class P:
+        def __call__(self, incident: Incident, candidates: Mapping[str, S]) -> object:
+            return func(incident, candidates)
+
+    p = P()
+    p.name = name  # type: ignore[attr-defined]
+    return p
+
+
+def decide_with(func: Callable[[Incident, Mapping[str, S]], object], **kw: Any) -> cgoom.Decision:
+    return cgoom.decide(policy_of(func), Incident("/t"), WITH_PROCS, **kw)  # type: ignore[arg-type]
+
+
+class TestGuard:
+    def test_never_a_pid_with_oom_score_adj_minus_1000(self) -> None:
+        d = decide_with(lambda i, c: cgoom.Decision(
+            "p", [cgoom.Victim("/t/low", 1, "x", False, 10)]))
+        assert "whose oom_score_adj is -1000 (never killed)" in d.notes[0]
+        assert (d.policy, d.first.pid if d.first else None) == ("priority", 11)
+
+    def test_mutating_the_candidates_cannot_unomit(self) -> None:
+        def cheat(i: Incident, c: Mapping[str, S]) -> cgoom.Decision:
+            c["/t/omitted"] = attrs.evolve(c["/t/omitted"], preference=None)  # type: ignore[index]
+            return cgoom.Decision("p", [cgoom.Victim("/t/omitted", 1, "x", True)])
+
+        d = decide_with(cheat)
+        assert "raised TypeError" in d.notes[0] and "/t/omitted" not in victims(d)
+        assert WITH_PROCS["/t/omitted"].preference == "omit"
+
+    def test_forged_answers(self) -> None:
+        bad_whole = decide_with(lambda i, c: cgoom.Decision(
+            "p", [cgoom.Victim("/t/db", 1, "x", "no")]))  # type: ignore[arg-type]
+        assert "raised TypeError" in bad_whole.notes[0] and bad_whole.policy == "priority"
+        twice = decide_with(lambda i, c: cgoom.Decision(
+            "p", [cgoom.Victim("/t/db", 1, "x", False, 20)] * 2))
+        assert "chose /t/db (pid 20) twice" in twice.notes[0]
+        forced = cgoom.Victim("/t/db", 1, "x", True)
+        object.__setattr__(forced, "whole", "no")
+        sneaky = decide_with(lambda i, c: cgoom.Decision("p", [forced]))
+        assert "whole='no', which is not a bool" in sneaky.notes[0]
+
+    def test_a_generator_of_victims_is_kept(self) -> None:
+        d = decide_with(lambda i, c: cgoom.Decision(
+            "p", (v for v in [cgoom.Victim("/t/db", 1, "x", False, 20)])))
+        assert d.policy == "p" and d.first is not None and d.first.pid == 20
+
+    @pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+    def test_base_exceptions_never_escape(self, exc: BaseException) -> None:
+        def boom(i: Incident, c: Mapping[str, S]) -> cgoom.Decision:
+            raise exc
+
+        d = decide_with(boom)
+        assert d.policy == "priority" and f"raised {type(exc).__name__}" in d.notes[0]
+
+    def test_a_hanging_policy_is_abandoned_within_its_budget(self) -> None:
+        release = threading.Event()
+
+        def hang(i: Incident, c: Mapping[str, S]) -> cgoom.Decision:
+            release.wait(10)
+            return cgoom.Decision("p", [cgoom.Victim("/t/db", 1, "x", False, 20)])
+
+        policy = policy_of(hang, "hang")
+        started = time.monotonic()
+        d = cgoom.decide(policy, Incident("/t"), WITH_PROCS, budget=0.05)  # type: ignore[arg-type]
+        assert time.monotonic() - started < 2  # not the 10 s it would take
+        assert d.policy == "priority" and "did not answer within its budget of 50 ms" in d.notes[0]
+        # While its call runs on, it is not called again: straight to the fallback.
+        again = cgoom.decide(policy, Incident("/t"), WITH_PROCS, budget=0.05)  # type: ignore[arg-type]
+        assert "still running a call that overran its budget" in again.notes[0]
+        # Other policies are served by a fresh worker meanwhile.
+        assert cgoom.decide(cgoom.largest(), Incident("/t"), WITH_PROCS).policy == "largest"
+        release.set()
+        for _ in range(100):
+            later = cgoom.decide(policy, Incident("/t"), WITH_PROCS, budget=1)  # type: ignore[arg-type]
+            if later.policy == "p":
+                break
+            time.sleep(0.02)
+        assert later.policy == "p"  # once the old call ended, it is trusted again
+
+    async def test_adecide_keeps_the_loop_running(self) -> None:
+        release = threading.Event()
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        task = asyncio.create_task(ticker())
+        try:
+            d = await cgoom.adecide(policy_of(lambda i, c: release.wait(5), "slow"),  # type: ignore[arg-type]
+                                    Incident("/t"), WITH_PROCS, budget=0.1)
+        finally:
+            task.cancel()
+            release.set()
+        assert d.policy == "priority" and ticks >= 5
+
+    def test_fallback_keeps_the_callers_granularity(self) -> None:
+        whole = cgoom.largest(whole=True)
+        broken = attrs.evolve(whole, key=lambda s: 1 / 0)  # type: ignore[misc]
+        d = cgoom.decide(broken, Incident("/t"), WITH_PROCS)
+        assert d.policy == "priority" and all(v.whole for v in d.victims)
+        assert [v.cgroup for v in d.victims] == ["/t/low", "/t/db"]
+
+    def test_a_broken_fallback_still_decides(self) -> None:
+        d = decide_with(lambda i, c: 1 / 0, fallback=policy_of(lambda i, c: None, "f"))  # type: ignore[arg-type]
+        assert d.policy == "priority" and "the fallback 'f' returned a NoneType" in d.notes[0]
+
+    def test_empty_decisions_say_why(self) -> None:
+        all_omitted = {p: attrs.evolve(s, preference="omit") if p != "/t" else s
+                       for p, s in WITH_PROCS.items()}
+        d = cgoom.decide(cgoom.PriorityPolicy(), Incident("/t"), all_omitted)
+        assert d.victims == () and "no victim: nothing in /t may be chosen" in d.notes[-1]
+        missing = cgoom.decide(cgoom.PriorityPolicy(), Incident("/gone"), WITH_PROCS)
+        assert "no victim: /gone was not in the snapshot" in missing.notes[-1]
+        chose_none = decide_with(lambda i, c: cgoom.Decision("p", ()))
+        assert chose_none.notes == ("no victim: the policy chose none of the 2 unit(s) of /t",)
+
+    @pytest.mark.parametrize(("name", "args"), [
+        ("priority", {"whole": "no"}), ("largest", {"whole": 0}),
+        ("killable-first", {"whole": "yes"}),
+    ])
+    def test_impossible_arguments_are_refused(self, name: str, args: dict[str, object]) -> None:
+        with pytest.raises(cgoom.PluginError, match="refused its arguments"):
+            cgoom.load_policy(name, **args)
+
+    def test_validation_catches_a_hanging_plugin(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import cgoom._plugins
+
+        monkeypatch.setattr(cgoom._plugins, "VALIDATION_BUDGET", 0.05)
+        gate = threading.Event()
+        with pytest.raises(cgoom.PluginError, match="did not answer within its budget"):
+            cgoom.validate_policy(policy_of(lambda i, c: gate.wait(5), "sleepy"), plugin="sleepy")
+        gate.set()

@@ -8,33 +8,16 @@ import asyncio
 import errno
 import logging
 import os
-from collections.abc import Callable
 
 import pytest
 
 import cgoom
+import cgoom._linux
 from cgoom._events import SustainedState, counter_delta, trigger_problem
 from cgoom._linux import read_int
 from cgoom.testing import FakeCgroupTree
-
-
-async def collect(watcher: cgoom.Watcher,
-                  until: Callable[[list[cgoom.Event]], bool]) -> list[cgoom.Event]:
-    """Events from the watcher until ``until(events)`` holds (5 s at most)."""
-    events: list[cgoom.Event] = []
-
-    async def run() -> None:
-        async for event in watcher:
-            events.append(event)
-            if until(events):
-                return
-
-    await asyncio.wait_for(run(), 5.0)
-    return events
-
-
-def of_type(events: list[cgoom.Event], cls: type) -> list:  # type: ignore[type-arg]
-    return [e for e in events if isinstance(e, cls)]
+from cgoom.testing import collect_events as collect
+from cgoom.testing import events_of_type as of_type
 
 
 def open_fds() -> set[str]:
@@ -164,11 +147,112 @@ class TestHierarchyChanges:
             events = await collect(w, lambda ev: any(isinstance(e, cgoom.CgroupCreated)
                                                      for e in ev))
             assert w.statistics().resyncs == 1
+            assert "/lab/c" in w.watched()  # checked while open: close() forgets everything
         assert isinstance(events[0], cgoom.Resynchronized)
         assert "IN_Q_OVERFLOW" in str(events[0])
         totals = {e.cgroup: e.totals.high for e in of_type(events, cgoom.MemoryEventsChanged)}
         assert totals["/lab/a"] == totals["/lab/b"] == limit // 2 + 100
-        assert "/lab/c" in w.watched() or w.statistics().cgroups == 0  # closed now
+
+    async def test_overflow_finds_a_recreated_cgroup(self, tree: FakeCgroupTree) -> None:
+        """A cgroup removed and re-created at the same path while notifications were lost
+        has new files and dead watches: the resync sees another id and watches it anew."""
+        tree.add("lab/a")
+        tree.add("lab/b")
+        limit = read_int("/proc/sys/fs/inotify/max_queued_events")
+        assert limit is not None
+        async with cgoom.open_watcher(tree.hierarchy, "lab", files=["memory.events"]) as w:
+            for i in range(limit // 2 + 100):
+                tree.set_memory_events("lab/b", high=i + 1)
+                tree.set_memory_events("lab/b", high=i + 2)
+            tree.remove_behind_our_back("lab/a")
+            tree.add("lab/spacer")  # so tmpfs does not hand the same inode back
+            tree.add("lab/a/x")
+            events = await collect(w, lambda ev: any(
+                isinstance(e, cgoom.CgroupCreated) and e.cgroup == "/lab/a/x" for e in ev))
+            assert {"/lab/a", "/lab/a/x"} <= set(w.watched())
+            tree.memory_event("lab/a/x", "high")
+            later = await collect(w, lambda ev: any(
+                isinstance(e, cgoom.MemoryEventsChanged) and e.cgroup == "/lab/a/x"
+                for e in ev))
+        assert "/lab/a removed" in [str(e) for e in events]
+        assert "/lab/a created" in [str(e) for e in events]
+        assert of_type(later, cgoom.MemoryEventsChanged)[-1].delta == {"high": 1}
+
+    async def test_watch_limit_at_run_time_is_an_event(self, tree: FakeCgroupTree,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        """A burst of new cgroups past the watch limit: the new one is reported as not
+        watched, everything else in the batch is still delivered, and it is retried (and
+        announced) once a removal frees watches."""
+        tree.add("lab/a")
+        tree.add("lab/old")
+        real = cgoom._linux.Inotify.add_watch
+        full = [False]
+
+        def add_watch(self: object, path: str, mask: int) -> int:
+            if full[0]:
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            return real(self, path, mask)  # type: ignore[arg-type]
+
+        monkeypatch.setattr("cgoom._linux.Inotify.add_watch", add_watch)
+        async with cgoom.open_watcher(tree.hierarchy, "lab", files=["memory.events"]) as w:
+            full[0] = True
+            tree.add("lab/new")
+            tree.memory_event("lab/a", "high")
+            events = await collect(w, lambda ev: len(of_type(ev, cgoom.MemoryEventsChanged)) >= 2)
+            failed = of_type(events, cgoom.WatchFailed)
+            assert [e.cgroup for e in failed] == ["/lab/new"]
+            assert "fs.inotify.max_user_watches" in failed[0].reason
+            assert {e.cgroup for e in of_type(events, cgoom.MemoryEventsChanged)} == {
+                "/lab", "/lab/a"}
+            assert list(w.untracked()) == ["/lab/new"] and w.statistics().untracked == 1
+            full[0] = False
+            tree.remove_behind_our_back("lab/old")
+            retried = await collect(w, lambda ev: any(
+                isinstance(e, cgoom.CgroupCreated) for e in ev))
+            assert "/lab/new" in w.watched() and w.untracked() == {}
+        assert [str(e) for e in retried][-2:] == ["/lab/old removed", "/lab/new created"]
+
+    async def test_queue_is_bounded(self, tree: FakeCgroupTree) -> None:
+        """A consumer that stops reading costs at most max_queued events; then one
+        Resynchronized says what was dropped. Listeners still see everything."""
+        tree.add("lab/a")
+        heard: list[cgoom.Event] = []
+        async with cgoom.open_watcher(tree.hierarchy, "lab/a", files=["memory.events"],
+                                      max_queued=3) as w:
+            w.add_listener(heard.append)
+            for _ in range(10):
+                tree.memory_event("lab/a", "high")
+                await asyncio.sleep(0.01)
+            assert w.statistics().queued <= 4 and w.statistics().dropped >= 6
+        queued = [e async for e in w]
+        assert isinstance(queued[0], cgoom.Resynchronized)
+        assert "the consumer fell behind" in queued[0].reason
+        assert len(of_type(heard, cgoom.MemoryEventsChanged)) == 10
+
+    async def test_start_yields_to_the_loop(self, tree: FakeCgroupTree,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        for i in range(20):
+            tree.add(f"lab/c{i}")
+        monkeypatch.setattr("cgoom._watcher.SLICE_SECONDS", 0.0)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            during = ticks - before
+            assert w.statistics().cgroups == 21
+        task.cancel()
+        assert during >= 20  # the loop ran between cgroups
+
+    def test_watch_limit_is_not_raised_by_default(self, tree: FakeCgroupTree) -> None:
+        assert cgoom.open_watcher(tree.hierarchy).raise_watch_limit is False
 
 
 class TestLifecycle:

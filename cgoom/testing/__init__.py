@@ -5,10 +5,14 @@
   effects. Nothing real is touched or killed.
 - :func:`sandbox` / :func:`find_test_parent`: a throwaway subtree on a real cgroup v2 kernel
   for your own integration tests, removed afterwards even when the test fails.
+- :func:`collect_events` / :func:`events_of_type`: gather a watcher's events until a
+  condition holds, with a timeout that shows what did arrive.
 - :mod:`cgoom.testing.vm` boots a throwaway VM with a stock cgroup v2 kernel to run tests
   against the real thing (``cgoom-vm test``).
 """
 
+from ._collect import collect_events as collect_events
+from ._collect import events_of_type as events_of_type
 from ._fake import FakeCgroupFS as FakeCgroupFS
 from ._realkernel import find_test_parent as find_test_parent
 from ._realkernel import kill_and_remove as kill_and_remove
@@ -19,6 +23,8 @@ from ._tree import FakeCgroupTree as FakeCgroupTree
 __all__ = [
     "FakeCgroupFS",
     "FakeCgroupTree",
+    "collect_events",
+    "events_of_type",
     "find_test_parent",
     "kill_and_remove",
     "sandbox",

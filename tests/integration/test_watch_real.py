@@ -3,7 +3,6 @@ PSI triggers), with the kernel's rate limit and coalescing in play."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 import cgoom
+from cgoom.testing import collect_events
 
 from .conftest import hog, throttled
 
@@ -20,19 +20,7 @@ Spawn = Callable[[cgoom.Cgroup, str], Any]
 async def gather(watcher: cgoom.Watcher, until: Callable[[cgoom.Event], bool],
                  seconds: float) -> list[cgoom.Event]:
     """Events until one satisfies ``until`` (fails after ``seconds``)."""
-    events: list[cgoom.Event] = []
-
-    async def run() -> None:
-        async for event in watcher:
-            events.append(event)
-            if until(event):
-                return
-
-    try:
-        await asyncio.wait_for(run(), seconds)
-    except TimeoutError:
-        pytest.fail(f"no matching event within {seconds} s; got {[str(e) for e in events]}")
-    return events
+    return await collect_events(watcher, lambda events: until(events[-1]), seconds=seconds)
 
 
 def memory_changes(events: list[cgoom.Event], path: str) -> list[cgoom.MemoryEventsChanged]:
