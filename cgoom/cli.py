@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -169,7 +169,7 @@ def _policy_args(pairs: Sequence[str]) -> dict[str, object]:
 def _cmd_rank(args: argparse.Namespace) -> int:
     from ._candidates import Incident
     from ._plugins import decide, load_policy
-    from ._snapshot import Snapshotter
+    from ._snapshot import Snapshotter, policy_fields
 
     hierarchy = _hierarchy(args)
     hierarchy.require_memory()
@@ -181,26 +181,38 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         own = hierarchy.own_cgroup().path
     except CgoomError:
         own = None
-    candidates = Snapshotter(hierarchy).snapshot(start.path)
+    candidates = Snapshotter(hierarchy).snapshot(start.path, fields=policy_fields(policy))
     incident = Incident.create(start.path, "manual", own_cgroup=own)
     decision = decide(policy, incident, candidates)
+    problems = {path: list(s.problems) for path, s in candidates.items() if s.problems}
     if args.json:
-        print(json.dumps(attrs.asdict(decision), indent=2))
+        print(json.dumps({**attrs.asdict(decision), "problems": problems}, indent=2))
         return 0
-    print("\n".join(format_decision(decision, start.path, args.top)))
+    print("\n".join(format_decision(decision, start.path, args.top, problems)))
     return 0
 
 
-def format_decision(decision: Decision, path: str, top: int = 10) -> list[str]:
-    """The lines ``cgoom rank`` prints for ``decision`` about ``path``."""
+def format_decision(decision: Decision, path: str, top: int = 10,
+                    problems: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The lines ``cgoom rank`` prints for ``decision`` about ``path``: each victim with
+    its reason and the problems of its cgroup (settings ignored, files unreadable), then
+    the problems of the other cgroups."""
+    problems = problems or {}
     lines = [f"policy {decision.policy}: {len(decision.victims)} candidate(s) in {path}, "
              "first to die first (dry run: nothing is killed)"]
     lines += [f"note: {note}" for note in decision.notes]
+    shown = set()
     for rank, victim in enumerate(decision.victims[:top], 1):
         target = "whole cgroup" if victim.whole else f"pid {victim.pid}"
         lines.append(f"{rank:3}. {victim.cgroup} ({target}): {victim.reason}")
+        if victim.cgroup not in shown:
+            shown.add(victim.cgroup)
+            lines += [f"       problem: {p}" for p in problems.get(victim.cgroup, ())]
     if len(decision.victims) > top:
         lines.append(f"     ... and {len(decision.victims) - top} more (--top N)")
+    for cgroup, found in problems.items():
+        if cgroup not in shown:
+            lines += [f"problem: {cgroup}: {p}" for p in found]
     return lines
 
 
@@ -240,7 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable_output() -> None:
+    # Cgroup and process names may be any bytes (os.listdir gives them surrogate-escaped):
+    # on a strict stdout (PYTHONIOENCODING=utf-8:strict, a C locale) they would raise
+    # UnicodeEncodeError mid-table. Show them escaped instead: never a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_output()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

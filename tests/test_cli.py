@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,42 @@ def test_policies_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policies"]) == 0
     out = capsys.readouterr().out
     assert "priority         built in" in out and "kubernetes-qos" in out
+
+
+def test_rank_shows_what_it_ignored(lab: FakeCgroupTree,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A preference of OMIT is ignored: the cgroup the user meant to protect is listed to
+    die, and rank says why, in text and JSON."""
+    lab.add_process(100, name="batchd", rss=250 << 20)
+    lab.cgroup("lab/batch").set_xattr("user.cgoom.preference", "OMIT")
+    argv = ["--mount", lab.mount, "--proc", f"{lab.base}/proc", "rank", "lab"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("  1. /lab/batch (pid 100)")
+    assert out[2] == ("       problem: user.cgoom.preference='OMIT' is not prefer, avoid or "
+                      "omit; ignored")
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == {"/lab/batch": [
+        "user.cgoom.preference='OMIT' is not prefer, avoid or omit; ignored"]}
+
+
+def test_rank_refuses_an_argument_a_policy_cannot_take(lab: FakeCgroupTree,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mount", lab.mount, "rank", "lab", "--arg", "whole=no"]) == 1
+    err = capsys.readouterr().err
+    assert "refused its arguments {'whole': 'no'}" in err and "None (follow" in err
+
+
+def test_names_that_are_not_utf8_never_give_a_traceback(lab: FakeCgroupTree) -> None:
+    """A cgroup named with bytes that are not UTF-8, and a process naming itself so, on a
+    strict UTF-8 stdout: printed escaped, exit 0."""
+    lab.fs.mkdir(lab.cgroup("lab/batch").dir + "/" + os.fsdecode(b"\xff\xfe"))
+    lab.add_process(100, name=b"\xff\xfe", rss=250 << 20)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8:strict")
+    for command in (["status", "lab"], ["rank", "lab"]):
+        done = subprocess.run([sys.executable, "-m", "cgoom.cli", "--mount", lab.mount,
+                               "--proc", f"{lab.base}/proc", *command],
+                              capture_output=True, env=env, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert b"Traceback" not in done.stderr
+    assert b"\\udcff\\udcfe" in done.stdout or b"\xef\xbf\xbd" in done.stdout

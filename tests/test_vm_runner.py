@@ -71,3 +71,12 @@ def test_report_judgement(monkeypatch: pytest.MonkeyPatch, counts: dict[str, int
 def test_missing_report_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vm, "run_in_vm", lambda command, **kw: 0)
     assert vm.run_tests([], vm=True) == 1
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--", "grep", "--", "-v", "f"], ["grep", "--", "-v", "f"]),
+    (["grep", "-v", "--", "f"], ["grep", "-v", "--", "f"]),
+    (["--", "--"], ["--"]),
+])
+def test_run_keeps_the_commands_own_double_dashes(argv: list[str], words: list[str]) -> None:
+    assert vm.command_words(argv) == words

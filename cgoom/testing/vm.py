@@ -209,6 +209,13 @@ def run_tests(pytest_args: Sequence[str], *, require: bool = True, vm: bool | No
     return status
 
 
+def command_words(argv: Sequence[str]) -> list[str]:
+    """The command after ``run``: only the first ``--`` (argparse keeps it) separates it;
+    any later one belongs to the command (``cgoom-vm run -- grep -- -v f``)."""
+    words = list(argv)
+    return words[1:] if words[:1] == ["--"] else words
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cgoom-vm", description="Run cgoom's real-kernel tests or any command in a "
@@ -228,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "test":
             return run_tests(extra, require=not args.allow_skips, vm=args.vm)
-        words = [w for w in args.argv if w != "--"] + extra
+        words = command_words(args.argv) + extra
         if not words:
             parser.error("run needs a command: cgoom-vm run -- COMMAND")
         # Put the virtualenv first so `cgoom` resolves to this checkout's.

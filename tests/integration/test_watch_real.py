@@ -181,15 +181,15 @@ def max_user_watches(value: int | None = None) -> int:
 
 async def test_watch_limit_is_raised_when_root(box: cgoom.Cgroup,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    """With fs.inotify.max_user_watches too low for the subtree, a root watcher raises it
-    (and says so) instead of failing; without that permission the error names the sysctl."""
+    """With fs.inotify.max_user_watches too low for the subtree, a root watcher told to
+    (raise_watch_limit=True) raises it and says so; by default the error names the sysctl."""
     saved = max_user_watches()
     for i in range(60):
         box.create_child(f"w{i}")
     try:
         max_user_watches(100)  # 61 cgroups x 5 watches need ~305
         h = cgoom.Hierarchy.discover()
-        async with cgoom.open_watcher(h, box.path) as w:
+        async with cgoom.open_watcher(h, box.path, raise_watch_limit=True) as w:
             assert w.statistics().watches == 61 * 5
             assert max_user_watches() >= 61 * 5
         assert "raised fs.inotify.max_user_watches from 100 to" in caplog.text
