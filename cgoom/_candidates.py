@@ -33,6 +33,9 @@ def normalize_path(path: str) -> str:
     path below the mount. Refuses ``..`` so a path never leaves its mount."""
     if not isinstance(path, str):
         raise InvalidValue(f"a cgroup path is a str, not {path!r}", value=repr(path))
+    if path == "/" or (path[:1] == "/" and path[-1] != "/" and "//" not in path
+                       and "/." not in path):
+        return path  # already in the one spelling (the common case, at OOM time)
     parts = [p for p in path.split("/") if p and p != "."]
     if ".." in parts:
         raise InvalidValue(f"cgroup path {path!r} must not contain '..'", value=path)

@@ -147,7 +147,7 @@ class Cgroup:
     # --- the I/O boundary ------------------------------------------------------------
 
     def _file(self, name: str) -> str:
-        return os.path.join(self.dir, name)
+        return f"{self.dir}/{name}"
 
     def _io(
         self,

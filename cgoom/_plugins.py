@@ -46,6 +46,7 @@ from ._policy import (
     select_process,
     swap,
     units,
+    victim_problem,
 )
 from ._worker import Worker
 
@@ -169,19 +170,26 @@ def validate_policy(policy: object, *, plugin: str, origin: str = "policy") -> N
 
 
 def decision_problem(decision: object, incident: Incident,
-                     candidates: Mapping[str, CgroupSnapshot]) -> str | None:
-    """Why ``decision`` must not be acted on, or ``None``."""
+                     candidates: Mapping[str, CgroupSnapshot],
+                     allowed_units: list[CgroupSnapshot] | None = None) -> str | None:
+    """Why ``decision`` must not be acted on, or ``None``. ``allowed_units``: what
+    :func:`cgoom.units` gives for this incident, if already computed."""
     if not isinstance(decision, Decision):
         return f"returned a {type(decision).__name__}, not a cgoom.Decision"
     victims: object = decision.victims  # frozen, but a plugin can force anything in
     if not isinstance(victims, tuple):
         return "returned victims that are not a tuple"
-    allowed = {(s.path, s.internal): s for s in units(incident, candidates)}
+    name: object = decision.policy
+    if not isinstance(name, str):
+        return f"named itself {name!r} in its decision, not a str"
+    if allowed_units is None:
+        allowed_units = units(incident, candidates)
+    allowed = {(s.path, s.internal): s for s in allowed_units}
     seen: set[tuple[str, bool, int | None]] = set()
-    for victim in decision.victims:
-        whole: object = victim.whole
-        if not isinstance(whole, bool):
-            return f"chose {victim.cgroup} with whole={victim.whole!r}, which is not a bool"
+    for victim in victims:
+        problem = victim_problem(victim)
+        if problem is not None:
+            return problem
         ident = (victim.cgroup, victim.whole, victim.pid)
         if ident in seen:
             return f"chose {victim.cgroup} (pid {victim.pid}) twice"
@@ -243,6 +251,7 @@ class _Guard:
     def outcome(self, policy: Policy, future: concurrent.futures.Future[Any] | None,
                 problem: str | None, incident: Incident,
                 candidates: Mapping[str, CgroupSnapshot], budget: float,
+                allowed: list[CgroupSnapshot] | None = None,
                 ) -> tuple[Decision | None, str | None]:
         if future is None:
             return None, problem
@@ -254,16 +263,24 @@ class _Guard:
         if exc is not None:
             return None, f"raised {type(exc).__name__}: {exc}"
         decision = future.result()
-        problem = decision_problem(decision, incident, candidates)
+        problem = decision_problem(decision, incident, candidates, allowed)
         return (decision if problem is None else None), problem
 
     def call(self, policy: Policy, incident: Incident, candidates: Mapping[str, CgroupSnapshot],
-             budget: float) -> tuple[Decision | None, str | None]:
+             budget: float, allowed: list[CgroupSnapshot] | None = None,
+             ) -> tuple[Decision | None, str | None]:
+        """Run the policy; ``allowed`` (if given, a list to fill) receives the incident's
+        units, computed here while the policy thinks."""
+        started = time.monotonic()
         view = MappingProxyType(dict(candidates))
         future, problem = self.submit(policy, incident, view)
+        if allowed is not None:
+            allowed.extend(units(incident, candidates))
         if future is not None:
-            concurrent.futures.wait([future], timeout=budget)
-        return self.outcome(policy, future, problem, incident, candidates, budget)
+            concurrent.futures.wait([future], timeout=max(0.0, started + budget
+                                                          - time.monotonic()))
+        return self.outcome(policy, future, problem, incident, candidates, budget,
+                            allowed if allowed is not None else None)
 
 
 _GUARD = _Guard()
@@ -282,7 +299,7 @@ def _granularity(policy: object) -> bool | None:
 
 def _finish(policy: Policy, incident: Incident, candidates: Mapping[str, CgroupSnapshot],
             decision: Decision | None, problem: str | None, elapsed: float, budget: float,
-            fallback: Policy | None) -> Decision:
+            fallback: Policy | None, allowed: list[CgroupSnapshot]) -> Decision:
     if decision is not None and problem is None and elapsed > budget:
         problem = f"took {elapsed * 1000:.1f} ms, over its budget of {budget * 1000:.0f} ms"
         decision = None
@@ -290,17 +307,18 @@ def _finish(policy: Policy, incident: Incident, candidates: Mapping[str, CgroupS
         name = getattr(policy, "name", None)
         label = repr(name) if isinstance(name, str) else repr(type(policy).__name__)
         decision = _fallback(incident, candidates, fallback, _granularity(policy),
-                             f"policy {label} {problem}")
-    return _explain(decision, incident, candidates)
+                             f"policy {label} {problem}", allowed)
+    return _explain(decision, incident, candidates, allowed)
 
 
 def _fallback(incident: Incident, candidates: Mapping[str, CgroupSnapshot],
-              fallback: Policy | None, whole: bool | None, why: str) -> Decision:
+              fallback: Policy | None, whole: bool | None, why: str,
+              allowed: list[CgroupSnapshot]) -> Decision:
     notes = [why]
     if fallback is not None:
         try:
             answer = fallback(incident, MappingProxyType(dict(candidates)))
-            problem = decision_problem(answer, incident, candidates)
+            problem = decision_problem(answer, incident, candidates, allowed)
         except Exception as exc:
             problem = f"raised {type(exc).__name__}: {exc}"
         if problem is None:
@@ -319,10 +337,10 @@ def _fallback(incident: Incident, candidates: Mapping[str, CgroupSnapshot],
 
 
 def _explain(decision: Decision, incident: Incident,
-             candidates: Mapping[str, CgroupSnapshot]) -> Decision:
+             candidates: Mapping[str, CgroupSnapshot],
+             all_units: list[CgroupSnapshot]) -> Decision:
     """Add notes for units passed over for want of a process that may die, and for an empty
     decision, why it is empty."""
-    all_units = units(incident, candidates)
     chosen_paths = {v.cgroup for v in decision.victims}
     notes = list(decision.notes)
     for unit in all_units:
@@ -360,9 +378,10 @@ def decide(
     killing whole or not as ``policy.whole`` says) is checked too. Never raises for what a
     policy does; blocks for at most about ``budget`` (the guarded call runs in a worker)."""
     started = clock()
-    decision, problem = _GUARD.call(policy, incident, candidates, budget)
+    allowed: list[CgroupSnapshot] = []
+    decision, problem = _GUARD.call(policy, incident, candidates, budget, allowed)
     return _finish(policy, incident, candidates, decision, problem, clock() - started, budget,
-                   fallback)
+                   fallback, allowed)
 
 
 async def adecide(
@@ -380,8 +399,10 @@ async def adecide(
     started = clock()
     view = MappingProxyType(dict(candidates))
     future, problem = _GUARD.submit(policy, incident, view)
+    allowed = units(incident, candidates)  # while the policy thinks
     if future is not None:
         await asyncio.wait({asyncio.wrap_future(future)}, timeout=budget)
-    decision, problem = _GUARD.outcome(policy, future, problem, incident, candidates, budget)
+    decision, problem = _GUARD.outcome(policy, future, problem, incident, candidates, budget,
+                                       allowed)
     return _finish(policy, incident, candidates, decision, problem, clock() - started, budget,
-                   fallback)
+                   fallback, allowed)

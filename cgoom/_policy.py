@@ -54,14 +54,6 @@ def _within(path: str, top: str) -> bool:
     return top == "/" or path == top or path.startswith(top + "/")
 
 
-def _finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise TypeError(f"Victim.{attribute.name} must be a number, not {value!r}")
-
-
-_optional_int = attrs.validators.optional(attrs.validators.instance_of(int))
-
-
 @attrs.frozen
 class Victim:
     """One entry of a decision: kill ``cgroup`` whole (``whole``), or process ``pid`` in it.
@@ -70,25 +62,47 @@ class Victim:
     cgroup's inode, the process's start time): whoever acts re-checks them first
     (:meth:`cgoom.Snapshotter.recheck`), so a cgroup re-created at the same path, or a
     reused pid, is never hit by an older decision. :func:`make_victim` fills them.
+
+    The types are checked by :func:`cgoom.decide` (a victim with ``whole="no"`` or a
+    ``pid`` that is not an ``int`` makes the decision fall back), not here: policies build
+    a thousand of these per decision.
     """
 
-    cgroup: str = attrs.field(validator=attrs.validators.instance_of(str))
+    cgroup: str
     #: The policy's number for this victim (bigger means "kill sooner" within one policy).
-    score: float = attrs.field(validator=_finite)
+    score: float
     #: A sentence for humans: why this one, with the numbers.
-    reason: str = attrs.field(validator=attrs.validators.instance_of(str))
-    whole: bool = attrs.field(validator=attrs.validators.instance_of(bool))
-    pid: int | None = attrs.field(default=None, validator=_optional_int)
-    cgroup_id: int | None = attrs.field(default=None, kw_only=True, validator=_optional_int)
-    start_time: int | None = attrs.field(default=None, kw_only=True, validator=_optional_int)
+    reason: str
+    whole: bool
+    pid: int | None = None
+    cgroup_id: int | None = attrs.field(default=None, kw_only=True)
+    start_time: int | None = attrs.field(default=None, kw_only=True)
+
+
+def victim_problem(victim: object) -> str | None:
+    """Why ``victim`` is not a well-formed :class:`Victim`, or ``None``."""
+    if not isinstance(victim, Victim):
+        return f"gave a {type(victim).__name__} as a victim, not a cgoom.Victim"
+    checks: tuple[tuple[str, object, tuple[type, ...], bool], ...] = (
+        ("cgroup", victim.cgroup, (str,), False), ("reason", victim.reason, (str,), False),
+        ("whole", victim.whole, (bool,), False), ("pid", victim.pid, (int,), True),
+        ("cgroup_id", victim.cgroup_id, (int,), True),
+        ("start_time", victim.start_time, (int,), True),
+    )
+    for name, value, types, optional in checks:
+        if (value is None and optional) or (isinstance(value, types) and not (
+                name != "whole" and isinstance(value, bool))):
+            continue
+        kind = {"str": "a str", "bool": "a bool", "int": "an int"}[types[0].__name__]
+        return f"chose a victim with {name}={value!r}, which is not {kind}"
+    score: object = victim.score
+    if isinstance(score, bool) or not isinstance(score, int | float) or math.isnan(score):
+        return f"chose a victim with score={score!r}, which is not a number"
+    return None
 
 
 def _victims(value: Iterable[Victim]) -> tuple[Victim, ...]:
-    victims = tuple(value)
-    for v in victims:
-        if not isinstance(v, Victim):
-            raise TypeError(f"Decision.victims holds a {type(v).__name__}, not a cgoom.Victim")
-    return victims
+    return tuple(value)
 
 
 @attrs.frozen
@@ -357,29 +371,35 @@ class PriorityPolicy:
         depth = len([p for p in incident.cgroup.split("/") if p])
 
         Key = tuple[int, int, int, int, str]
-        levels: dict[str, Key] = {}
+        chains: dict[str, tuple[Key, ...]] = {}
 
         def key(s: CgroupSnapshot) -> Key:
             return (s.priority, 0 if s.overlimit else 1, -preference_rank(s), -(s.usage or 0),
                     s.path)
 
-        def level(path: str) -> Key:
-            found = levels.get(path)
+        def path_chain(path: str) -> tuple[Key, ...]:
+            # The keys of ``path`` and its ancestors below the incident's cgroup, top down:
+            # the descent compares siblings level by level. Memoised: siblings share it.
+            found = chains.get(path)
             if found is None:
-                found = levels[path] = key(candidates[path])
+                depth_here = path.count("/") if path != "/" else 0
+                if depth_here <= depth:
+                    found = ()
+                else:
+                    parent = path.rsplit("/", 1)[0] or "/"
+                    found = path_chain(parent) + ((key(candidates[path]),)
+                                                  if path in candidates else ())
+                chains[path] = found
             return found
 
-        def chain(s: CgroupSnapshot) -> list[Key]:
-            # The keys of the unit's ancestors below the incident's cgroup, and its own: the
-            # descent compares siblings level by level. An internal unit is an implicit
-            # leaf child of its cgroup, ranked by its cgroup's settings and its own usage
-            # (its path sorts before its cgroup's children's).
-            parts = [p for p in s.path.split("/") if p]
-            steps = ["/" + "/".join(parts[:i]) for i in range(depth + 1, len(parts) + 1)]
-            keys = [level(p) for p in steps if p in candidates]
+        def chain(s: CgroupSnapshot) -> tuple[Key, ...]:
+            # An internal unit is an implicit leaf child of its cgroup, ranked by its
+            # cgroup's settings and its own usage (its path sorts before its cgroup's
+            # children's). The incident's own cgroup, as a unit, has an empty chain.
+            keys = path_chain(s.path)
             if s.internal:
-                keys.append(key(s))
-            return keys or [level(s.path)]
+                keys += (key(s),)
+            return keys or (key(s),)
 
         chosen.sort(key=chain)
         victims = []

@@ -334,6 +334,9 @@ class Snapshotter:
                 populated = None if events is None else events.populated
         except CgroupGone:
             return None
+        processes: tuple[ProcessSnapshot, ...] = ()
+        if "processes" in ctx.fields and pids and oom_group is not True:
+            processes = self.processes(pids)
         growth = None
         if "growth" in ctx.fields and values.get("usage") is not None:
             growth = self.history.growth(cgroup.path, st.st_ino, values["usage"])
@@ -342,7 +345,7 @@ class Snapshotter:
             cgroup.path, inode=st.st_ino, owner=owner, growth=growth, age=age,
             pids=pids or (), populated=populated if pids is None else bool(pids),
             oom_group=oom_group, threaded=threaded, problems=tuple(problems),
-            **values, **settings)
+            processes=processes, **values, **settings)
 
     def read(self, cgroup: Cgroup, *, processes: bool = False,
              fields: Iterable[str] = FIELDS) -> CgroupSnapshot:
@@ -421,14 +424,14 @@ class Snapshotter:
                 result[cgroup.path] = snap
         self._derive_populated(result)
         # A process may be taken from any cgroup with processes of its own that does not die
-        # whole: leaves (when the policy asks), and cgroups that also have children (always:
-        # their processes can only die one by one, cgoom.units).
-        children = tree_children(result)
-        for path, snap in result.items():
-            if snap.oom_group is True or not snap.pids:
-                continue
-            if "processes" in ctx.fields or any(not result[k].threaded for k in children[path]):
-                result[path] = attrs.evolve(snap, processes=self.processes(snap.pids))
+        # whole: leaves (read in the pass when the policy asks), and cgroups that also have
+        # children (always: their processes can only die one by one, cgoom.units).
+        if "processes" not in ctx.fields:
+            children = tree_children(result)
+            for path, snap in result.items():
+                if snap.oom_group is not True and snap.pids and any(
+                        not result[k].threaded for k in children[path]):
+                    result[path] = attrs.evolve(snap, processes=self.processes(snap.pids))
         return result
 
     @staticmethod

@@ -24,3 +24,23 @@ def test_import_does_not_load_pyroute2_or_asyncio() -> None:
            "if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_one_table_of_public_names() -> None:
+    """__all__, dir(cgoom) and the TYPE_CHECKING imports follow the one table (_LAZY plus
+    the eager imports): no name is public in one place and missing in another."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(cgoom)
+    tree = ast.parse(source)
+    typed: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for stmt in node.body:
+                assert isinstance(stmt, ast.ImportFrom)
+                typed |= {alias.asname or alias.name for alias in stmt.names}
+    assert typed == set(cgoom._LAZY)
+    assert set(cgoom.__all__) == set(cgoom._LAZY) | set(cgoom._EAGER)
+    assert set(cgoom.__all__) <= set(dir(cgoom))
+    assert "open_watcher" in dir(cgoom) and "Snapshotter" in dir(cgoom)

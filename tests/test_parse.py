@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -201,3 +204,27 @@ def test_parsers_only_raise_parse_error(text: str) -> None:
         except ParseError as exc:
             error = exc
         assert error is None or error.path == SRC
+
+
+def test_records_are_read_only_and_hashable() -> None:
+    events = p.parse_memory_events("low 0\nhigh 3\nmax 0\noom 0\noom_kill 0\nnew_key 5\n", "f")
+    assert hash(events) == hash(p.parse_memory_events(
+        "low 0\nhigh 3\nmax 0\noom 0\noom_kill 0\nnew_key 5\n", "f"))
+    with pytest.raises(TypeError, match="read-only"):
+        events.extra["new_key"] = 6  # type: ignore[index]
+    stat = p.parse_memory_stat("anon 1\nfile 2\n", "f")
+    with pytest.raises(TypeError, match="read-only"):
+        stat.data.clear()  # type: ignore[attr-defined]
+    assert json.loads(json.dumps(attrs.asdict(events)))["extra"] == {"new_key": 5}
+    import cgoom
+
+    changed = cgoom.MemoryEventsChanged("/a", False, {"high": 3}, events, 1.0)
+    with pytest.raises(TypeError, match="read-only"):
+        changed.delta["high"] = 99  # type: ignore[index]
+    assert hash(changed)
+
+
+@pytest.mark.parametrize("text", ["\u0663M", "\uff13", "1_000", "+7", "３G"])
+def test_sizes_take_ascii_digits_only(text: str) -> None:
+    with pytest.raises(InvalidValue, match="is not a size"):
+        p.parse_size(text, "memory.max")

@@ -382,14 +382,21 @@ class TestGuard:
     def test_forged_answers(self) -> None:
         bad_whole = decide_with(lambda i, c: cgoom.Decision(
             "p", [cgoom.Victim("/t/db", 1, "x", "no")]))  # type: ignore[arg-type]
-        assert "raised TypeError" in bad_whole.notes[0] and bad_whole.policy == "priority"
+        assert "chose a victim with whole='no', which is not a bool" in bad_whole.notes[0]
+        assert bad_whole.policy == "priority"
         twice = decide_with(lambda i, c: cgoom.Decision(
             "p", [cgoom.Victim("/t/db", 1, "x", False, 20)] * 2))
         assert "chose /t/db (pid 20) twice" in twice.notes[0]
-        forced = cgoom.Victim("/t/db", 1, "x", True)
-        object.__setattr__(forced, "whole", "no")
-        sneaky = decide_with(lambda i, c: cgoom.Decision("p", [forced]))
-        assert "whole='no', which is not a bool" in sneaky.notes[0]
+        forced = cgoom.Decision("p", [])
+        object.__setattr__(forced, "victims", [cgoom.Victim("/t/db", 1, "x", False, 20)])
+        sneaky = decide_with(lambda i, c: forced)
+        assert "returned victims that are not a tuple" in sneaky.notes[0]
+        nan = decide_with(lambda i, c: cgoom.Decision(
+            "p", [cgoom.Victim("/t/db", float("nan"), "x", False, 20)]))
+        assert "score=nan, which is not a number" in nan.notes[0]
+        pid = decide_with(lambda i, c: cgoom.Decision(
+            "p", [cgoom.Victim("/t/db", 1, "x", False, True)]))  # type: ignore[arg-type]
+        assert "pid=True, which is not an int" in pid.notes[0]
 
     def test_a_generator_of_victims_is_kept(self) -> None:
         d = decide_with(lambda i, c: cgoom.Decision(
