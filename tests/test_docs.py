@@ -38,6 +38,7 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for pid, path in enumerate(("workload.slice/batch-1", "workload.slice/batch-2",
                                 "workload.slice/web"), start=1001):
         tree.add(path, memory_current=100 << 20, procs=[pid])
+        tree.add_process(pid, name=path.rsplit("/", 1)[1], rss=(90 + pid % 10) << 20)
     monkeypatch.setattr(cgoom.Hierarchy, "discover", classmethod(lambda cls, **kw: tree.hierarchy))
     if page.name == "writing-a-policy.md":
         install_example(tmp_path / "site", monkeypatch)
@@ -61,6 +62,10 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert "smallest-first ['/workload.slice/batch-1'," in capsys.readouterr().out
     if page.name == "events.md":
         assert "killed by the kernel in /workload.slice/batch-1" in capsys.readouterr().out
+    if page.name == "policies.md":
+        out = capsys.readouterr().out
+        assert "/workload.slice/batch-2 False 1002" in out  # the largest, not avoided
+        assert "65534 0 user.cgoom.priority=1000 ignored: set by uid 65534" in out
     if page.name == "cgroups.md":
         out = capsys.readouterr().out
         assert "no-internal-process rule" in out
