@@ -60,14 +60,20 @@ async def watch_and_act(hierarchy: cgoom.Hierarchy, demo_cg: cgoom.Cgroup,
                 step("cgoom status " + demo_cg.path)
                 cgoom_cli(["status", demo_cg.path])
                 step("the rule held: the priority policy decides (as `cgoom rank` shows it)")
-                decision = cgoom.decide(
-                    cgoom.load_policy("priority"),
-                    cgoom.Incident.create(demo_cg.path, "pressure",
-                                          own_cgroup=hierarchy.own_cgroup().path),
-                    cgoom.Snapshotter(hierarchy).snapshot(demo_cg.path))
+                policy = cgoom.load_policy("priority")
+                snapper = cgoom.Snapshotter(hierarchy)
+                candidates = await snapper.asnapshot(demo_cg.path, fields=policy.fields,
+                                                     paths=watcher.watched())
+                decision = await cgoom.adecide(
+                    policy, cgoom.Incident.create(demo_cg.path, "pressure",
+                                                  own_cgroup=hierarchy.own_cgroup().path),
+                    candidates)
+                snapper.close()
                 print("\n".join(format_decision(decision, demo_cg.path)))
                 victim = decision.first
                 assert victim is not None and victim.whole, decision
+                stale = snapper.recheck(victim)  # the same cgroup as decided on, not a new one
+                assert stale is None, stale
                 step(f"kill {victim.cgroup} whole (cgroup.kill); the watcher sees it empty")
                 killed_at = time.monotonic()
                 await hierarchy.cgroup(victim.cgroup).akill()
