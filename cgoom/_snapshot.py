@@ -349,10 +349,19 @@ class Snapshotter:
 
     def read(self, cgroup: Cgroup, *, processes: bool = False,
              fields: Iterable[str] = FIELDS) -> CgroupSnapshot:
-        """One cgroup's snapshot, as the only cgroup of its domain; ``processes``: read its
-        processes too. Raises :class:`~cgoom.CgroupGone` if it vanished."""
+        """One cgroup's snapshot, its settings trusted as in a snapshot of its parent (a
+        delegated cgroup does not vouch for itself); ``processes``: read its processes too.
+        Raises :class:`~cgoom.CgroupGone` if it vanished."""
         wanted = frozenset(fields) & FIELDS
-        snap = self._read(cgroup, _Pass(cgroup.path, wanted, None))
+        parent = cgroup.parent
+        domain = None
+        if parent is not None:
+            try:
+                domain = self.hierarchy.fs.stat(parent.dir).st_uid
+            except OSError:
+                domain = -1  # unknown: trust only root
+        ctx = _Pass(parent.path if parent is not None else cgroup.path, wanted, domain)
+        snap = self._read(cgroup, ctx)
         if snap is None:
             raise CgroupGone(f"cannot read {cgroup.dir}: the cgroup no longer exists",
                              path=cgroup.dir)

@@ -303,6 +303,12 @@ class TestTrust:
         assert (snap.priority, snap.preference, snap.killable, snap.problems) == (
             -5, "prefer", True, ())
 
+    def test_a_single_read_does_not_let_the_tenant_vouch_for_itself(
+            self, tenant: FakeCgroupTree) -> None:
+        tenant.cgroup("t/tenant").set_priority(1000)
+        snap = cgoom.Snapshotter(tenant.hierarchy).read(tenant.cgroup("t/tenant"))
+        assert snap.priority == 0 and "ignored: set by uid 65534" in snap.problems[0]
+
     def test_domain_owner_is_trusted(self, tenant: FakeCgroupTree) -> None:
         """An incident inside the tenant's own subtree: the tenant decides there."""
         tenant.cgroup("t/tenant").set_preference("omit")

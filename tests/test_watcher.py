@@ -20,6 +20,18 @@ from cgoom.testing import collect_events as collect
 from cgoom.testing import events_of_type as of_type
 
 
+def overflow(tree: FakeCgroupTree, first: str, second: str) -> int:
+    """Write memory.events of two cgroups in turn (so the kernel cannot merge consecutive
+    identical events) until the inotify queue overflows; each ends at ``high`` = the number
+    returned."""
+    limit = read_int("/proc/sys/fs/inotify/max_queued_events")
+    assert limit is not None
+    for i in range(limit // 2 + 100):
+        tree.set_memory_events(first, high=i + 1)
+        tree.set_memory_events(second, high=i + 1)
+    return limit // 2 + 100
+
+
 def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
@@ -136,13 +148,8 @@ class TestHierarchyChanges:
         IN_Q_OVERFLOW; the watcher re-reads everything, so the counts are still right."""
         tree.add("lab/a")
         tree.add("lab/b")
-        limit = read_int("/proc/sys/fs/inotify/max_queued_events")
-        assert limit is not None
         async with cgoom.open_watcher(tree.hierarchy, "lab", files=["memory.events"]) as w:
-            # Alternate two files so the kernel cannot merge consecutive identical events.
-            for i in range(limit // 2 + 100):
-                tree.set_memory_events("lab/a", high=i + 1)
-                tree.set_memory_events("lab/b", high=i + 1)
+            limit = overflow(tree, "lab/a", "lab/b")
             tree.add("lab/c")  # its IN_CREATE is lost too: found by the resync
             events = await collect(w, lambda ev: any(isinstance(e, cgoom.CgroupCreated)
                                                      for e in ev))
@@ -151,19 +158,16 @@ class TestHierarchyChanges:
         assert isinstance(events[0], cgoom.Resynchronized)
         assert "IN_Q_OVERFLOW" in str(events[0])
         totals = {e.cgroup: e.totals.high for e in of_type(events, cgoom.MemoryEventsChanged)}
-        assert totals["/lab/a"] == totals["/lab/b"] == limit // 2 + 100
+        assert totals["/lab/a"] == totals["/lab/b"] == limit
 
     async def test_overflow_finds_a_recreated_cgroup(self, tree: FakeCgroupTree) -> None:
         """A cgroup removed and re-created at the same path while notifications were lost
         has new files and dead watches: the resync sees another id and watches it anew."""
         tree.add("lab/a")
         tree.add("lab/b")
-        limit = read_int("/proc/sys/fs/inotify/max_queued_events")
-        assert limit is not None
+        tree.add("lab/c")
         async with cgoom.open_watcher(tree.hierarchy, "lab", files=["memory.events"]) as w:
-            for i in range(limit // 2 + 100):
-                tree.set_memory_events("lab/b", high=i + 1)
-                tree.set_memory_events("lab/b", high=i + 2)
+            overflow(tree, "lab/b", "lab/c")
             tree.remove_behind_our_back("lab/a")
             tree.add("lab/spacer")  # so tmpfs does not hand the same inode back
             tree.add("lab/a/x")

@@ -112,3 +112,13 @@ def holding_hog(megabytes: int) -> str:
 
 def python_cmd(code: str) -> str:
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+
+
+def sysctl(path: str, value: int | None = None) -> int:
+    """Read an integer sysctl under /proc/sys, or set it to ``value`` first (the VM is ours;
+    restore it in a ``finally``)."""
+    if value is not None:
+        with open(path, "w") as f:
+            f.write(f"{value}\n")
+    with open(path) as f:
+        return int(f.read())

@@ -15,7 +15,7 @@ import pytest
 import cgoom
 from cgoom.testing import collect_events, events_of_type, wait_until
 
-from .conftest import holding_hog, python_cmd
+from .conftest import holding_hog, python_cmd, sysctl
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 M = 1 << 20
@@ -158,14 +158,6 @@ def test_recheck_refuses_a_recreated_cgroup_and_a_dead_pid(box: cgoom.Cgroup,
 
 QUEUED = "/proc/sys/fs/inotify/max_queued_events"
 WATCHES = "/proc/sys/fs/inotify/max_user_watches"
-
-
-def sysctl(path: str, value: int | None = None) -> int:
-    if value is not None:
-        with open(path, "w") as f:
-            f.write(f"{value}\n")
-    with open(path) as f:
-        return int(f.read())
 
 
 async def test_overflow_resync_follows_a_recreated_cgroup(box: cgoom.Cgroup,

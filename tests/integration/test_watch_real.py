@@ -12,7 +12,7 @@ import pytest
 import cgoom
 from cgoom.testing import collect_events
 
-from .conftest import hog, throttled
+from .conftest import hog, sysctl, throttled
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 
@@ -171,12 +171,7 @@ WATCHES = "/proc/sys/fs/inotify/max_user_watches"
 
 
 def max_user_watches(value: int | None = None) -> int:
-    """Read the sysctl, or set it to ``value`` first."""
-    if value is not None:
-        with open(WATCHES, "w") as f:
-            f.write(f"{value}\n")
-    with open(WATCHES) as f:
-        return int(f.read())
+    return sysctl(WATCHES, value)
 
 
 async def test_watch_limit_is_raised_when_root(box: cgoom.Cgroup,
