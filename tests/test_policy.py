@@ -198,7 +198,9 @@ def candidate_trees(draw: st.DrawFn) -> tuple[Incident, dict[str, S]]:
         paths.add(f"{parent.rstrip('/')}/{draw(names)}")
     snaps = {}
     for path in sorted(paths):
-        pids = tuple(draw(st.lists(st.integers(100, 110), max_size=3, unique=True)))
+        threaded = path.count("/") > 1 and draw(st.integers(0, 9)) == 0
+        pids = () if threaded else tuple(draw(st.lists(st.integers(100, 110), max_size=3,
+                                                        unique=True)))
         snaps[path] = S(
             path,
             usage=draw(st.one_of(st.none(), st.integers(0, 10**9))),
@@ -211,8 +213,10 @@ def candidate_trees(draw: st.DrawFn) -> tuple[Incident, dict[str, S]]:
             swap=draw(st.one_of(st.none(), st.integers(0, 10**8))),
             growth=draw(st.one_of(st.none(), st.floats(-1e6, 1e6))),
             pids=pids,
-            processes=tuple(ProcessSnapshot(p, "p", draw(st.integers(-1000, 1000)),
-                                            draw(st.integers(0, 10**8))) for p in pids),
+            threaded=threaded,
+            processes=tuple(ProcessSnapshot(
+                p, "p", draw(st.one_of(st.none(), st.integers(-1000, 1000))),
+                draw(st.integers(0, 10**8)), p * 7) for p in pids),
         )
     own = draw(st.sampled_from(sorted(paths)))
     return Incident.create("/r", own_cgroup=own), snaps
@@ -240,6 +244,11 @@ def test_invariants(case: tuple[Incident, dict[str, S]]) -> None:
             assert v.cgroup == "/r" or v.cgroup.startswith("/r/")  # inside the incident
             assert not below_omitted(v.cgroup, cands)             # never omitted
             assert v.cgroup not in incident.protected             # never cgoom itself
+            assert not cands[v.cgroup].threaded                    # never a threaded cgroup
+            if v.pid is not None:                                 # never -1000 or unknown
+                proc = next(p for p in cands[v.cgroup].processes if p.pid == v.pid)
+                assert proc.oom_score_adj is not None and proc.oom_score_adj > -1000
+                assert v.start_time == proc.start_time            # identity carried
         assert len({v.cgroup for v in d.victims}) == len(d.victims)
 
 
@@ -254,6 +263,14 @@ def test_priority_never_skips_a_lower_priority_sibling(
     if d.first is None:
         return
     allowed = {s.path for s in cgoom.units(incident, cands)}
+    inner = {s.path for s in cgoom.units(incident, cands) if s.internal}
+    if d.first.cgroup in inner and not d.first.whole:
+        # Its own processes went first: no child of it with a unit has a lower priority.
+        top = d.first.cgroup
+        for other in cands:
+            if (other.rsplit("/", 1)[0] or "/") == top and any(
+                    u == other or u.startswith(other + "/") for u in allowed):
+                assert cands[top].priority <= cands[other].priority
     parts = [p for p in d.first.cgroup.split("/") if p]
     for depth in range(2, len(parts) + 1):
         taken = "/" + "/".join(parts[:depth])
