@@ -46,6 +46,9 @@ from ._types import PressureLine as PressureLine
 from ._types import SwapEvents as SwapEvents
 
 if TYPE_CHECKING:
+    from ._actions import ActionResult as ActionResult
+    from ._actions import Pidfds as Pidfds
+    from ._actions import ProcessControl as ProcessControl
     from ._candidates import PRIORITY_MAX as PRIORITY_MAX
     from ._candidates import PRIORITY_MIN as PRIORITY_MIN
     from ._candidates import CgroupSnapshot as CgroupSnapshot
@@ -65,6 +68,11 @@ if TYPE_CHECKING:
     from ._events import SustainedPressure as SustainedPressure
     from ._events import SwapEventsChanged as SwapEventsChanged
     from ._events import WatchFailed as WatchFailed
+    from ._handler import Handler as Handler
+    from ._handler import HandlerStatistics as HandlerStatistics
+    from ._handler import open_handler as open_handler
+    from ._incident import IncidentRecord as IncidentRecord
+    from ._incident import Timings as Timings
     from ._plugins import BUILTIN_POLICIES as BUILTIN_POLICIES
     from ._plugins import PluginError as PluginError
     from ._plugins import adecide as adecide
@@ -87,6 +95,7 @@ if TYPE_CHECKING:
     from ._policy import select_process as select_process
     from ._policy import swap as swap
     from ._policy import units as units
+    from ._rules import Rule as Rule
     from ._snapshot import FIELDS as FIELDS
     from ._snapshot import Snapshotter as Snapshotter
     from ._snapshot import UsageHistory as UsageHistory
@@ -104,6 +113,15 @@ __version__ = "0.1.0.dev0"
 # `__all__`, `__dir__` and the TYPE_CHECKING imports above follow it (tests/test_exports.py
 # checks that they agree).
 _LAZY: dict[str, str] = {
+    "ActionResult": "_actions",
+    "Pidfds": "_actions",
+    "ProcessControl": "_actions",
+    "Handler": "_handler",
+    "HandlerStatistics": "_handler",
+    "open_handler": "_handler",
+    "IncidentRecord": "_incident",
+    "Timings": "_incident",
+    "Rule": "_rules",
     "CgroupSnapshot": "_candidates",
     "Incident": "_candidates",
     "PRIORITY_MAX": "_candidates",

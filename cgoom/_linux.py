@@ -1,5 +1,6 @@
-"""The few Linux interfaces the stdlib lacks: inotify (ctypes), plus small helpers for
-capabilities, sysctls and the kernel release. Nothing here knows about cgroups.
+"""The few Linux interfaces the stdlib lacks: inotify and ``process_mrelease`` (ctypes), plus
+small helpers for capabilities, sysctls and the kernel release. Nothing here knows about
+cgroups.
 
 Why our own inotify binding (docs/design-notes.md has the long form): it is ~100 lines over
 three libc calls; it needs no dependency (asyncinotify would be one more package; pyroute2's
@@ -85,6 +86,7 @@ def _lib() -> ctypes.CDLL:
         lib.inotify_init1.argtypes = [ctypes.c_int]
         lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.syscall.restype = ctypes.c_long
         _libc = lib
     return _libc
 
@@ -94,6 +96,25 @@ def _check(result: int, what: str, path: str | None = None) -> int:
         code = ctypes.get_errno()
         raise OSError(code, f"{what}: {os.strerror(code)}", path)
     return result
+
+
+#: process_mrelease(2), Linux 5.15: 448 in the unified syscall table of x86-64, arm64 and
+#: asm-generic (arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h).
+NR_PROCESS_MRELEASE = 448
+
+
+def process_mrelease(pidfd: int) -> None:
+    """Free the address space of the *dying* process behind ``pidfd`` now, in this thread,
+    instead of waiting for its exit or the kernel's OOM reaper (which waits 2 s).
+
+    Facts (mm/oom_kill.c; notes/kernel-interface.md §6): the process must already have a
+    fatal signal pending (EINVAL otherwise); ESRCH when its memory is already gone; EAGAIN
+    when reaping failed (retry); ENOSYS before 5.15. File-backed pages are left.
+    """
+    lib = _lib()
+    if lib.syscall(NR_PROCESS_MRELEASE, ctypes.c_int(pidfd), ctypes.c_uint(0)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"process_mrelease: {os.strerror(code)}")
 
 
 class Inotify:

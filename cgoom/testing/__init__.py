@@ -14,6 +14,7 @@
 from ._collect import collect_events as collect_events
 from ._collect import events_of_type as events_of_type
 from ._fake import FakeCgroupFS as FakeCgroupFS
+from ._processes import FakeProcesses as FakeProcesses
 from ._realkernel import find_test_parent as find_test_parent
 from ._realkernel import kill_and_remove as kill_and_remove
 from ._realkernel import sandbox as sandbox
@@ -23,6 +24,7 @@ from ._tree import FakeCgroupTree as FakeCgroupTree
 __all__ = [
     "FakeCgroupFS",
     "FakeCgroupTree",
+    "FakeProcesses",
     "collect_events",
     "events_of_type",
     "find_test_parent",

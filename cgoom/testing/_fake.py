@@ -179,7 +179,7 @@ class FakeCgroupFS(OsFS):
     Paths outside ``mount`` (the fake /proc and /sys) are plain files.
     """
 
-    __slots__ = ("kernel", "mount", "owners")
+    __slots__ = ("kernel", "mount", "owners", "proc_root")
 
     def __init__(self, mount: str, *, kernel: tuple[int, int] = (6, 1)) -> None:
         self.mount = os.path.normpath(mount)
@@ -187,6 +187,8 @@ class FakeCgroupFS(OsFS):
         #: uid overrides by path, so tests can delegate a cgroup without being root (see
         #: :meth:`FakeCgroupTree.chown`); ``stat`` reports them as ``st_uid``.
         self.owners: dict[str, int] = {}
+        #: The fake /proc, when there is one: moving a pid updates its ``cgroup`` file.
+        self.proc_root: str | None = None
 
     def stat(self, path: str) -> os.stat_result:
         st = os.stat(path)
@@ -338,6 +340,23 @@ class FakeCgroupFS(OsFS):
                       "".join(f"{p}\n" for p in [*self._procs(directory), pid]))
         if not self._is_root(directory):
             self._update_populated(directory)
+        self.note_cgroup(pid, directory)
+
+    def note_cgroup(self, pid: int, directory: str) -> None:
+        """Write the fake ``/proc/<pid>/cgroup`` (``0::/path``) if that process exists."""
+        if self.proc_root is not None and os.path.isdir(f"{self.proc_root}/{pid}"):
+            rel = os.path.relpath(directory, self.mount)
+            with open(f"{self.proc_root}/{pid}/cgroup", "w", encoding="utf-8") as f:
+                f.write(f"0::/{'' if rel == '.' else rel}\n")
+
+    def remove_pid(self, pid: int) -> None:
+        """The process exits: out of whichever ``cgroup.procs`` holds it."""
+        for current, _dirs, _files in os.walk(self.mount):
+            if pid in self._procs(current):
+                self._put(current, "cgroup.procs",
+                          "".join(f"{p}\n" for p in self._procs(current) if p != pid))
+                if not self._is_root(current):
+                    self._update_populated(current)
 
     def _write_cgroup_subtree_control(self, directory: str, value: str, path: str) -> None:
         available = set(self._get(directory, "cgroup.controllers").split())

@@ -67,6 +67,7 @@ class FakeCgroupTree:
         self._write(os.path.join(proc, "pressure", "memory"), PRESSURE_ZERO)
         self._write(os.path.join(kernel_dir, "features"), _KERNEL_FEATURES)
         self._write(os.path.join(kernel_dir, "delegate"), _DELEGATE)
+        self.fs.proc_root = proc
         self.fs._populate(self.mount, set(controllers))
         self.fs.write(os.path.join(self.mount, "cgroup.subtree_control"),
                       " ".join(f"+{c}" for c in controllers))
@@ -165,6 +166,12 @@ class FakeCgroupTree:
             f.write(comm + b"\n")
         self._write(os.path.join(base, "oom_score_adj"), f"{oom_score_adj}\n")
         self._write(os.path.join(base, "statm"), f"{pages * 2} {pages} 0 0 0 0 0\n")
+        for current, _dirs, _files in os.walk(self.mount):
+            if str(pid) in self.fs.read(os.path.join(current, "cgroup.procs")).split():
+                self.fs.note_cgroup(pid, current)
+                break
+        else:
+            self._write(os.path.join(base, "cgroup"), "0::/\n")
 
     def remove_process(self, pid: int) -> None:
         """The process exits: its fake ``/proc/<pid>`` goes (it stays in ``cgroup.procs``

@@ -1,0 +1,196 @@
+"""The I/O edge of the engine: killing a cgroup, killing one process. Each action checks the
+victim's identity right before it acts and reports what it did and how long it took.
+
+Some facts this code depends on (notes/kernel-interface.md §5-§6):
+
+- ``cgroup.kill`` returns once SIGKILL is *sent* to every process of the subtree (measured:
+  2.4 ms for three fork-looping processes); they are gone when ``cgroup.events`` says
+  ``populated 0``. It is written here directly, on the caller's thread: a worker thread
+  started on demand cost 125-490 ms under memory pressure (DESIGN.md, principle 3).
+  ``cgroup.kill`` also kills ``oom_score_adj`` -1000 processes, which the kernel's own
+  ``memory.oom.group`` kill spares (``oom_kill_memcg_member``).
+- Identity for a cgroup is its id (the directory's inode); ids are never reused and a cgroup
+  must be empty to be removed, so "stat, compare, write" can only miss a cgroup removed and
+  re-created with new processes in the microseconds between the two calls.
+- Identity for a process: ``pidfd_open`` pins *a* process; if the pid was reused before we
+  opened it, the pidfd names the new one. So the start time (field 22 of /proc/PID/stat) and
+  the cgroup are re-checked *after* opening: if they match, the pidfd is the process decided
+  on, and a signal through it can reach no other (``pidfd_send_signal``).
+- ``process_mrelease`` (5.15) then frees the dying process's anonymous memory at once, in
+  this thread, instead of after its exit or the OOM reaper's 2 s delay. A pidfd becomes
+  readable when the process exits: that is the confirmation.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from typing import Protocol
+
+import attrs
+
+from ._errors import CgoomError
+from ._fs import OsFS
+from ._hierarchy import Hierarchy
+from ._linux import process_mrelease
+from ._policy import Victim
+
+
+@attrs.frozen
+class ActionResult:
+    """What one action did: ``action`` is ``"kill-cgroup"``, ``"kill-process"`` or
+    ``"dry-run"``; ``ok`` whether the kill was sent; ``detail`` says what happened or why
+    not. Times are milliseconds; ``None`` where that step did not happen."""
+
+    action: str
+    cgroup: str
+    pid: int | None
+    ok: bool
+    detail: str
+    #: The kill itself: the cgroup.kill write, or pidfd_send_signal.
+    syscall_ms: float | None = None
+    #: process_mrelease, for a process.
+    mrelease_ms: float | None = None
+    #: From the kill to the confirmation (populated 0, or the pidfd readable).
+    confirmed_ms: float | None = None
+
+
+class ProcessControl(Protocol):
+    """How the engine reaches processes: real pidfds (:class:`Pidfds`), or a fake for tests
+    (:class:`cgoom.testing.FakeProcesses`). Handles are ints (pidfds)."""
+
+    def open(self, pid: int) -> int:
+        """A handle pinning process ``pid``; :class:`ProcessLookupError` if it is gone."""
+        ...
+
+    def kill(self, handle: int) -> None:
+        """SIGKILL through the handle; :class:`ProcessLookupError` if it already exited."""
+        ...
+
+    def release(self, handle: int) -> None:
+        """Free the dying process's memory now (process_mrelease); OSError if it cannot."""
+        ...
+
+    def close(self, handle: int) -> None:
+        ...
+
+
+class Pidfds:
+    """:class:`ProcessControl` with real pidfds. Refuses to work for a hierarchy whose files
+    are not the real ones (a fake tree's pids are not this host's processes)."""
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        if type(hierarchy.fs) is not OsFS:
+            raise CgoomError(
+                f"refusing real pidfds for {hierarchy!r}: its filesystem is "
+                f"{type(hierarchy.fs).__name__}, so its pids are not this host's processes; "
+                "pass processes=cgoom.testing.FakeProcesses(tree) in tests")
+
+    def open(self, pid: int) -> int:
+        return os.pidfd_open(pid)
+
+    def kill(self, handle: int) -> None:
+        signal.pidfd_send_signal(handle, signal.SIGKILL)
+
+    def release(self, handle: int) -> None:
+        process_mrelease(handle)
+
+    def close(self, handle: int) -> None:
+        os.close(handle)
+
+
+def kill_cgroup(hierarchy: Hierarchy, victim: Victim) -> ActionResult:
+    """``cgroup.kill`` on the victim's cgroup, if it is still the one decided on."""
+    cgroup = hierarchy.cgroup(victim.cgroup)
+    try:
+        inode = hierarchy.fs.stat(cgroup.dir).st_ino
+    except OSError:
+        return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                            f"not killed: {victim.cgroup} no longer exists")
+    if victim.cgroup_id is not None and inode != victim.cgroup_id:
+        return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                            f"not killed: {victim.cgroup} was re-created (id "
+                            f"{victim.cgroup_id} is now {inode})")
+    started = time.perf_counter()
+    try:
+        cgroup.kill()
+    except CgoomError as exc:
+        return ActionResult("kill-cgroup", victim.cgroup, None, False, f"not killed: {exc}")
+    took = (time.perf_counter() - started) * 1000
+    return ActionResult("kill-cgroup", victim.cgroup, None, True,
+                        "SIGKILL sent to every process of the subtree (cgroup.kill)",
+                        syscall_ms=took)
+
+
+def _stat_of(hierarchy: Hierarchy, pid: int) -> tuple[int, str] | None:
+    """(start time, cgroup path) of ``pid`` now, or ``None`` if it is gone."""
+    from ._parse import parse_proc_stat
+
+    base = f"{hierarchy.proc_root}/{pid}"
+    try:
+        stat = hierarchy.fs.read(f"{base}/stat")
+        cgroup_text = hierarchy.fs.read(f"{base}/cgroup")
+        start = parse_proc_stat(stat, f"{base}/stat")[3]
+    except (OSError, CgoomError):
+        return None
+    for line in cgroup_text.splitlines():
+        if line.startswith("0::"):
+            return start, line[3:]
+    return None
+
+
+def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                 ) -> tuple[ActionResult, int | None]:
+    """SIGKILL the victim's process through a pidfd, after checking (with the pidfd open)
+    that it is still the process decided on and still in the victim's cgroup; then
+    ``process_mrelease``. Returns the result and the handle to confirm the exit with (the
+    caller closes it), or ``None``."""
+    pid = victim.pid
+    assert pid is not None
+    try:
+        handle = processes.open(pid)
+    except ProcessLookupError:
+        return ActionResult("kill-process", victim.cgroup, pid, False,
+                            f"not killed: process {pid} is gone"), None
+    except OSError as exc:
+        return ActionResult("kill-process", victim.cgroup, pid, False,
+                            f"not killed: pidfd_open({pid}): {exc.strerror}"), None
+    now = _stat_of(hierarchy, pid)
+    problem = None
+    if now is None:
+        problem = f"process {pid} is gone"
+    elif victim.start_time is not None and now[0] != victim.start_time:
+        problem = f"pid {pid} was reused (start time {victim.start_time} is now {now[0]})"
+    elif victim.start_time is None:
+        problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
+    elif now[1] != victim.cgroup:
+        problem = f"process {pid} left {victim.cgroup} (it is in {now[1]})"
+    if problem is not None:
+        processes.close(handle)
+        return ActionResult("kill-process", victim.cgroup, pid, False,
+                            f"not killed: {problem}"), None
+    started = time.perf_counter()
+    try:
+        processes.kill(handle)
+    except ProcessLookupError:
+        processes.close(handle)
+        return ActionResult("kill-process", victim.cgroup, pid, False,
+                            f"not killed: process {pid} exited meanwhile"), None
+    took = (time.perf_counter() - started) * 1000
+    detail = "SIGKILL sent through a pidfd"
+    released = None
+    started = time.perf_counter()
+    try:
+        processes.release(handle)
+    except OSError as exc:
+        reasons = {errno.ESRCH: "its memory was already gone",
+                   errno.ENOSYS: "this kernel has no process_mrelease (before 5.15)",
+                   errno.EINVAL: "it was not dying yet"}
+        detail += f"; process_mrelease: {reasons.get(exc.errno or 0, exc.strerror)}"
+    else:
+        released = (time.perf_counter() - started) * 1000
+        detail += "; its memory freed at once (process_mrelease)"
+    return ActionResult("kill-process", victim.cgroup, pid, True, detail, syscall_ms=took,
+                        mrelease_ms=released), handle

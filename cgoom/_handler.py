@@ -1,0 +1,298 @@
+"""``open_handler``: the engine. Orchestration only: rules (``_rules``) fire on the watcher's
+events; each incident takes a snapshot in the snapshotter's thread, a guarded decision in the
+policies' thread, acts (``_actions``) and waits for the confirmation; a frozen
+:class:`~cgoom.IncidentRecord` comes out of it.
+
+Everything that can be started before an incident is: the watcher, the snapshot and policy
+threads. At incident time the loop does no blocking I/O except the kill itself (a
+``cgroup.kill`` write returns in about a millisecond: DESIGN.md principle 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+import attrs
+
+from ._actions import ActionResult, Pidfds, ProcessControl, kill_cgroup, kill_process
+from ._candidates import Incident
+from ._cgroup import if_supported
+from ._errors import CgoomError, InvalidValue
+from ._events import CgroupStateChanged, Event, MemoryEventsChanged
+from ._hierarchy import Hierarchy
+from ._incident import IncidentRecord, Timings
+from ._plugins import adecide, load_policy, start_policy_worker, validate_policy
+from ._policy import Policy, Victim
+from ._rules import Rule, RuleState
+from ._snapshot import Snapshotter, UsageHistory, policy_fields
+from ._watcher import Watcher
+
+log = logging.getLogger("cgoom")
+
+RecordListener = Callable[[IncidentRecord], object]
+
+
+@attrs.frozen
+class HandlerStatistics:
+    """A snapshot of a handler's work, for metrics."""
+
+    incidents: int
+    kills: int
+    dry_runs: int
+    #: Decisions where the rule's policy failed and the fallback decided.
+    fallbacks: int
+    #: Incidents being handled now.
+    in_flight: int
+    #: Records waiting for ``async for``.
+    queued: int
+
+
+class Handler:
+    """Runs ``rules`` on the event loop; one :class:`~cgoom.IncidentRecord` per incident,
+    through ``async for record in handler`` or :meth:`add_listener`. Use
+    ``async with cgoom.open_handler(...)``.
+
+    ``own_cgroup``: cgoom's own cgroup, never chosen nor its ancestors (default: this
+    process's, from /proc/self/cgroup). ``processes``: how processes are killed (default:
+    real pidfds; :class:`cgoom.testing.FakeProcesses` on a fake tree).
+    """
+
+    def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
+                 own_cgroup: str | None = None, processes: ProcessControl | None = None,
+                 history: UsageHistory | None = None, max_queued: int = 1000) -> None:
+        self.hierarchy = hierarchy
+        self.rules = tuple(rules)
+        if not self.rules:
+            raise InvalidValue("a handler needs at least one rule", value="()")
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise InvalidValue(f"rule names must be unique: {names}", value=repr(names))
+        self.policies: dict[str, Policy] = {r.name: self._policy(r) for r in self.rules}
+        if own_cgroup is None:
+            try:
+                own_cgroup = hierarchy.own_cgroup().path
+            except CgoomError as exc:
+                raise CgoomError(f"cannot tell cgoom's own cgroup ({exc}); pass own_cgroup= "
+                                 "so it is never chosen") from exc
+        self.own_cgroup = own_cgroup
+        self._processes = processes
+        self._states = {r.name: RuleState(r) for r in self.rules}
+        self._snapshotter = Snapshotter(hierarchy, history=history)
+        self._watcher: Watcher | None = None
+        self._queue: asyncio.Queue[IncidentRecord | None] = asyncio.Queue(max_queued)
+        self._listeners: list[RecordListener] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._gone: dict[str, list[asyncio.Future[float]]] = {}
+        self._ids = itertools.count(1)
+        self._counts = {"incidents": 0, "kills": 0, "dry_runs": 0, "fallbacks": 0}
+        self._closed = False
+
+    @staticmethod
+    def _policy(rule: Rule) -> Policy:
+        if isinstance(rule.policy, str):
+            return load_policy(rule.policy, **dict(rule.policy_args))
+        validate_policy(rule.policy, plugin=getattr(rule.policy, "name", "?"),
+                        origin=f"rule {rule.name!r}")
+        policy: Policy = rule.policy
+        return policy
+
+    def __repr__(self) -> str:
+        return f"<Handler {', '.join(r.name for r in self.rules)}>"
+
+    # --- life cycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Handler:
+        if self._processes is None:
+            self._processes = Pidfds(self.hierarchy)
+        self._snapshotter.start()
+        start_policy_worker()
+        domains = sorted({r.domain for r in self.rules})
+        self._watcher = Watcher(self.hierarchy, domains,
+                                files=["memory.events", "cgroup.events"])
+        await self._watcher.astart()
+        self._watcher.add_listener(self._on_event)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: wait for incidents in flight, then release the watcher and threads."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watcher is not None:
+            self._watcher.close()
+        self._snapshotter.close()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    # --- delivery ----------------------------------------------------------------------
+
+    def add_listener(self, listener: RecordListener) -> None:
+        """Call ``listener(record)`` for every record, on the loop; one that raises is
+        logged and kept."""
+        self._listeners.append(listener)
+
+    def __aiter__(self) -> Handler:
+        return self
+
+    async def __anext__(self) -> IncidentRecord:
+        item = await self._queue.get()
+        if item is None:
+            self._queue.put_nowait(None)
+            raise StopAsyncIteration
+        return item
+
+    def statistics(self) -> HandlerStatistics:
+        return HandlerStatistics(in_flight=len(self._tasks), queued=self._queue.qsize(),
+                                 **self._counts)
+
+    # --- events ------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, CgroupStateChanged) and not event.state.populated:
+            for future in self._gone.pop(event.cgroup, []):
+                if not future.done():
+                    future.set_result(event.time)
+            return
+        if not isinstance(event, MemoryEventsChanged) or event.local or self._closed:
+            return
+        for rule in self.rules:
+            if rule.domain == event.cgroup and self._states[rule.name].observe(event.delta,
+                                                                               event.time):
+                task = asyncio.get_running_loop().create_task(self._incident(rule, event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    # --- one incident ------------------------------------------------------------------
+
+    async def _incident(self, rule: Rule, event: MemoryEventsChanged) -> None:
+        state = self._states[rule.name]
+        try:
+            record = await self._handle(rule, event)
+        except Exception:
+            log.exception("cgoom handler: incident of rule %r failed", rule.name)
+            state.finished(time.monotonic())
+            return
+        folded = state.finished(time.monotonic())
+        record = attrs.evolve(record, folded=folded)
+        self._counts["incidents"] += 1
+        self._counts["dry_runs"] += record.dry_run
+        self._counts["kills"] += record.victim is not None
+        self._counts["fallbacks"] += record.decision.policy != self.policies[rule.name].name
+        log.info("cgoom: %s", record.explain().splitlines()[0])
+        if self._queue.full():
+            self._queue.get_nowait()  # the oldest goes; listeners saw it
+        self._queue.put_nowait(record)
+        for listener in list(self._listeners):
+            try:
+                listener(record)
+            except Exception:
+                log.exception("cgoom handler listener %r failed", listener)
+
+    async def _handle(self, rule: Rule, event: MemoryEventsChanged) -> IncidentRecord:
+        assert self._watcher is not None
+        notified = event.time
+        started_at = time.time()
+        domain = self.hierarchy.cgroup(rule.domain)
+        before = if_supported(domain.memory_current)
+        policy = self.policies[rule.name]
+        snaps = await self._snapshotter.asnapshot(rule.domain, fields=policy_fields(policy),
+                                                  paths=self._watcher.watched())
+        snapshot_done = time.monotonic()
+        incident = Incident.create(rule.domain, "memory.events " + ",".join(sorted(
+            k for k in event.delta if k in rule.on)), own_cgroup=self.own_cgroup)
+        decision = await adecide(policy, incident, snaps, budget=rule.budget)
+        decided = time.monotonic()
+        actions: list[ActionResult] = []
+        kill_at = confirmed_at = None
+        if not rule.dry_run:
+            for victim in decision.victims:
+                result, kill_at, confirmed_at = await self._act(rule, victim)
+                actions.append(result)
+                if result.ok:
+                    break
+        else:
+            actions.append(ActionResult("dry-run", decision.first.cgroup if decision.first
+                                        else rule.domain, decision.first.pid if decision.first
+                                        else None, False, "dry run: nothing was killed"))
+        after = if_supported(domain.memory_current)
+        ms = 1000.0
+        timings = Timings(
+            notified=notified, snapshot_ms=(snapshot_done - notified) * ms,
+            decision_ms=(decided - snapshot_done) * ms,
+            kill_ms=None if kill_at is None else (kill_at - notified) * ms,
+            confirmed_ms=None if confirmed_at is None else (confirmed_at - notified) * ms)
+        return IncidentRecord(
+            id=f"{int(started_at)}-{next(self._ids)}", rule=rule.name, domain=rule.domain,
+            trigger=str(event), folded=0, dry_run=rule.dry_run, decision=decision,
+            candidates=tuple(snaps.values()), actions=tuple(actions), timings=timings,
+            memory_before=before, memory_after=after, started_at=started_at)
+
+    async def _act(self, rule: Rule, victim: Victim,
+                   ) -> tuple[ActionResult, float | None, float | None]:
+        """Kill ``victim`` and wait for it to be gone: (result, kill time, gone time)."""
+        loop = asyncio.get_running_loop()
+        if victim.whole:
+            gone: asyncio.Future[float] = loop.create_future()
+            self._gone.setdefault(victim.cgroup, []).append(gone)
+            result = kill_cgroup(self.hierarchy, victim)
+            kill_at = time.monotonic()
+            if not result.ok:
+                waiting = self._gone.get(victim.cgroup, [])
+                if gone in waiting:
+                    waiting.remove(gone)
+                return result, None, None
+            try:
+                empty_at = await asyncio.wait_for(gone, rule.confirm_timeout)
+            except TimeoutError:
+                return attrs.evolve(result, detail=result.detail + f"; not empty after "
+                                    f"{rule.confirm_timeout} s"), kill_at, None
+            return attrs.evolve(result, detail=result.detail + "; populated 0",
+                                confirmed_ms=(empty_at - kill_at) * 1000), kill_at, empty_at
+        assert self._processes is not None
+        result, handle = kill_process(self.hierarchy, victim, self._processes)
+        kill_at = time.monotonic()
+        if handle is None:
+            return result, (kill_at if result.ok else None), None
+        exited: asyncio.Future[float] = loop.create_future()
+
+        def readable() -> None:
+            if not exited.done():
+                exited.set_result(time.monotonic())
+
+        try:
+            loop.add_reader(handle, readable)
+            try:
+                gone_at: float | None = await asyncio.wait_for(exited, rule.confirm_timeout)
+            except TimeoutError:
+                gone_at = None
+            finally:
+                loop.remove_reader(handle)
+        finally:
+            self._processes.close(handle)
+        if gone_at is None:
+            return attrs.evolve(result, detail=result.detail + f"; not gone after "
+                                f"{rule.confirm_timeout} s"), kill_at, None
+        return attrs.evolve(result, detail=result.detail + "; exited (pidfd readable)",
+                            confirmed_ms=(gone_at - kill_at) * 1000), kill_at, gone_at
+
+
+def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
+                 own_cgroup: str | None = None, processes: ProcessControl | None = None,
+                 history: UsageHistory | None = None) -> Handler:
+    """A :class:`Handler` for ``rules``, to use as
+    ``async with cgoom.open_handler(h, cgoom.Rule("batch", "workload.slice")) as handler:``.
+    """
+    return Handler(hierarchy if hierarchy is not None else Hierarchy.discover(), rules,
+                   own_cgroup=own_cgroup, processes=processes, history=history)

@@ -1,0 +1,89 @@
+"""``IncidentRecord``: what the engine emits for every incident, frozen and JSON-ready.
+
+Distinct from :class:`cgoom.Incident`, which is what a policy is *asked* about: the record
+says what happened: the rule and the event that fired it, the candidates as the policy saw
+them, the decision with its reasons and notes, each action and its outcome, the timings of
+each step, and the domain's memory before and after.
+"""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+
+from ._actions import ActionResult
+from ._candidates import CgroupSnapshot
+from ._parse import format_size
+from ._policy import Decision
+
+
+@attrs.frozen
+class Timings:
+    """Milliseconds, each from the kernel's notification as read (``notified``, monotonic
+    seconds) unless said otherwise. ``None`` where the step did not happen."""
+
+    notified: float
+    snapshot_ms: float
+    decision_ms: float
+    #: Notification to the kill syscall (cgroup.kill written, or the signal sent).
+    kill_ms: float | None = None
+    #: Notification to the victim gone (populated 0, or its pidfd readable).
+    confirmed_ms: float | None = None
+
+
+@attrs.frozen
+class IncidentRecord:
+    """One incident, as the engine saw and handled it (``to_json()``: one JSON line)."""
+
+    id: str
+    rule: str
+    domain: str
+    #: The event that fired the rule, as a log line.
+    trigger: str
+    #: Events of the rule that arrived while it was being handled, folded into it.
+    folded: int
+    dry_run: bool
+    decision: Decision
+    candidates: tuple[CgroupSnapshot, ...]
+    actions: tuple[ActionResult, ...]
+    timings: Timings
+    memory_before: int | None
+    memory_after: int | None
+    #: Wall-clock time (seconds since the epoch) when the incident started.
+    started_at: float
+
+    @property
+    def victim(self) -> ActionResult | None:
+        """The action that killed, if any."""
+        return next((a for a in self.actions if a.ok), None)
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    def explain(self) -> str:
+        """The incident as a person reads it."""
+        t = self.timings
+        lines = [f"incident {self.id}: rule {self.rule!r} on {self.domain}: {self.trigger}"
+                 + (f" (+{self.folded} folded)" if self.folded else "")
+                 + (" [dry run]" if self.dry_run else "")]
+        lines.append(f"  policy {self.decision.policy}: {len(self.decision.victims)} "
+                     f"victim(s) ranked of {len(self.candidates)} cgroup(s)")
+        lines += [f"  note: {n}" for n in self.decision.notes]
+        for rank, v in enumerate(self.decision.victims[:3], 1):
+            what = "whole" if v.whole else f"pid {v.pid}"
+            lines.append(f"  {rank}. {v.cgroup} ({what}): {v.reason}")
+        for a in self.actions:
+            lines.append(f"  action {a.action} {a.cgroup}"
+                         f"{'' if a.pid is None else f' pid {a.pid}'}: {a.detail}")
+        steps = [f"snapshot {t.snapshot_ms:.1f} ms", f"decision {t.decision_ms:.1f} ms"]
+        if t.kill_ms is not None:
+            steps.append(f"notification to kill {t.kill_ms:.1f} ms")
+        if t.confirmed_ms is not None:
+            steps.append(f"to gone {t.confirmed_ms:.1f} ms")
+        lines.append("  timings: " + ", ".join(steps))
+        if self.memory_before is not None:
+            after = "?" if self.memory_after is None else format_size(self.memory_after)
+            lines.append(f"  memory of {self.domain}: {format_size(self.memory_before)} -> "
+                         f"{after}")
+        return "\n".join(lines)

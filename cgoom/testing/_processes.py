@@ -1,0 +1,53 @@
+"""``FakeProcesses``: the engine's process control for a fake tree. Nothing real is signalled.
+
+A handle is the read end of a pipe: "killing" the process takes its pid out of the fake
+``cgroup.procs``, removes its fake ``/proc/<pid>`` and closes the pipe's write end, so the
+handle becomes readable, as a pidfd does when its process exits.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._tree import FakeCgroupTree
+
+
+class FakeProcesses:
+    """:class:`cgoom.ProcessControl` over a :class:`FakeCgroupTree`'s fake processes.
+    ``killed`` and ``released`` list the pids, in order; ``survive`` holds pids that take
+    the signal but do not exit (to test a kill that is not confirmed)."""
+
+    def __init__(self, tree: FakeCgroupTree) -> None:
+        self.tree = tree
+        self.killed: list[int] = []
+        self.released: list[int] = []
+        self.survive: set[int] = set()
+        self._handles: dict[int, tuple[int, int]] = {}
+
+    def open(self, pid: int) -> int:
+        if not os.path.isdir(os.path.join(self.tree.base, "proc", str(pid))):
+            raise ProcessLookupError(pid, "no such process")
+        read_end, write_end = os.pipe()
+        self._handles[read_end] = (pid, write_end)
+        return read_end
+
+    def kill(self, handle: int) -> None:
+        pid, write_end = self._handles[handle]
+        if not os.path.isdir(os.path.join(self.tree.base, "proc", str(pid))):
+            raise ProcessLookupError(pid, "no such process")
+        self.killed.append(pid)
+        if pid in self.survive:
+            return
+        self.tree.fs.remove_pid(pid)
+        self.tree.remove_process(pid)
+        os.close(write_end)
+        self._handles[handle] = (pid, -1)
+
+    def release(self, handle: int) -> None:
+        self.released.append(self._handles[handle][0])
+
+    def close(self, handle: int) -> None:
+        _pid, write_end = self._handles.pop(handle)
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(handle)

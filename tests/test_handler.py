@@ -1,0 +1,169 @@
+"""The engine on the fake cgroupfs: rules fire on memory.events, the decision is made, the
+victim is killed (fake: nothing real is signalled) and confirmed, and a record comes out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+
+import pytest
+
+import cgoom
+from cgoom import CgroupSnapshot as S
+from cgoom._rules import RuleState
+from cgoom.testing import FakeCgroupTree, FakeProcesses
+
+M = 1 << 20
+
+
+class TestRules:
+    def test_threshold_window_cooldown_and_folding(self) -> None:
+        state = RuleState(cgoom.Rule("r", "t", on="high", threshold=3, window=1.0, cooldown=5))
+        assert not state.observe({"high": 2}, 10.0)
+        assert not state.observe({"max": 9}, 10.1)           # not a trigger of this rule
+        assert not state.observe({"high": 1}, 11.5)          # the first two left the window
+        assert state.observe({"high": 2}, 11.6)              # 1 + 2 within 1 s
+        assert not state.observe({"high": 50}, 11.7)         # in flight: folded
+        assert state.finished(12.0) == 50
+        assert not state.observe({"high": 9}, 16.9)          # resting until 17.0
+        assert state.observe({"high": 3}, 17.1)
+
+    @pytest.mark.parametrize(("kw", "match"), [
+        ({"on": "low"}, "memory.events counters to fire on are"),
+        ({"threshold": 0}, "threshold=0, a positive number"),
+        ({"cooldown": -1}, "cooldown=-1"),
+        ({"dry_run": "yes"}, "dry_run"),
+    ])
+    def test_bad_rules_are_refused(self, kw: dict[str, object], match: str) -> None:
+        with pytest.raises((cgoom.InvalidValue, TypeError), match=match):
+            cgoom.Rule("r", "t", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def inversion(tree: FakeCgroupTree) -> FakeCgroupTree:
+    """db important, web less, batch the hog; all oom.group units."""
+    for name, pid, prio, usage in (("db", 100, 100, 140), ("web", 200, 50, 50),
+                                   ("batch", 300, 0, 110)):
+        c = tree.add(f"t/{name}", procs=[pid], memory_current=usage * M)
+        c.set_priority(prio)
+        c.set_memory_oom_group(True)
+        tree.add_process(pid, name=name, rss=usage * M)
+    tree.set("t", "memory.current", f"{300 * M}\n")
+    return tree
+
+
+async def first_record(handler: cgoom.Handler) -> cgoom.IncidentRecord:
+    return await asyncio.wait_for(handler.__anext__(), 10)
+
+
+class TestHandler:
+    async def test_kills_the_low_priority_cgroup_whole(self, inversion: FakeCgroupTree) -> None:
+        rule = cgoom.Rule("inversion", "t", on="high")
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(inversion)) as handler:
+            inversion.memory_event("t/batch", "high", 5)
+            record = await first_record(handler)
+            assert handler.statistics().kills == 1
+        assert record.victim is not None and record.victim.cgroup == "/t/batch"
+        assert "populated 0" in record.victim.detail and record.victim.confirmed_ms is not None
+        assert inversion.cgroup("t/batch").cgroup_procs() == ()
+        assert inversion.cgroup("t/db").cgroup_procs() == (100,)
+        assert inversion.cgroup("t/web").cgroup_procs() == (200,)
+        t = record.timings
+        assert t.snapshot_ms >= 0 and t.kill_ms is not None and t.confirmed_ms is not None
+        assert t.kill_ms <= t.confirmed_ms
+        assert record.trigger == "/t memory.events: high +5" and record.memory_before == 300 * M
+        assert {c.path for c in record.candidates} == {"/t", "/t/db", "/t/web", "/t/batch"}
+        line = json.loads(record.to_json())
+        assert line["decision"]["victims"][0]["cgroup"] == "/t/batch"
+        assert "notification to kill" in record.explain()
+
+    async def test_one_process_through_the_process_control(self, tree: FakeCgroupTree) -> None:
+        tree.add("t/db", procs=[100], memory_current=100 * M)
+        tree.add("t/batch", procs=[300, 301], memory_current=60 * M)
+        tree.cgroup("t/db").set_priority(100)
+        tree.add_process(100, rss=100 * M)
+        tree.add_process(300, rss=50 * M, start_time=777)
+        tree.add_process(301, rss=10 * M)
+        procs = FakeProcesses(tree)
+        async with cgoom.open_handler(tree.hierarchy, cgoom.Rule("r", "t"), own_cgroup="/",
+                                      processes=procs) as handler:
+            tree.memory_event("t/batch", "max")
+            record = await first_record(handler)
+        assert procs.killed == procs.released == [300]
+        assert record.victim is not None and record.victim.pid == 300
+        assert "process_mrelease" in record.victim.detail and "exited" in record.victim.detail
+        assert tree.cgroup("t/batch").cgroup_procs() == (301,)
+
+    async def test_dry_run_kills_nothing(self, inversion: FakeCgroupTree) -> None:
+        procs = FakeProcesses(inversion)
+        rule = cgoom.Rule("r", "t", dry_run=True)
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            inversion.memory_event("t/batch", "oom")
+            record = await first_record(handler)
+        assert record.dry_run and record.victim is None and procs.killed == []
+        assert record.decision.first is not None and record.decision.first.cgroup == "/t/batch"
+        assert inversion.cgroup("t/batch").cgroup_procs() == (300,)
+        assert handler.statistics().dry_runs == 1
+
+    async def test_a_stale_victim_is_passed_over_for_the_next(self, tree: FakeCgroupTree,
+                                                           ) -> None:
+        """The first victim's pid is reused between the decision and the kill: refused, and
+        the next victim of the same decision is taken."""
+        tree.add("t/a", procs=[300], memory_current=90 * M)
+        tree.add("t/b", procs=[400], memory_current=10 * M)
+        tree.add_process(300, rss=90 * M, start_time=1)
+        tree.add_process(400, rss=10 * M, start_time=2)
+
+        class Reuses:
+            name = "reuses"
+
+            def __call__(self, incident: cgoom.Incident,
+                         candidates: Mapping[str, S]) -> cgoom.Decision:
+                decision = cgoom.PriorityPolicy()(incident, candidates)
+                if incident.cgroup == "/t":  # not the validation's trial incident
+                    tree.add_process(300, rss=90 * M, start_time=99)  # the race, staged
+                return decision
+
+        procs = FakeProcesses(tree)
+        rule = cgoom.Rule("r", "t", policy=Reuses())
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            tree.memory_event("t/a", "high")
+            record = await first_record(handler)
+        assert [a.ok for a in record.actions] == [False, True]
+        assert "pid 300 was reused (start time 1 is now 99)" in record.actions[0].detail
+        assert procs.killed == [400]
+
+    async def test_cooldown_and_one_incident_at_a_time(self, inversion: FakeCgroupTree) -> None:
+        procs = FakeProcesses(inversion)
+        rule = cgoom.Rule("r", "t", on="high", cooldown=60, dry_run=True)
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            inversion.memory_event("t/batch", "high")
+            await first_record(handler)
+            inversion.memory_event("t/batch", "high")
+            await asyncio.sleep(0.2)
+            assert handler.statistics().incidents == 1  # resting
+
+    async def test_own_cgroup_is_never_chosen(self, inversion: FakeCgroupTree) -> None:
+        async with cgoom.open_handler(inversion.hierarchy, cgoom.Rule("r", "t"),
+                                      own_cgroup="/t/batch",
+                                      processes=FakeProcesses(inversion)) as handler:
+            inversion.memory_event("t/web", "high")
+            record = await first_record(handler)
+        assert record.victim is not None and record.victim.cgroup == "/t/web"
+
+    def test_real_pidfds_refuse_a_fake_tree(self, tree: FakeCgroupTree) -> None:
+        with pytest.raises(cgoom.CgoomError, match="refusing real pidfds"):
+            cgoom.Pidfds(tree.hierarchy)
+
+    def test_rules_are_checked_when_the_handler_is_made(self, tree: FakeCgroupTree) -> None:
+        with pytest.raises(cgoom.PluginError, match="no policy named 'nope'"):
+            cgoom.open_handler(tree.hierarchy, cgoom.Rule("r", "t", policy="nope"),
+                               own_cgroup="/")
+        with pytest.raises(cgoom.InvalidValue, match="unique"):
+            cgoom.open_handler(tree.hierarchy, cgoom.Rule("r", "t"), cgoom.Rule("r", "u"),
+                               own_cgroup="/")
