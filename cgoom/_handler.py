@@ -37,6 +37,10 @@ log = logging.getLogger("cgoom")
 
 RecordListener = Callable[[IncidentRecord], object]
 
+#: Domains of at most this many cgroups are snapshotted on the loop's thread (about 0.1 ms a
+#: cgroup); larger ones in the snapshotter's thread, so the loop never stalls on them.
+INLINE_SNAPSHOT_CGROUPS = 64
+
 
 @attrs.frozen
 class HandlerStatistics:
@@ -207,8 +211,16 @@ class Handler:
         domain = self.hierarchy.cgroup(rule.domain)
         before = if_supported(domain.memory_current)
         policy = self.policies[rule.name]
-        snaps = await self._snapshotter.asnapshot(rule.domain, fields=policy_fields(policy),
-                                                  paths=self._watcher.watched())
+        paths = [p for p in self._watcher.watched()
+                 if p == rule.domain or p.startswith(rule.domain.rstrip("/") + "/")]
+        if len(paths) <= INLINE_SNAPSHOT_CGROUPS:
+            # A few file reads cost less than the hop to the snapshot thread and back
+            # (tens of ms in a loaded VM: 105 ms measured for 4 cgroups).
+            snaps = self._snapshotter.snapshot(rule.domain, fields=policy_fields(policy),
+                                               paths=paths)
+        else:
+            snaps = await self._snapshotter.asnapshot(rule.domain,
+                                                      fields=policy_fields(policy), paths=paths)
         snapshot_done = time.monotonic()
         incident = Incident.create(rule.domain, "memory.events " + ",".join(sorted(
             k for k in event.delta if k in rule.on)), own_cgroup=self.own_cgroup)

@@ -509,3 +509,14 @@ class TestGuard:
         with pytest.raises(cgoom.PluginError, match="did not answer within its budget"):
             cgoom.validate_policy(policy_of(lambda i, c: gate.wait(5), "sleepy"), plugin="sleepy")
         gate.set()
+
+
+def test_builtins_run_inline_plugins_in_the_guard() -> None:
+    """cgoom's own bounded policies skip the thread hop; anything that may carry user code
+    (plugins, RankBy) runs in the guard's thread with its deadline."""
+    from cgoom._plugins import runs_inline
+
+    assert runs_inline(cgoom.PriorityPolicy()) and runs_inline(cgoom.KubernetesQoSPolicy())
+    assert runs_inline(cgoom.KillableFirstPolicy())
+    assert not runs_inline(cgoom.KillableFirstPolicy(then=cgoom.largest()))
+    assert not runs_inline(cgoom.largest()) and not runs_inline(policy_of(lambda i, c: None))

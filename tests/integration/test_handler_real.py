@@ -1,0 +1,132 @@
+"""The engine on the real kernel (issue #9, first slice): the priority-inversion scenario,
+a process killed through a pidfd with its memory freed by process_mrelease, and a stale
+victim refused. Each prints the figures that matter: onset to kill, notification to gone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import cgoom
+from cgoom._actions import Pidfds, kill_process
+from cgoom.testing import wait_until
+
+from .conftest import holding_hog, python_cmd
+
+Spawn = Callable[[cgoom.Cgroup, str], Any]
+M = 1 << 20
+
+GROW = (  # ~40 MiB/s of touched anonymous memory, until killed
+    "import time\n"
+    "chunks = []\n"
+    "while True:\n"
+    "    chunk = bytearray(4 << 20)\n"
+    "    for i in range(0, len(chunk), 4096): chunk[i] = 1\n"
+    "    chunks.append(chunk); time.sleep(0.1)\n"
+)
+
+
+def inversion(box: cgoom.Cgroup) -> tuple[cgoom.Cgroup, dict[str, cgoom.Cgroup]]:
+    parent = box.create_child("inv")
+    parent.enable_controllers("memory", "pids")
+    kids = {}
+    for name, priority in (("db", 100), ("web", 50), ("batch", 0)):
+        kids[name] = parent.create_child(name)
+        kids[name].set_priority(priority)
+        kids[name].set_memory_oom_group(True)
+    parent.set_memory_max("300M")
+    parent.set_memory_high("270M")
+    parent.set_memory_swap_max(0)
+    return parent, kids
+
+
+async def test_priority_inversion(box: cgoom.Cgroup, spawn: Spawn,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """batch (priority 0) grows into the parent's memory.high: the engine kills batch whole
+    before the kernel's OOM killer acts; db (140M, priority 100) and web are untouched."""
+    parent, kids = inversion(box)
+    db, web = spawn(kids["db"], holding_hog(140)), spawn(kids["web"], holding_hog(50))
+    wait_until(lambda: kids["db"].memory_current() > 135 * M
+               and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
+    h = cgoom.Hierarchy.discover()
+    rule = cgoom.Rule("inversion", parent.path, on="high", confirm_timeout=20)
+    async with cgoom.open_handler(h, rule) as handler:
+        hog = spawn(kids["batch"], python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    assert record.victim is not None, record.explain()
+    assert (record.victim.cgroup, record.victim.action) == (kids["batch"].path, "kill-cgroup")
+    assert record.victim.confirmed_ms is not None, record.explain()
+    assert hog.proc.wait(10) == -9
+    assert db.proc.poll() is None and web.proc.poll() is None
+    assert kids["db"].cgroup_procs() and kids["web"].cgroup_procs()
+    assert parent.memory_events().oom_kill == 0
+    assert record.memory_after is not None and record.memory_before is not None
+    assert record.memory_after < record.memory_before
+    t = record.timings
+    assert t.kill_ms is not None and t.confirmed_ms is not None
+    with capsys.disabled():
+        print(f"\n[figures] priority inversion: onset (first high) to kill {t.kill_ms:.1f} ms, "
+              f"notification to empty {t.confirmed_ms:.1f} ms (snapshot {t.snapshot_ms:.1f} ms,"
+              f" decision {t.decision_ms:.1f} ms); {record.trigger}; memory "
+              f"{record.memory_before >> 20}M -> {record.memory_after >> 20}M; kernel "
+              f"oom_kill 0\n{record.explain()}")
+
+
+async def test_one_process_freed_by_process_mrelease(box: cgoom.Cgroup, spawn: Spawn,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A leaf without oom.group gives up one process: SIGKILL through a pidfd, then
+    process_mrelease frees its memory at once; the pidfd says when it exited."""
+    parent = box.create_child("solo")
+    parent.enable_controllers("memory", "pids")
+    job = parent.create_child("job")
+    parent.set_memory_max("300M")
+    parent.set_memory_high("200M")
+    parent.set_memory_swap_max(0)
+    spawn(job, holding_hog(20))
+    wait_until(lambda: job.memory_current() > 18 * M, 60, "the small hog")
+    rule = cgoom.Rule("solo", parent.path, on="high", confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        spawn(job, python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    victim = record.victim
+    assert victim is not None and victim.action == "kill-process", record.explain()
+    # Either process_mrelease freed the memory, or the victim (woken from memory.high's
+    # throttling sleep by SIGKILL) had already released it (ESRCH): both are recorded.
+    assert ("freed at once (process_mrelease)" in victim.detail
+            or "process_mrelease: its memory was already gone" in victim.detail), victim.detail
+    assert victim.confirmed_ms is not None
+    assert job.cgroup_procs()  # only the chosen process died
+    with capsys.disabled():
+        released = ("n/a (already gone)" if victim.mrelease_ms is None
+                    else f"{victim.mrelease_ms:.1f} ms")
+        print(f"\n[figures] process kill: signal {victim.syscall_ms:.2f} ms, process_mrelease "
+              f"{released}, kill to exit {victim.confirmed_ms:.1f} ms; memory "
+              f"{(record.memory_before or 0) >> 20}M -> {(record.memory_after or 0) >> 20}M")
+
+
+def test_a_stale_pid_is_refused(box: cgoom.Cgroup, spawn: Spawn) -> None:
+    """A victim whose start time does not match the live process at that pid is not
+    signalled: the pidfd is opened, the identity checked, and nothing is sent."""
+    job = box.create_child("job")
+    proc = spawn(job, "exec sleep 1000")
+    wait_until(lambda: proc.pid in job.cgroup_procs(), 10, "the process")
+    h = cgoom.Hierarchy.discover()
+    with open(f"/proc/{proc.pid}/stat") as f:
+        start = int(f.read().rsplit(")", 1)[1].split()[19])
+    stale = cgoom.Victim(job.path, 0, "x", False, proc.pid, start_time=start + 1)
+    result, handle = kill_process(h, stale, Pidfds(h))
+    assert not result.ok and handle is None
+    assert f"pid {proc.pid} was reused" in result.detail
+    assert proc.proc.poll() is None  # alive: nothing was sent
+    moved = cgoom.Victim(box.path, 0, "x", False, proc.pid, start_time=start)
+    result, handle = kill_process(h, moved, Pidfds(h))
+    assert not result.ok and "left" in result.detail and proc.proc.poll() is None
+    good = cgoom.Victim(job.path, 0, "x", False, proc.pid, start_time=start)
+    result, handle = kill_process(h, good, Pidfds(h))
+    assert result.ok and handle is not None
+    os.close(handle)
+    assert proc.wait(10) == -9
