@@ -262,8 +262,12 @@ def test_priority_never_skips_a_lower_priority_sibling(
     d = cgoom.PriorityPolicy(whole=True)(incident, cands)
     if d.first is None:
         return
-    allowed = {s.path for s in cgoom.units(incident, cands)}
-    inner = {s.path for s in cgoom.units(incident, cands) if s.internal}
+    # Units that can yield a victim: whole ones always (whole=True), internal ones only with
+    # a process that may die (the policy passes over the others, and decide() notes it).
+    killable = [s for s in cgoom.units(incident, cands)
+                if not s.internal or cgoom.select_process(s.processes) is not None]
+    allowed = {s.path for s in killable}
+    inner = {s.path for s in killable if s.internal}
     if d.first.cgroup in inner and not d.first.whole:
         # Its own processes went first: no child of it with a unit has a lower priority.
         top = d.first.cgroup
