@@ -112,7 +112,7 @@ class Handler:
     # --- life cycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Handler:
-        if self._processes is None:
+        if self._processes is None and not all(r.dry_run for r in self.rules):
             self._processes = Pidfds(self.hierarchy)
         self._snapshotter.start()
         start_policy_worker()

@@ -44,7 +44,7 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         install_example(tmp_path / "site", monkeypatch)
     namespace: dict[str, object] = {}
     stop = threading.Event()
-    if page.name == "events.md":
+    if page.name in ("events.md", "handler.md"):
         # The first example waits for an OOM kill: count some events, then one, from another
         # thread while it runs (the fake kernel's side of the story).
         def kernel() -> None:
@@ -66,6 +66,10 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         out = capsys.readouterr().out
         assert "/workload.slice/batch-2 False 1002" in out  # the largest, not avoided
         assert "65534 0 user.cgoom.priority=1000 ignored: set by uid 65534" in out
+    if page.name == "handler.md":
+        out = capsys.readouterr().out
+        assert "rule 'workload' on /workload.slice" in out and "[dry run]" in out
+        assert "dry run: nothing was killed" in out and '{"actions":' in out
     if page.name == "cgroups.md":
         out = capsys.readouterr().out
         assert "no-internal-process rule" in out
