@@ -50,9 +50,10 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def build(base: str, n: int) -> tuple[FakeCgroupTree, list[str]]:
-    """N leaf cgroups as bench/g<k>/c<i>, 100 per group, with the files a watcher reads."""
-    tree = FakeCgroupTree(base)
+def build(base: str | FakeCgroupTree, n: int) -> tuple[FakeCgroupTree, list[str]]:
+    """N leaf cgroups as bench/g<k>/c<i>, 100 per group, with the files a watcher reads
+    (in a new fake tree at ``base``, or in the tree given)."""
+    tree = base if isinstance(base, FakeCgroupTree) else FakeCgroupTree(base)
     files = {
         "memory.events": memory_events_text(KERNEL),
         "memory.events.local": memory_events_text(KERNEL),

@@ -42,3 +42,12 @@ def test_policies_benchmark_json() -> None:
     for name, row in result.items():
         assert row["p99_ms"] >= row["p50_ms"] > 0
         assert row["candidates"] == 200 if name not in snapshots else row["candidates"] > 190
+
+
+def test_handler_benchmark_json() -> None:
+    result = run(str(BENCH / "handler.py"), "--json", "--samples", "5", "--sizes", "50")
+    assert set(result) == {"50", "domain_1000"}
+    assert result["50"]["candidates"] == 10 and result["50"]["watched"] == 60
+    assert result["domain_1000"]["candidates"] == 1000
+    for row in result.values():
+        assert row["p99_ms"] >= row["p50_ms"] > 0
