@@ -130,3 +130,63 @@ def test_a_stale_pid_is_refused(box: cgoom.Cgroup, spawn: Spawn) -> None:
     assert result.ok and handle is not None
     os.close(handle)
     assert proc.wait(10) == -9
+
+
+async def test_dry_run_decides_and_the_kernel_acts(box: cgoom.Cgroup, spawn: Spawn,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Dry run: the same scenario yields a record naming batch, and cgoom kills nothing;
+    with memory.high lifted the hog reaches memory.max and the kernel's OOM killer acts."""
+    parent, kids = inversion(box)
+    spawn(kids["db"], holding_hog(140))
+    spawn(kids["web"], holding_hog(50))
+    wait_until(lambda: kids["db"].memory_current() > 135 * M
+               and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
+    rule = cgoom.Rule("watch-only", parent.path, on="high", dry_run=True, cooldown=600)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        hog = spawn(kids["batch"], python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+        assert record.dry_run and record.victim is None
+        assert record.decision.first is not None
+        assert record.decision.first.cgroup == kids["batch"].path
+        assert hog.proc.poll() is None  # cgoom killed nothing
+        parent.set_memory_high("max")   # let it run into memory.max
+        wait_until(lambda: parent.memory_events().oom_kill > 0, 60, "the kernel's OOM kill")
+        wait_until(lambda: any(not c.cgroup_events().populated for c in kids.values()), 30,
+                   "the kernel's victims to exit")
+    dead = [name for name, c in kids.items() if not c.cgroup_events().populated]
+    with capsys.disabled():
+        print(f"\n[figures] dry run: cgoom chose {record.decision.first.cgroup}, killed "
+              f"nothing; the kernel's OOM killer then emptied {dead} "
+              f"(oom_kill {parent.memory_events().oom_kill})")
+    assert dead  # the kernel acted: with oom.group, a whole workload went
+
+
+class FailsAtOomTime:
+    """Passes validation (its trial incident), raises on the real one."""
+
+    name = "fails-at-oom-time"
+
+    def __call__(self, incident: cgoom.Incident, candidates: Any) -> cgoom.Decision:
+        if incident.cgroup != "/trial":
+            raise RuntimeError("the plugin broke")
+        return cgoom.PriorityPolicy()(incident, candidates)
+
+
+async def test_a_failing_plugin_still_kills_the_right_victim(box: cgoom.Cgroup,
+                                                             spawn: Spawn) -> None:
+    parent, kids = inversion(box)
+    spawn(kids["db"], holding_hog(140))
+    spawn(kids["web"], holding_hog(50))
+    wait_until(lambda: kids["db"].memory_current() > 135 * M
+               and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
+    rule = cgoom.Rule("plugin", parent.path, on="high", policy=FailsAtOomTime(),
+                      confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        spawn(kids["batch"], python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+        assert handler.statistics().fallbacks == 1
+    assert record.decision.policy == "priority"
+    assert "raised RuntimeError: the plugin broke" in record.decision.notes[0]
+    assert record.victim is not None and record.victim.cgroup == kids["batch"].path
+    assert kids["db"].cgroup_procs() and kids["web"].cgroup_procs()
+    assert parent.memory_events().oom_kill == 0
