@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -71,12 +72,14 @@ class Handler:
 
     ``own_cgroup``: cgoom's own cgroup, never chosen nor its ancestors (default: this
     process's, from /proc/self/cgroup). ``processes``: how processes are killed (default:
-    real pidfds; :class:`cgoom.testing.FakeProcesses` on a fake tree).
+    real pidfds; :class:`cgoom.testing.FakeProcesses` on a fake tree). ``restore``: undo the
+    rules' early-trigger set-up when the handler stops (``setup`` says what was done).
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
                  own_cgroup: str | None = None, processes: ProcessControl | None = None,
-                 history: UsageHistory | None = None, max_queued: int = 1000) -> None:
+                 history: UsageHistory | None = None, max_queued: int = 1000,
+                 restore: bool = True) -> None:
         self.hierarchy = hierarchy
         self.rules = tuple(rules)
         if not self.rules:
@@ -102,6 +105,10 @@ class Handler:
         self._gone: dict[str, list[asyncio.Future[float]]] = {}
         self._ids = itertools.count(1)
         self._paths: dict[str, set[str]] = {r.domain: set() for r in self.rules}
+        self.restore = restore
+        #: What the early-trigger set-up did, one sentence each (and what it could not do).
+        self.setup: list[str] = []
+        self._undo: list[tuple[str, str, str]] = []  # (cgroup, file, old value)
         self._counts = {"incidents": 0, "kills": 0, "dry_runs": 0, "fallbacks": 0}
         self._closed = False
 
@@ -130,7 +137,61 @@ class Handler:
         await self._watcher.astart()
         self._watcher.add_listener(self._on_event)
         self._refilter()
+        try:
+            for rule in self.rules:
+                await self._prepare(rule)
+        except BaseException:
+            await self.aclose()
+            raise
         return self
+
+    async def _prepare(self, rule: Rule) -> None:
+        """The rule's early-trigger set-up; each write is remembered to be undone."""
+        worker = self._snapshotter.start()
+        domain = self.hierarchy.cgroup(rule.domain)
+        if rule.high_below_max is not None:
+            limit = domain.memory_max()
+            if limit == "max":
+                self.setup.append(f"{rule.name}: {rule.domain} has no memory.max, so "
+                                  "memory.high was not set (set memory.max first)")
+            else:
+                target = int(limit * (1 - rule.high_below_max)) // 4096 * 4096
+                old = domain.memory_high()
+                if old == "max" or old > target:
+                    # The write reclaims down to the new value in the writer's context:
+                    # in the worker thread, never on the loop.
+                    await worker.run(lambda: domain.set_memory_high(target))
+                    self._undo.append((domain.path, "memory.high", str(old)))
+                    self.setup.append(f"{rule.name}: memory.high of {rule.domain} set to "
+                                      f"{target} ({rule.high_below_max:.0%} below memory.max "
+                                      f"{limit}; was {old})")
+        if rule.oom_group_leaves:
+            paths = self._paths.get(rule.domain, set())
+            leaves = [p for p in sorted(paths) if not any(q.startswith(p + "/") for q in paths)]
+            for path in leaves:
+                leaf = self.hierarchy.cgroup(path)
+                try:
+                    if not leaf.memory_oom_group():
+                        leaf.set_memory_oom_group(True)
+                        self._undo.append((path, "memory.oom.group", "0"))
+                except CgoomError as exc:
+                    self.setup.append(f"{rule.name}: memory.oom.group of {path}: {exc}")
+            self.setup.append(f"{rule.name}: memory.oom.group=1 on {len(leaves)} leaf "
+                              f"cgroup(s) of {rule.domain}")
+        for line in self.setup:
+            log.info("cgoom handler set-up: %s", line)
+
+    async def _unprepare(self) -> None:
+        worker = self._snapshotter.start()
+        while self._undo:
+            path, name, old = self._undo.pop()
+            cgroup = self.hierarchy.cgroup(path)
+            write = functools.partial(cgroup.write_file, name, old)
+            try:
+                await worker.run(write)
+            except CgoomError as exc:  # gone meanwhile is fine; say anything else
+                log.warning("cgoom handler: could not restore %s of %s to %s: %s", name, path,
+                            old, exc)
 
     def _refilter(self) -> None:
         """Each domain's known cgroups, from the watcher: kept here so an incident does not
@@ -150,6 +211,8 @@ class Handler:
         self._closed = True
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.restore:
+            await self._unprepare()
         if self._watcher is not None:
             self._watcher.close()
         self._snapshotter.close()
@@ -330,9 +393,10 @@ def _inside(path: str, domain: str) -> bool:
 
 def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
                  own_cgroup: str | None = None, processes: ProcessControl | None = None,
-                 history: UsageHistory | None = None) -> Handler:
+                 history: UsageHistory | None = None, restore: bool = True) -> Handler:
     """A :class:`Handler` for ``rules``, to use as
     ``async with cgoom.open_handler(h, cgoom.Rule("batch", "workload.slice")) as handler:``.
     """
     return Handler(hierarchy if hierarchy is not None else Hierarchy.discover(), rules,
-                   own_cgroup=own_cgroup, processes=processes, history=history)
+                   own_cgroup=own_cgroup, processes=processes, history=history,
+                   restore=restore)

@@ -45,6 +45,14 @@ def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: obje
                            f"{value!r}, a number of seconds >= 0", value=repr(value))
 
 
+def _fraction(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not 0 < value < 1):
+        raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
+                           f"{value!r}, a fraction of memory.max between 0 and 1 (0.1: "
+                           "memory.high at 90% of memory.max)", value=repr(value))
+
+
 def _args(value: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(dict(value).items()))
 
@@ -55,7 +63,14 @@ class Rule:
     decide with ``policy`` (a name from ``cgoom.available_policies()`` with
     ``policy_args``, or a policy object) and act on the first victim that can be acted on;
     ``dry_run``: decide and record, never act. ``confirm_timeout``: how long to wait for a
-    victim to be gone before the record says it was not confirmed."""
+    victim to be gone before the record says it was not confirmed.
+
+    The early-trigger set-up, done when the handler starts and undone when it stops:
+    ``high_below_max`` (a fraction, e.g. 0.1) sets the domain's memory.high that far below
+    its memory.max, so the kernel throttles the workload and counts ``high`` before it
+    reaches memory.max and the kernel's OOM killer; ``oom_group_leaves`` sets
+    memory.oom.group=1 on the domain's leaves, so that a late kernel OOM kill takes a whole
+    workload, as cgoom would."""
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
     domain: str = attrs.field(converter=normalize_path)
@@ -69,6 +84,9 @@ class Rule:
     dry_run: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     confirm_timeout: float = attrs.field(default=5.0, validator=_positive)
     budget: float = attrs.field(default=0.1, validator=_positive)
+    high_below_max: float | None = attrs.field(default=None, validator=_fraction)
+    oom_group_leaves: bool = attrs.field(default=False,
+                                         validator=attrs.validators.instance_of(bool))
 
 
 class RuleState:

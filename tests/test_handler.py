@@ -167,3 +167,38 @@ class TestHandler:
         with pytest.raises(cgoom.InvalidValue, match="unique"):
             cgoom.open_handler(tree.hierarchy, cgoom.Rule("r", "t"), cgoom.Rule("r", "u"),
                                own_cgroup="/")
+
+
+class TestEarlyTrigger:
+    async def test_set_up_and_restored(self, inversion: FakeCgroupTree) -> None:
+        inversion.cgroup("t").set_memory_max("300M")
+        for name in ("db", "web", "batch"):
+            inversion.cgroup(f"t/{name}").set_memory_oom_group(False)
+        rule = cgoom.Rule("r", "t", high_below_max=0.1, oom_group_leaves=True, dry_run=True)
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/") as handler:
+            assert inversion.cgroup("t").memory_high() == 283115520  # 90% of 300M
+            assert all(inversion.cgroup(f"t/{n}").memory_oom_group()
+                       for n in ("db", "web", "batch"))
+            assert "memory.high of /t set to 283115520 (10% below memory.max" in handler.setup[0]
+            assert handler.setup[1] == "r: memory.oom.group=1 on 3 leaf cgroup(s) of /t"
+        assert inversion.cgroup("t").memory_high() == "max"
+        assert not any(inversion.cgroup(f"t/{n}").memory_oom_group()
+                       for n in ("db", "web", "batch"))
+
+    async def test_no_memory_max_is_said_not_guessed(self, inversion: FakeCgroupTree) -> None:
+        rule = cgoom.Rule("r", "t", high_below_max=0.1, dry_run=True)
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/") as handler:
+            assert inversion.cgroup("t").memory_high() == "max"
+        assert "has no memory.max, so memory.high was not set" in handler.setup[0]
+
+    async def test_kept_when_asked(self, inversion: FakeCgroupTree) -> None:
+        inversion.cgroup("t").set_memory_max("300M")
+        rule = cgoom.Rule("r", "t", high_below_max=0.5, dry_run=True)
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
+                                      restore=False):
+            pass
+        assert inversion.cgroup("t").memory_high() == 150 * M
+
+    def test_fraction_is_checked(self) -> None:
+        with pytest.raises(cgoom.InvalidValue, match=r"a fraction of memory\.max"):
+            cgoom.Rule("r", "t", high_below_max=10)

@@ -30,33 +30,45 @@ GROW = (  # ~40 MiB/s of touched anonymous memory, until killed
 )
 
 
-def inversion(box: cgoom.Cgroup) -> tuple[cgoom.Cgroup, dict[str, cgoom.Cgroup]]:
+def inversion(box: cgoom.Cgroup, *, early: bool = True,
+              ) -> tuple[cgoom.Cgroup, dict[str, cgoom.Cgroup]]:
+    """The issue's scenario; ``early``: set memory.high (270M) and memory.oom.group here,
+    else leave them to the handler's early-trigger set-up."""
     parent = box.create_child("inv")
     parent.enable_controllers("memory", "pids")
     kids = {}
     for name, priority in (("db", 100), ("web", 50), ("batch", 0)):
         kids[name] = parent.create_child(name)
         kids[name].set_priority(priority)
-        kids[name].set_memory_oom_group(True)
+        if early:
+            kids[name].set_memory_oom_group(True)
     parent.set_memory_max("300M")
-    parent.set_memory_high("270M")
+    if early:
+        parent.set_memory_high("270M")
     parent.set_memory_swap_max(0)
     return parent, kids
 
 
 async def test_priority_inversion(box: cgoom.Cgroup, spawn: Spawn,
                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """batch (priority 0) grows into the parent's memory.high: the engine kills batch whole
-    before the kernel's OOM killer acts; db (140M, priority 100) and web are untouched."""
-    parent, kids = inversion(box)
+    """batch (priority 0) grows into the parent's memory.high, which the handler set 10%
+    below memory.max (with memory.oom.group on the leaves): the engine kills batch whole
+    before the kernel's OOM killer acts; db (140M, priority 100) and web are untouched; on
+    exit the handler restores what it set."""
+    parent, kids = inversion(box, early=False)
     db, web = spawn(kids["db"], holding_hog(140)), spawn(kids["web"], holding_hog(50))
     wait_until(lambda: kids["db"].memory_current() > 135 * M
                and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
     h = cgoom.Hierarchy.discover()
-    rule = cgoom.Rule("inversion", parent.path, on="high", confirm_timeout=20)
+    rule = cgoom.Rule("inversion", parent.path, on="high", confirm_timeout=20,
+                      high_below_max=0.1, oom_group_leaves=True)
     async with cgoom.open_handler(h, rule) as handler:
+        assert parent.memory_high() == 270 * M
+        assert all(k.memory_oom_group() for k in kids.values())
         hog = spawn(kids["batch"], python_cmd(GROW))
         record = await asyncio.wait_for(handler.__anext__(), 60)
+    assert parent.memory_high() == "max"  # restored
+    assert not any(k.memory_oom_group() for k in kids.values())
     assert record.victim is not None, record.explain()
     assert (record.victim.cgroup, record.victim.action) == (kids["batch"].path, "kill-cgroup")
     assert record.victim.confirmed_ms is not None, record.explain()
