@@ -1,11 +1,12 @@
-"""cgoom's main job today, on a real cgroup v2 kernel (run by scripts/demo).
+"""cgoom's main job, on a real cgroup v2 kernel (run by scripts/demo): the priority inversion.
 
-Builds /cgoom-demo/{web,batch} (web priority 100, batch 0), sets memory.high below memory.max
-on batch (the early-trigger pattern cgoom is built on), watches the subtree (kernel
-notifications, no polling) with a sustained-pressure rule on batch, starts a quiet service in
-web and a memory hog in batch, prints the events as the kernel reports them, and when the rule
-holds asks the priority policy whom to kill, kills its first victim (cgroup.kill) and sees it
-empty while web lives on. Cleans up after itself.
+A 300M workload, /cgoom-demo, holds db (140M, priority 100), web (50M, priority 50) and batch
+(priority 0), a job whose memory grows about 40 MiB/s. Act 1: the kernel alone. batch runs into
+memory.max and the kernel's OOM killer kills the largest: db, the most important. Act 2: the
+same with cgoom's engine (``cgoom.open_handler``): the rule sets memory.high 10% below
+memory.max, fires on the first ``high`` event, the priority policy chooses batch, cgoom kills
+it whole before the kernel's OOM killer acts, db and web live on, and the incident record
+says why, with its timings. Cleans up after itself.
 
 On a host without a usable cgroup v2 memory controller it runs itself inside the VM.
 """
@@ -20,19 +21,24 @@ import sys
 import time
 
 import cgoom
-from cgoom.cli import format_decision
 from cgoom.cli import main as cgoom_cli
-from cgoom.testing import find_test_parent, kill_and_remove
+from cgoom.testing import find_test_parent, kill_and_remove, wait_until
+
+M = 1 << 20
+GROW = ("import time\nchunks = []\nwhile True:\n    chunk = bytearray(4 << 20)\n"
+        "    for i in range(0, len(chunk), 4096): chunk[i] = 1\n"
+        "    chunks.append(chunk); time.sleep(0.1)\n")
+HOLD = "{{ head -c {mb}M /dev/zero; exec sleep 1000; }} | tail > /dev/null"
 
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def start_in(cgroup: cgoom.Cgroup, script: str) -> subprocess.Popen[bytes]:
-    """Start ``script`` paused, move it into ``cgroup``, release it: all it forks is inside."""
-    proc = subprocess.Popen(["/bin/sh", "-c", f"read go; {script}"], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL)
+def start_in(cgroup: cgoom.Cgroup, argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` paused, move it into ``cgroup``, release it: all it forks is inside."""
+    proc = subprocess.Popen(["/bin/sh", "-c", 'read go; exec "$@"', "sh", *argv],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     cgroup.attach(proc.pid)
     assert proc.stdin is not None
     proc.stdin.write(b"go\n")
@@ -40,48 +46,92 @@ def start_in(cgroup: cgoom.Cgroup, script: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def watch_and_act(hierarchy: cgoom.Hierarchy, demo_cg: cgoom.Cgroup,
-                        batch: cgoom.Cgroup, web: cgoom.Cgroup,
-                        procs: list[subprocess.Popen[bytes]]) -> None:
-    rule = cgoom.SustainedPressure("some", percent=10, duration_s=2, window_s=0.5)
-    async with cgoom.open_watcher(hierarchy, demo_cg.path) as watcher:
-        watcher.watch_sustained_pressure(batch.path, rule)
-        procs.append(start_in(web, "exec sleep 1000"))
-        step(f"batch starts a hog that wants 80M; rule on batch: {rule}")
-        procs.append(start_in(batch, "{ head -c 80M /dev/zero; sleep 1000; } | tail > /dev/null"))
+def build(parent: cgoom.Cgroup) -> tuple[cgoom.Cgroup, dict[str, cgoom.Cgroup]]:
+    demo = parent.child("cgoom-demo")
+    if demo.exists():
+        kill_and_remove(demo)
+    demo = parent.create_child("cgoom-demo")
+    demo.enable_controllers("memory", "pids")
+    kids = {}
+    for name, priority in (("db", 100), ("web", 50), ("batch", 0)):
+        kids[name] = demo.create_child(name)
+        kids[name].set_priority(priority)
+        kids[name].set_memory_oom_group(True)
+    demo.set_memory_max("300M")
+    demo.set_memory_swap_max(0)
+    return demo, kids
+
+
+def start_services(kids: dict[str, cgoom.Cgroup], procs: list[subprocess.Popen[bytes]],
+                   ) -> None:
+    for name, mb in (("db", 140), ("web", 50)):
+        procs.append(start_in(kids[name], ["/bin/sh", "-c", HOLD.format(mb=mb)]))
+    wait_until(lambda: kids["db"].memory_current() > 135 * M
+               and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
+
+
+def alive(kids: dict[str, cgoom.Cgroup]) -> str:
+    return ", ".join(f"{n} {'alive' if c.cgroup_events().populated else 'DEAD'}"
+                     for n, c in kids.items())
+
+
+def act_one(parent: cgoom.Cgroup) -> None:
+    demo, kids = build(parent)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        step("act 1, the kernel alone: db 140M (priority 100), web 50M (50), batch grows "
+             "~40 MiB/s (0); /cgoom-demo memory.max 300M")
+        start_services(kids, procs)
+        procs.append(start_in(kids["batch"], [sys.executable, "-c", GROW]))
         started = time.monotonic()
-        killed_at = None
-        async for event in watcher:
-            if isinstance(event, cgoom.MemoryEventsChanged) and (
-                    event.local or event.cgroup == demo_cg.path):
-                continue  # batch's own hierarchical line says the same
-            print(f"  +{time.monotonic() - started:6.3f}s  {event}", flush=True)
-            if isinstance(event, cgoom.PressureSustained) and killed_at is None:
-                step("cgoom status " + demo_cg.path)
-                cgoom_cli(["status", demo_cg.path])
-                step("the rule held: the priority policy decides (as `cgoom rank` shows it)")
-                policy = cgoom.load_policy("priority")
-                snapper = cgoom.Snapshotter(hierarchy)
-                candidates = await snapper.asnapshot(demo_cg.path, fields=policy.fields,
-                                                     paths=watcher.watched())
-                decision = await cgoom.adecide(
-                    policy, cgoom.Incident.create(demo_cg.path, "pressure",
-                                                  own_cgroup=hierarchy.own_cgroup().path),
-                    candidates)
-                snapper.close()
-                print("\n".join(format_decision(decision, demo_cg.path)))
-                victim = decision.first
-                assert victim is not None and victim.whole, decision
-                stale = snapper.recheck(victim)  # the same cgroup as decided on, not a new one
-                assert stale is None, stale
-                step(f"kill {victim.cgroup} whole (cgroup.kill); the watcher sees it empty")
-                killed_at = time.monotonic()
-                await hierarchy.cgroup(victim.cgroup).akill()
-            if (isinstance(event, cgoom.CgroupStateChanged) and event.cgroup == batch.path
-                    and not event.state.populated and killed_at is not None):
-                print(f"batch empty {(time.monotonic() - killed_at) * 1000:.1f} ms after the "
-                      f"kill; web still populated: {web.cgroup_events().populated}")
-                return
+        wait_until(lambda: demo.memory_events().oom_kill > 0, 60, "the kernel's OOM kill")
+        wait_until(lambda: any(not c.cgroup_events().populated for c in kids.values()), 30,
+                   "the kernel's victim to exit")
+        print(f"  after {time.monotonic() - started:.1f} s the kernel's OOM killer acted "
+              f"(oom_kill {demo.memory_events().oom_kill}): {alive(kids)}")
+        print("  it killed the largest workload: the one that mattered most")
+    finally:
+        kill_and_remove(demo)
+        for proc in procs:
+            proc.wait(10)
+
+
+async def engine(demo: cgoom.Cgroup, kids: dict[str, cgoom.Cgroup],
+                 procs: list[subprocess.Popen[bytes]]) -> cgoom.IncidentRecord:
+    rule = cgoom.Rule("demo", demo.path, on="high", high_below_max=0.1, confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        for line in handler.setup:
+            print(f"  set-up: {line}")
+        procs.append(start_in(kids["batch"], [sys.executable, "-c", GROW]))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    print("  (on exit the handler restored memory.high: "
+          f"{demo.memory_high()})")
+    return record
+
+
+def act_two(parent: cgoom.Cgroup) -> int:
+    demo, kids = build(parent)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        step("act 2, the same with cgoom's engine (cgoom.open_handler, the priority policy)")
+        start_services(kids, procs)
+        record = asyncio.run(engine(demo, kids, procs))
+        step("the incident record (record.explain())")
+        print(record.explain())
+        t = record.timings
+        step("outcome")
+        print(f"  {alive(kids)}; the kernel's oom_kill: {demo.memory_events().oom_kill}")
+        print(f"  onset (first high) to kill {t.kill_ms:.1f} ms; notification to empty "
+              f"{t.confirmed_ms:.1f} ms")
+        step("cgoom status /cgoom-demo")
+        cgoom_cli(["status", demo.path])
+        ok = (record.victim is not None and record.victim.cgroup == kids["batch"].path
+              and kids["db"].cgroup_events().populated and kids["web"].cgroup_events().populated)
+        return 0 if ok else 1
+    finally:
+        kill_and_remove(demo)
+        for proc in procs:
+            proc.wait(10)
 
 
 def demo() -> int:
@@ -89,32 +139,8 @@ def demo() -> int:
     if parent is None:
         print(f"demo: no usable cgroup v2 memory controller: {reason}", file=sys.stderr)
         return 1
-    demo_cg = parent.child("cgoom-demo")
-    if demo_cg.exists():
-        kill_and_remove(demo_cg)
-    demo_cg = parent.create_child("cgoom-demo")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        demo_cg.enable_controllers("memory", "pids")
-        web, batch = demo_cg.create_child("web"), demo_cg.create_child("batch")
-        step(f"{demo_cg.path}: web (priority 100, max 64M) and batch (priority 0, high 48M < "
-             "max 96M, oom.group 1)")
-        web.set_memory_max("64M")
-        web.set_priority(100)
-        batch.set_priority(0)
-        batch.set_memory_high("48M")
-        batch.set_memory_max("96M")
-        batch.set_memory_swap_max(0)
-        batch.set_memory_oom_group(True)
-        hierarchy = cgoom.Hierarchy.discover()
-        asyncio.run(asyncio.wait_for(watch_and_act(hierarchy, demo_cg, batch, web, procs), 120))
-        step(f"cgoom status {demo_cg.path}")
-        cgoom_cli(["status", demo_cg.path])
-        return 0
-    finally:
-        kill_and_remove(demo_cg)
-        for proc in procs:
-            proc.wait(10)
+    act_one(parent)
+    return act_two(parent)
 
 
 def main() -> int:
