@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from ._handler import open_handler as open_handler
     from ._incident import IncidentRecord as IncidentRecord
     from ._incident import Timings as Timings
+    from ._kmsg import KernelOomKill as KernelOomKill
     from ._plugins import BUILTIN_POLICIES as BUILTIN_POLICIES
     from ._plugins import PluginError as PluginError
     from ._plugins import adecide as adecide
@@ -120,6 +121,7 @@ _LAZY: dict[str, str] = {
     "HandlerStatistics": "_handler",
     "open_handler": "_handler",
     "IncidentRecord": "_incident",
+    "KernelOomKill": "_kmsg",
     "Timings": "_incident",
     "Rule": "_rules",
     "CgroupSnapshot": "_candidates",

@@ -33,8 +33,10 @@ from ._events import (
     MemoryEventsChanged,
     Resynchronized,
 )
+from ._fs import OsFS
 from ._hierarchy import Hierarchy
 from ._incident import IncidentRecord, Timings
+from ._kmsg import KernelOomKill, KmsgReader
 from ._plugins import adecide, load_policy, start_policy_worker, validate_policy
 from ._policy import Policy, Victim
 from ._rules import Rule, RuleState
@@ -43,7 +45,9 @@ from ._watcher import Watcher
 
 log = logging.getLogger("cgoom")
 
-RecordListener = Callable[[IncidentRecord], object]
+#: What a handler delivers: its own incidents, and the kernel's OOM kills (from /dev/kmsg).
+Record = IncidentRecord | KernelOomKill
+RecordListener = Callable[[Record], object]
 
 #: Domains of at most this many cgroups are snapshotted on the loop's thread (about 0.1 ms a
 #: cgroup); larger ones in the snapshotter's thread, so the loop never stalls on them.
@@ -56,6 +60,8 @@ class HandlerStatistics:
 
     incidents: int
     kills: int
+    #: OOM kills by the kernel itself, seen in /dev/kmsg.
+    kernel_kills: int
     dry_runs: int
     #: Decisions where the rule's policy failed and the fallback decided.
     fallbacks: int
@@ -74,12 +80,15 @@ class Handler:
     process's, from /proc/self/cgroup). ``processes``: how processes are killed (default:
     real pidfds; :class:`cgoom.testing.FakeProcesses` on a fake tree). ``restore``: undo the
     rules' early-trigger set-up when the handler stops (``setup`` says what was done).
+    ``kmsg``: the kernel log to follow for the kernel's own OOM kills, delivered in the same
+    stream as :class:`~cgoom.KernelOomKill` (default /dev/kmsg on the real filesystem, none
+    on a fake tree; ``None``: off).
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
                  own_cgroup: str | None = None, processes: ProcessControl | None = None,
                  history: UsageHistory | None = None, max_queued: int = 1000,
-                 restore: bool = True) -> None:
+                 restore: bool = True, kmsg: str | None = "") -> None:
         self.hierarchy = hierarchy
         self.rules = tuple(rules)
         if not self.rules:
@@ -99,17 +108,21 @@ class Handler:
         self._states = {r.name: RuleState(r) for r in self.rules}
         self._snapshotter = Snapshotter(hierarchy, history=history)
         self._watcher: Watcher | None = None
-        self._queue: asyncio.Queue[IncidentRecord | None] = asyncio.Queue(max_queued)
+        self._queue: asyncio.Queue[Record | None] = asyncio.Queue(max_queued)
         self._listeners: list[RecordListener] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._gone: dict[str, list[asyncio.Future[float]]] = {}
         self._ids = itertools.count(1)
         self._paths: dict[str, set[str]] = {r.domain: set() for r in self.rules}
         self.restore = restore
+        if kmsg == "":
+            kmsg = "/dev/kmsg" if type(hierarchy.fs) is OsFS else None
+        self._kmsg = None if kmsg is None else KmsgReader(kmsg, self._on_kernel_kill)
         #: What the early-trigger set-up did, one sentence each (and what it could not do).
         self.setup: list[str] = []
         self._undo: list[tuple[str, str, str]] = []  # (cgroup, file, old value)
-        self._counts = {"incidents": 0, "kills": 0, "dry_runs": 0, "fallbacks": 0}
+        self._counts = {"incidents": 0, "kills": 0, "kernel_kills": 0, "dry_runs": 0,
+                        "fallbacks": 0}
         self._closed = False
 
     @staticmethod
@@ -137,6 +150,14 @@ class Handler:
         await self._watcher.astart()
         self._watcher.add_listener(self._on_event)
         self._refilter()
+        if self._kmsg is not None:
+            try:
+                self._kmsg.open(asyncio.get_running_loop())
+            except OSError as exc:
+                self.setup.append(f"kernel OOM kills are not followed: cannot read "
+                                  f"{self._kmsg.path} ({exc.strerror}; it needs CAP_SYSLOG "
+                                  "where kernel.dmesg_restrict=1)")
+                self._kmsg = None
         try:
             for rule in self.rules:
                 await self._prepare(rule)
@@ -211,6 +232,8 @@ class Handler:
         self._closed = True
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._kmsg is not None:
+            self._kmsg.close()
         if self.restore:
             await self._unprepare()
         if self._watcher is not None:
@@ -229,7 +252,7 @@ class Handler:
     def __aiter__(self) -> Handler:
         return self
 
-    async def __anext__(self) -> IncidentRecord:
+    async def __anext__(self) -> Record:
         item = await self._queue.get()
         if item is None:
             self._queue.put_nowait(None)
@@ -283,6 +306,14 @@ class Handler:
         self._counts["kills"] += record.victim is not None
         self._counts["fallbacks"] += record.decision.policy != self.policies[rule.name].name
         log.info("cgoom: %s", record.explain().splitlines()[0])
+        self._deliver(record)
+
+    def _on_kernel_kill(self, kill: KernelOomKill) -> None:
+        self._counts["kernel_kills"] += 1
+        log.warning("cgoom: %s", kill)
+        self._deliver(kill)
+
+    def _deliver(self, record: Record) -> None:
         if self._queue.full():
             self._queue.get_nowait()  # the oldest goes; listeners saw it
         self._queue.put_nowait(record)
@@ -393,10 +424,11 @@ def _inside(path: str, domain: str) -> bool:
 
 def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
                  own_cgroup: str | None = None, processes: ProcessControl | None = None,
-                 history: UsageHistory | None = None, restore: bool = True) -> Handler:
+                 history: UsageHistory | None = None, restore: bool = True,
+                 kmsg: str | None = "") -> Handler:
     """A :class:`Handler` for ``rules``, to use as
     ``async with cgoom.open_handler(h, cgoom.Rule("batch", "workload.slice")) as handler:``.
     """
     return Handler(hierarchy if hierarchy is not None else Hierarchy.discover(), rules,
                    own_cgroup=own_cgroup, processes=processes, history=history,
-                   restore=restore)
+                   restore=restore, kmsg=kmsg)

@@ -162,14 +162,18 @@ async def test_dry_run_decides_and_the_kernel_acts(box: cgoom.Cgroup, spawn: Spa
         assert record.decision.first.cgroup == kids["batch"].path
         assert hog.proc.poll() is None  # cgoom killed nothing
         parent.set_memory_high("max")   # let it run into memory.max
-        wait_until(lambda: parent.memory_events().oom_kill > 0, 60, "the kernel's OOM kill")
+        kernel = await asyncio.wait_for(handler.__anext__(), 60)  # from /dev/kmsg
         wait_until(lambda: any(not c.cgroup_events().populated for c in kids.values()), 30,
                    "the kernel's victims to exit")
+    assert isinstance(kernel, cgoom.KernelOomKill), kernel
+    assert kernel.oom_memcg == parent.path and kernel.constraint == "CONSTRAINT_MEMCG"
+    assert kernel.task_memcg is not None and kernel.task_memcg.startswith(parent.path + "/")
+    assert parent.memory_events().oom_kill > 0
     dead = [name for name, c in kids.items() if not c.cgroup_events().populated]
     with capsys.disabled():
         print(f"\n[figures] dry run: cgoom chose {record.decision.first.cgroup}, killed "
               f"nothing; the kernel's OOM killer then emptied {dead} "
-              f"(oom_kill {parent.memory_events().oom_kill})")
+              f"(oom_kill {parent.memory_events().oom_kill}); in the stream: {kernel}")
     assert dead  # the kernel acted: with oom.group, a whole workload went
 
 
