@@ -8,7 +8,10 @@ Some facts this code depends on (notes/kernel-interface.md §5-§6):
   ``populated 0``. It is written here directly, on the caller's thread: a worker thread
   started on demand cost 125-490 ms under memory pressure (DESIGN.md, principle 3).
   ``cgroup.kill`` also kills ``oom_score_adj`` -1000 processes, which the kernel's own
-  ``memory.oom.group`` kill spares (``oom_kill_memcg_member``).
+  ``memory.oom.group`` kill spares (``oom_kill_memcg_member``). So when the victim holds
+  one, cgoom does as the kernel does instead: it freezes the cgroup (no fork can race the
+  kill; frozen tasks still die of SIGKILL), SIGKILLs every other process through a pidfd
+  (identity checked), re-reads until no new process appears (3 passes at most), and thaws.
 - Identity for a cgroup is its id (the directory's inode); ids are never reused and a cgroup
   must be empty to be removed, so "stat, compare, write" can only miss a cgroup removed and
   re-created with new processes in the microseconds between the two calls.
@@ -23,6 +26,7 @@ Some facts this code depends on (notes/kernel-interface.md §5-§6):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -101,27 +105,109 @@ class Pidfds:
         os.close(handle)
 
 
-def kill_cgroup(hierarchy: Hierarchy, victim: Victim) -> ActionResult:
-    """``cgroup.kill`` on the victim's cgroup, if it is still the one decided on."""
+def _subtree_pids(hierarchy: Hierarchy, path: str) -> list[tuple[int, str]]:
+    """(pid, cgroup path) of every process in ``path``'s subtree now."""
+    found = []
+    for cgroup in hierarchy.cgroup(path).walk():
+        try:
+            found += [(pid, cgroup.path) for pid in cgroup.cgroup_procs()]
+        except CgoomError:
+            continue
+    return found
+
+
+def _adj(hierarchy: Hierarchy, pid: int) -> int | None:
+    try:
+        return int(hierarchy.fs.read(f"{hierarchy.proc_root}/{pid}/oom_score_adj").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
+                processes: ProcessControl | None = None) -> tuple[ActionResult, list[int]]:
+    """Kill the victim's cgroup whole, if it is still the one decided on: ``cgroup.kill``,
+    or, when it holds ``oom_score_adj`` -1000 processes, a frozen pidfd kill of the others
+    (module docstring). Returns the result and, for the latter, the handles of the killed
+    processes to confirm their exit with (the caller closes them)."""
     cgroup = hierarchy.cgroup(victim.cgroup)
     try:
         inode = hierarchy.fs.stat(cgroup.dir).st_ino
     except OSError:
         return ActionResult("kill-cgroup", victim.cgroup, None, False,
-                            f"not killed: {victim.cgroup} no longer exists")
+                            f"not killed: {victim.cgroup} no longer exists"), []
     if victim.cgroup_id is not None and inode != victim.cgroup_id:
         return ActionResult("kill-cgroup", victim.cgroup, None, False,
                             f"not killed: {victim.cgroup} was re-created (id "
-                            f"{victim.cgroup_id} is now {inode})")
+                            f"{victim.cgroup_id} is now {inode})"), []
+    spared = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)
+              if _adj(hierarchy, pid) == -1000]
+    if spared:
+        if processes is None:
+            return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                                f"not killed: it holds processes with oom_score_adj -1000 "
+                                f"({', '.join(map(str, spared))}) that cgroup.kill would kill, "
+                                "and no process control to spare them"), []
+        return _kill_sparing(hierarchy, victim, processes, set(spared))
     started = time.perf_counter()
     try:
         cgroup.kill()
     except CgoomError as exc:
-        return ActionResult("kill-cgroup", victim.cgroup, None, False, f"not killed: {exc}")
+        return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                            f"not killed: {exc}"), []
     took = (time.perf_counter() - started) * 1000
     return ActionResult("kill-cgroup", victim.cgroup, None, True,
                         "SIGKILL sent to every process of the subtree (cgroup.kill)",
-                        syscall_ms=took)
+                        syscall_ms=took), []
+
+
+def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                  spared: set[int]) -> tuple[ActionResult, list[int]]:
+    cgroup = hierarchy.cgroup(victim.cgroup)
+    started = time.perf_counter()
+    handles: list[int] = []
+    killed: set[int] = set()
+    try:
+        cgroup.freeze()
+    except CgoomError as exc:
+        return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                            f"not killed: cannot freeze it to spare its oom_score_adj -1000 "
+                            f"processes: {exc}"), []
+    try:
+        for _ in range(3):
+            fresh = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)
+                     if pid not in killed and pid not in spared]
+            if not fresh:
+                break
+            for pid in fresh:
+                if _adj(hierarchy, pid) == -1000:
+                    spared.add(pid)
+                    continue
+                try:
+                    handle = processes.open(pid)
+                except OSError:
+                    continue  # gone already
+                now = _stat_of(hierarchy, pid)  # with the pidfd open: still in the subtree?
+                if now is None or not (now[1] == victim.cgroup
+                                       or now[1].startswith(victim.cgroup + "/")):
+                    processes.close(handle)  # exited, or moved out: not ours to kill
+                    continue
+                try:
+                    processes.kill(handle)
+                except ProcessLookupError:
+                    processes.close(handle)
+                    continue
+                killed.add(pid)
+                handles.append(handle)
+    finally:
+        with contextlib.suppress(CgoomError):  # gone meanwhile: nothing left to thaw
+            cgroup.thaw()
+    took = (time.perf_counter() - started) * 1000
+    return ActionResult(
+        "kill-cgroup", victim.cgroup, None, bool(killed),
+        f"SIGKILL sent through pidfds to {len(killed)} process(es) of the subtree, frozen "
+        f"meanwhile; {len(spared)} with oom_score_adj -1000 spared "
+        f"({', '.join(map(str, sorted(spared)))}), as the kernel's memory.oom.group kill does",
+        syscall_ms=took), handles
 
 
 def _stat_of(hierarchy: Hierarchy, pid: int) -> tuple[int, str] | None:

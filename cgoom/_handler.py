@@ -369,6 +369,22 @@ class Handler:
             candidates=tuple(snaps.values()), actions=tuple(actions), timings=timings,
             memory_before=before, memory_after=after, started_at=started_at)
 
+    async def _await_exits(self, handles: list[int], seconds: float) -> float | None:
+        """When every process behind ``handles`` has exited (the last one's time), or
+        ``None`` after ``seconds``; the handles are closed either way."""
+        loop = asyncio.get_running_loop()
+        assert self._processes is not None
+        futures = [_readable(loop, h) for h in handles]
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*futures), seconds)
+            return max(done)
+        except TimeoutError:
+            return None
+        finally:
+            for handle in handles:
+                loop.remove_reader(handle)
+                self._processes.close(handle)
+
     async def _act(self, rule: Rule, victim: Victim,
                    ) -> tuple[ActionResult, float | None, float | None]:
         """Kill ``victim`` and wait for it to be gone: (result, kill time, gone time)."""
@@ -376,13 +392,21 @@ class Handler:
         if victim.whole:
             gone: asyncio.Future[float] = loop.create_future()
             self._gone.setdefault(victim.cgroup, []).append(gone)
-            result = kill_cgroup(self.hierarchy, victim)
+            result, handles = kill_cgroup(self.hierarchy, victim, self._processes)
             kill_at = time.monotonic()
-            if not result.ok:
+            if handles or not result.ok:
                 waiting = self._gone.get(victim.cgroup, [])
                 if gone in waiting:
                     waiting.remove(gone)
+            if not result.ok:
                 return result, None, None
+            if handles:  # -1000 processes were spared: populated 0 will not come
+                exits = await self._await_exits(handles, rule.confirm_timeout)
+                if exits is None:
+                    return attrs.evolve(result, detail=result.detail + f"; not all gone after "
+                                        f"{rule.confirm_timeout} s"), kill_at, None
+                return attrs.evolve(result, detail=result.detail + "; the killed exited",
+                                    confirmed_ms=(exits - kill_at) * 1000), kill_at, exits
             try:
                 empty_at = await asyncio.wait_for(gone, rule.confirm_timeout)
             except TimeoutError:
@@ -420,6 +444,19 @@ class Handler:
 
 def _inside(path: str, domain: str) -> bool:
     return domain == "/" or path == domain or path.startswith(domain + "/")
+
+
+def _readable(loop: asyncio.AbstractEventLoop, handle: int) -> asyncio.Future[float]:
+    """A future set (to the monotonic time) when ``handle`` becomes readable."""
+    future: asyncio.Future[float] = loop.create_future()
+
+    def ready() -> None:
+        loop.remove_reader(handle)
+        if not future.done():
+            future.set_result(time.monotonic())
+
+    loop.add_reader(handle, ready)
+    return future
 
 
 def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,

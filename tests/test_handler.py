@@ -202,3 +202,34 @@ class TestEarlyTrigger:
     def test_fraction_is_checked(self) -> None:
         with pytest.raises(cgoom.InvalidValue, match=r"a fraction of memory\.max"):
             cgoom.Rule("r", "t", high_below_max=10)
+
+
+class TestSparing:
+    async def test_oom_score_adj_minus_1000_survives_a_whole_kill(
+            self, inversion: FakeCgroupTree) -> None:
+        """cgroup.kill would kill it; the kernel's memory.oom.group kill would not: cgoom
+        freezes batch, kills the others by pidfd, spares it, thaws."""
+        inversion.cgroup("t/batch").attach(301)
+        inversion.add_process(301, name="guardian", oom_score_adj=-1000, rss=M)
+        procs = FakeProcesses(inversion)
+        async with cgoom.open_handler(inversion.hierarchy, cgoom.Rule("r", "t"),
+                                      own_cgroup="/", processes=procs) as handler:
+            inversion.memory_event("t/batch", "high")
+            record = await first_record(handler)
+        victim = record.victim
+        assert victim is not None and victim.cgroup == "/t/batch", record.explain()
+        assert procs.killed == [300]
+        assert inversion.cgroup("t/batch").cgroup_procs() == (301,)
+        assert "1 with oom_score_adj -1000 spared (301)" in victim.detail
+        assert "the killed exited" in victim.detail and victim.confirmed_ms is not None
+        assert inversion.cgroup("t/batch").cgroup_freeze() is False  # thawed
+
+    def test_without_process_control_it_refuses(self, inversion: FakeCgroupTree) -> None:
+        from cgoom._actions import kill_cgroup
+
+        inversion.cgroup("t/batch").attach(301)
+        inversion.add_process(301, oom_score_adj=-1000)
+        victim = cgoom.Victim("/t/batch", 0, "x", True)
+        result, handles = kill_cgroup(inversion.hierarchy, victim)
+        assert not result.ok and handles == [] and "oom_score_adj -1000 (301)" in result.detail
+        assert inversion.cgroup("t/batch").cgroup_procs() == (300, 301)

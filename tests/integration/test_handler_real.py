@@ -206,3 +206,32 @@ async def test_a_failing_plugin_still_kills_the_right_victim(box: cgoom.Cgroup,
     assert record.victim is not None and record.victim.cgroup == kids["batch"].path
     assert kids["db"].cgroup_procs() and kids["web"].cgroup_procs()
     assert parent.memory_events().oom_kill == 0
+
+
+def oom_score_adj(pid: int) -> int:
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        return int(f.read())
+
+
+async def test_a_whole_kill_spares_oom_score_adj_minus_1000(box: cgoom.Cgroup,
+                                                            spawn: Spawn) -> None:
+    """batch holds a process with oom_score_adj -1000 beside its hog: the kernel's group kill
+    would spare it and so does cgoom (freeze, pidfd kills, thaw); cgroup.kill would not."""
+    parent, kids = inversion(box)
+    spawn(kids["db"], holding_hog(140))
+    spawn(kids["web"], holding_hog(50))
+    guardian = spawn(kids["batch"], "echo -1000 > /proc/self/oom_score_adj; exec sleep 1000")
+    wait_until(lambda: kids["db"].memory_current() > 135 * M
+               and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
+    wait_until(lambda: oom_score_adj(guardian.pid) == -1000, 10, "the guardian's -1000")
+    rule = cgoom.Rule("spare", parent.path, on="high", confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        hog = spawn(kids["batch"], python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    victim = record.victim
+    assert victim is not None and victim.cgroup == kids["batch"].path, record.explain()
+    assert f"spared ({guardian.pid})" in victim.detail, victim.detail
+    assert hog.proc.wait(10) == -9
+    assert guardian.proc.poll() is None and guardian.pid in kids["batch"].cgroup_procs()
+    assert kids["batch"].cgroup_freeze() is False
+    assert parent.memory_events().oom_kill == 0
