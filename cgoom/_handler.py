@@ -114,6 +114,8 @@ class Handler:
         self._gone: dict[str, list[asyncio.Future[float]]] = {}
         self._ids = itertools.count(1)
         self._paths: dict[str, set[str]] = {r.domain: set() for r in self.rules}
+        #: The rule whose incident is in flight, per domain: one at a time per domain.
+        self._busy: dict[str, str] = {}
         self.restore = restore
         if kmsg == "":
             kmsg = "/dev/kmsg" if type(hierarchy.fs) is OsFS else None
@@ -283,8 +285,16 @@ class Handler:
         if not isinstance(event, MemoryEventsChanged) or event.local or self._closed:
             return
         for rule in self.rules:
-            if rule.domain == event.cgroup and self._states[rule.name].observe(event.delta,
-                                                                               event.time):
+            if rule.domain != event.cgroup:
+                continue
+            running = self._busy.get(rule.domain)
+            if running is not None and running != rule.name:
+                # One incident per domain: another rule's is in flight; fold into it.
+                self._states[running].folded += sum(
+                    n for key, n in event.delta.items() if key in rule.on)
+                continue
+            if self._states[rule.name].observe(event.delta, event.time):
+                self._busy[rule.domain] = rule.name
                 task = asyncio.get_running_loop().create_task(self._incident(rule, event))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -298,8 +308,10 @@ class Handler:
         except Exception:
             log.exception("cgoom handler: incident of rule %r failed", rule.name)
             state.finished(time.monotonic())
+            self._busy.pop(rule.domain, None)
             return
         folded = state.finished(time.monotonic())
+        self._busy.pop(rule.domain, None)
         record = attrs.evolve(record, folded=folded)
         self._counts["incidents"] += 1
         self._counts["dry_runs"] += record.dry_run

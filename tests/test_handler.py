@@ -233,3 +233,16 @@ class TestSparing:
         result, handles = kill_cgroup(inversion.hierarchy, victim)
         assert not result.ok and handles == [] and "oom_score_adj -1000 (301)" in result.detail
         assert inversion.cgroup("t/batch").cgroup_procs() == (300, 301)
+
+
+async def test_one_incident_per_domain_across_rules(inversion: FakeCgroupTree) -> None:
+    """Two rules on one domain see the same event: one incident runs, and the other rule's
+    count is folded into it (without the domain-wide check there would be two)."""
+    first = cgoom.Rule("first", "t", on="high", dry_run=True, cooldown=60)
+    second = cgoom.Rule("second", "t", on={"high", "max"}, dry_run=True, cooldown=60)
+    async with cgoom.open_handler(inversion.hierarchy, first, second, own_cgroup="/") as h:
+        inversion.memory_event("t/batch", "high")
+        record = await first_record(h)
+        await asyncio.sleep(0.3)  # room for a second incident, were there one
+        assert h.statistics().incidents == 1
+    assert (record.rule, record.folded) == ("first", 1)
