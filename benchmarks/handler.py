@@ -66,7 +66,6 @@ async def measure(watched: int, candidates: int, samples: int) -> dict[str, floa
         times: list[float] = []
         async with cgoom.open_handler(tree.hierarchy, *rules, own_cgroup="/",
                                       processes=FakeProcesses(tree)) as handler:
-            cgroups = handler.statistics()
             for i in range(samples + 1):
                 target = leaves[i % len(leaves)]
                 tree.memory_event(target, "high")
@@ -79,7 +78,6 @@ async def measure(watched: int, candidates: int, samples: int) -> dict[str, floa
                 path = victim.cgroup.lstrip("/")
                 populate(tree, path, 50_000 + leaves.index(path))
                 await asyncio.sleep(0.002)  # let the watcher see it populated again
-            assert cgroups.incidents == 0
         times.sort()
         return {"p50_ms": round(statistics.median(times), 3),
                 "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),

@@ -40,6 +40,7 @@ from ._fs import OsFS
 from ._hierarchy import Hierarchy
 from ._linux import process_mrelease
 from ._policy import Victim
+from ._snapshot import identity_problem, process_now
 
 
 @attrs.frozen
@@ -130,15 +131,10 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
     (module docstring). Returns the result and, for the latter, the handles of the killed
     processes to confirm their exit with (the caller closes them)."""
     cgroup = hierarchy.cgroup(victim.cgroup)
-    try:
-        inode = hierarchy.fs.stat(cgroup.dir).st_ino
-    except OSError:
+    problem = identity_problem(hierarchy, victim)
+    if problem is not None:
         return ActionResult("kill-cgroup", victim.cgroup, None, False,
-                            f"not killed: {victim.cgroup} no longer exists"), []
-    if victim.cgroup_id is not None and inode != victim.cgroup_id:
-        return ActionResult("kill-cgroup", victim.cgroup, None, False,
-                            f"not killed: {victim.cgroup} was re-created (id "
-                            f"{victim.cgroup_id} is now {inode})"), []
+                            f"not killed: {problem}"), []
     spared = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)
               if _adj(hierarchy, pid) == -1000]
     if spared:
@@ -186,9 +182,9 @@ def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessContro
                     handle = processes.open(pid)
                 except OSError:
                     continue  # gone already
-                now = _stat_of(hierarchy, pid)  # with the pidfd open: still in the subtree?
-                if now is None or not (now[1] == victim.cgroup
-                                       or now[1].startswith(victim.cgroup + "/")):
+                now = process_now(hierarchy, pid)  # with the pidfd open: still in the subtree?
+                if now is None or not (now[2] == victim.cgroup
+                                       or now[2].startswith(victim.cgroup + "/")):
                     processes.close(handle)  # exited, or moved out: not ours to kill
                     continue
                 try:
@@ -210,23 +206,6 @@ def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessContro
         syscall_ms=took), handles
 
 
-def _stat_of(hierarchy: Hierarchy, pid: int) -> tuple[int, str] | None:
-    """(start time, cgroup path) of ``pid`` now, or ``None`` if it is gone."""
-    from ._parse import parse_proc_stat
-
-    base = f"{hierarchy.proc_root}/{pid}"
-    try:
-        stat = hierarchy.fs.read(f"{base}/stat")
-        cgroup_text = hierarchy.fs.read(f"{base}/cgroup")
-        start = parse_proc_stat(stat, f"{base}/stat")[3]
-    except (OSError, CgoomError):
-        return None
-    for line in cgroup_text.splitlines():
-        if line.startswith("0::"):
-            return start, line[3:]
-    return None
-
-
 def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
                  ) -> tuple[ActionResult, int | None]:
     """SIGKILL the victim's process through a pidfd, after checking (with the pidfd open)
@@ -243,16 +222,9 @@ def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl
     except OSError as exc:
         return ActionResult("kill-process", victim.cgroup, pid, False,
                             f"not killed: pidfd_open({pid}): {exc.strerror}"), None
-    now = _stat_of(hierarchy, pid)
-    problem = None
-    if now is None:
-        problem = f"process {pid} is gone"
-    elif victim.start_time is not None and now[0] != victim.start_time:
-        problem = f"pid {pid} was reused (start time {victim.start_time} is now {now[0]})"
-    elif victim.start_time is None:
+    problem = identity_problem(hierarchy, victim)  # with the pidfd open: race-free
+    if problem is None and victim.start_time is None:
         problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
-    elif now[1] != victim.cgroup:
-        problem = f"process {pid} left {victim.cgroup} (it is in {now[1]})"
     if problem is not None:
         processes.close(handle)
         return ActionResult("kill-process", victim.cgroup, pid, False,

@@ -22,7 +22,7 @@ from types import TracebackType
 import attrs
 
 from ._actions import ActionResult, Pidfds, ProcessControl, kill_cgroup, kill_process
-from ._candidates import Incident
+from ._candidates import Incident, parent_path
 from ._cgroup import if_supported
 from ._errors import CgoomError, InvalidValue
 from ._events import (
@@ -190,7 +190,8 @@ class Handler:
                                       f"{limit}; was {old})")
         if rule.oom_group_leaves:
             paths = self._paths.get(rule.domain, set())
-            leaves = [p for p in sorted(paths) if not any(q.startswith(p + "/") for q in paths)]
+            parents = {parent_path(p) for p in paths if p != "/"}
+            leaves = sorted(paths - parents)
             for path in leaves:
                 leaf = self.hierarchy.cgroup(path)
                 try:
@@ -340,7 +341,6 @@ class Handler:
         notified = event.time
         started_at = time.time()
         domain = self.hierarchy.cgroup(rule.domain)
-        before = if_supported(domain.memory_current)
         policy = self.policies[rule.name]
         paths = sorted(self._paths[rule.domain])
         if len(paths) <= INLINE_SNAPSHOT_CGROUPS:
@@ -352,6 +352,8 @@ class Handler:
             snaps = await self._snapshotter.asnapshot(rule.domain,
                                                       fields=policy_fields(policy), paths=paths)
         snapshot_done = time.monotonic()
+        # The domain's usage as the snapshot just read it (no second read of the file).
+        before = snaps[rule.domain].usage if rule.domain in snaps else None
         incident = Incident.create(rule.domain, "memory.events " + ",".join(sorted(
             k for k in event.delta if k in rule.on)), own_cgroup=self.own_cgroup)
         decision = await adecide(policy, incident, snaps, budget=rule.budget)

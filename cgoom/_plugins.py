@@ -246,7 +246,8 @@ class _Guard:
             if self._worker is not None:
                 self._worker.abandon()  # busy for good; it ends after the call, if ever
                 self._worker = None
-        self.start()  # the next incident must not wait for a thread to start
+        # The replacement is started once this decision is made (decide/adecide): a thread
+        # start must not delay the fallback at OOM time, nor the next incident.
 
     def outcome(self, policy: Policy, future: concurrent.futures.Future[Any] | None,
                 problem: str | None, incident: Incident,
@@ -274,16 +275,15 @@ class _Guard:
         started = time.monotonic()
         view = MappingProxyType(dict(candidates))
         if runs_inline(policy):
-            future: concurrent.futures.Future[Any] | None = concurrent.futures.Future()
-            assert future is not None
-            try:
-                future.set_result(policy(incident, view))
-            except Exception as exc:
-                future.set_exception(exc)
             if allowed is not None:
                 allowed.extend(units(incident, candidates))
-            return self.outcome(policy, future, None, incident, candidates, budget,
-                                allowed if allowed is not None else None)
+            try:
+                decision = policy(incident, view)
+            except Exception as exc:  # a bug in cgoom's own policy: still never raise
+                return None, f"raised {type(exc).__name__}: {exc}"
+            problem = decision_problem(decision, incident, candidates,
+                                       allowed if allowed is not None else None)
+            return (decision if problem is None else None), problem
         future, problem = self.submit(policy, incident, view)
         if allowed is not None:
             allowed.extend(units(incident, candidates))
@@ -402,8 +402,11 @@ def decide(
     started = clock()
     allowed: list[CgroupSnapshot] = []
     decision, problem = _GUARD.call(policy, incident, candidates, budget, allowed)
-    return _finish(policy, incident, candidates, decision, problem, clock() - started, budget,
-                   fallback, allowed)
+    answer = _finish(policy, incident, candidates, decision, problem, clock() - started, budget,
+                     fallback, allowed)
+    if not runs_inline(policy):
+        _GUARD.start()  # after an abandoned call, its replacement; else a no-op
+    return answer
 
 
 async def adecide(
@@ -429,5 +432,8 @@ async def adecide(
         await asyncio.wait({asyncio.wrap_future(future)}, timeout=budget)
     decision, problem = _GUARD.outcome(policy, future, problem, incident, candidates, budget,
                                        allowed)
+    # After an abandoned call its replacement starts once the caller has acted on this
+    # decision (the loop runs it when the caller next yields); else it is a no-op.
+    asyncio.get_running_loop().call_soon(_GUARD.start)
     return _finish(policy, incident, candidates, decision, problem, clock() - started, budget,
                    fallback, allowed)

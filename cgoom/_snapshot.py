@@ -482,38 +482,50 @@ class Snapshotter:
     # --- identity ----------------------------------------------------------------------
 
     def recheck(self, victim: Victim) -> str | None:
-        """Why acting on ``victim`` now would hit something else than was decided on, or
-        ``None``: the cgroup is gone or was re-created (another id), the process is gone,
-        its pid was reused (another start time) or it left the cgroup. Whoever acts calls
-        this right before acting (with a pidfd already open, for a process)."""
-        cgroup = self.hierarchy.cgroup(victim.cgroup)
-        fs = self.hierarchy.fs
-        try:
-            st = fs.stat(cgroup.dir)
-        except OSError:
-            return f"{victim.cgroup} no longer exists"
-        if victim.cgroup_id is not None and st.st_ino != victim.cgroup_id:
-            return (f"{victim.cgroup} was removed and re-created (id {victim.cgroup_id} is "
-                    f"now {st.st_ino})")
-        if victim.pid is None:
-            return None
-        base = f"{self.hierarchy.proc_root}/{victim.pid}"
-        try:
-            _, state, _, start, _ = _parse.parse_proc_stat(
-                _replace(fs.read(f"{base}/stat")), f"{base}/stat")
-        except (OSError, CgoomError):
-            return f"process {victim.pid} is gone"
-        if victim.start_time is not None and start != victim.start_time:
-            return (f"pid {victim.pid} was reused (start time {victim.start_time} is now "
-                    f"{start})")
-        try:
-            if victim.pid not in cgroup.cgroup_procs():
-                return f"process {victim.pid} left {victim.cgroup}"
-        except CgoomError:
-            return f"cannot read {victim.cgroup}/cgroup.procs"
-        if state in ("Z", "X"):
-            return f"process {victim.pid} is already dead"
+        """:func:`identity_problem` for this snapshotter's hierarchy."""
+        return identity_problem(self.hierarchy, victim)
+
+
+def process_now(hierarchy: Hierarchy, pid: int) -> tuple[int, str, str] | None:
+    """``(start time, state, cgroup path)`` of process ``pid`` now, from /proc/PID/stat and
+    /proc/PID/cgroup (``0::/path``), or ``None`` if it is gone."""
+    base = f"{hierarchy.proc_root}/{pid}"
+    try:
+        _, state, _, start, _ = _parse.parse_proc_stat(
+            _replace(hierarchy.fs.read(f"{base}/stat")), f"{base}/stat")
+        cgroup_text = hierarchy.fs.read(f"{base}/cgroup")
+    except (OSError, CgoomError):
         return None
+    for line in cgroup_text.splitlines():
+        if line.startswith("0::"):
+            return start, state, line[3:]
+    return None
+
+
+def identity_problem(hierarchy: Hierarchy, victim: Victim) -> str | None:
+    """Why acting on ``victim`` now would hit something else than was decided on, or
+    ``None``: the cgroup is gone or was re-created (another id), the process is gone, its
+    pid was reused (another start time), it left the cgroup, or it is already dead. Whoever
+    acts calls this right before acting (with a pidfd already open, for a process)."""
+    try:
+        inode = hierarchy.fs.stat(hierarchy.cgroup(victim.cgroup).dir).st_ino
+    except OSError:
+        return f"{victim.cgroup} no longer exists"
+    if victim.cgroup_id is not None and inode != victim.cgroup_id:
+        return f"{victim.cgroup} was removed and re-created (id {victim.cgroup_id} is now {inode})"
+    if victim.pid is None:
+        return None
+    now = process_now(hierarchy, victim.pid)
+    if now is None:
+        return f"process {victim.pid} is gone"
+    start, state, where = now
+    if victim.start_time is not None and start != victim.start_time:
+        return f"pid {victim.pid} was reused (start time {victim.start_time} is now {start})"
+    if where != victim.cgroup:
+        return f"process {victim.pid} left {victim.cgroup}"
+    if state in ("Z", "X"):
+        return f"process {victim.pid} is already dead"
+    return None
 
 
 def _replace(text: str) -> str:

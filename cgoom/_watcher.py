@@ -616,8 +616,7 @@ class Watcher:
             if (path, name) in self._last:
                 self._refresh(path, name)
             await pace()
-        for path in list(self._untracked):
-            self._untracked.pop(path, None)
+        self._untracked.clear()  # the walk below watches them, or reports them again
         for root in self.roots:
             for each in self.hierarchy.cgroup(root).walk():
                 if each.path not in self._tracked:

@@ -179,7 +179,7 @@ class FakeCgroupFS(OsFS):
     Paths outside ``mount`` (the fake /proc and /sys) are plain files.
     """
 
-    __slots__ = ("kernel", "mount", "owners", "proc_root")
+    __slots__ = ("kernel", "mount", "owners", "pids", "proc_root")
 
     def __init__(self, mount: str, *, kernel: tuple[int, int] = (6, 1)) -> None:
         self.mount = os.path.normpath(mount)
@@ -189,6 +189,8 @@ class FakeCgroupFS(OsFS):
         self.owners: dict[str, int] = {}
         #: The fake /proc, when there is one: moving a pid updates its ``cgroup`` file.
         self.proc_root: str | None = None
+        #: Where each pid was last moved to (a hint: files written directly bypass it).
+        self.pids: dict[int, str] = {}
 
     def stat(self, path: str) -> os.stat_result:
         st = os.stat(path)
@@ -340,7 +342,19 @@ class FakeCgroupFS(OsFS):
                       "".join(f"{p}\n" for p in [*self._procs(directory), pid]))
         if not self._is_root(directory):
             self._update_populated(directory)
+        self.pids[pid] = directory
         self.note_cgroup(pid, directory)
+
+    def cgroup_of(self, pid: int) -> str | None:
+        """The directory whose ``cgroup.procs`` holds ``pid``: the hint if it still holds,
+        else a walk (for files a test wrote directly)."""
+        hint = self.pids.get(pid)
+        if hint is not None and os.path.isdir(hint) and pid in self._procs(hint):
+            return hint
+        for current, _dirs, _files in os.walk(self.mount):
+            if pid in self._procs(current):
+                return current
+        return None
 
     def note_cgroup(self, pid: int, directory: str) -> None:
         """Write the fake ``/proc/<pid>/cgroup`` (``0::/path``) if that process exists."""

@@ -166,10 +166,9 @@ class FakeCgroupTree:
             f.write(comm + b"\n")
         self._write(os.path.join(base, "oom_score_adj"), f"{oom_score_adj}\n")
         self._write(os.path.join(base, "statm"), f"{pages * 2} {pages} 0 0 0 0 0\n")
-        for current, _dirs, _files in os.walk(self.mount):
-            if str(pid) in self.fs.read(os.path.join(current, "cgroup.procs")).split():
-                self.fs.note_cgroup(pid, current)
-                break
+        where = self.fs.cgroup_of(pid)
+        if where is not None:
+            self.fs.note_cgroup(pid, where)
         else:
             self._write(os.path.join(base, "cgroup"), "0::/\n")
 
