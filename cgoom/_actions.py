@@ -35,6 +35,7 @@ from typing import Protocol
 
 import attrs
 
+from ._cgroup import if_supported
 from ._errors import CgoomError
 from ._fs import OsFS
 from ._hierarchy import Hierarchy
@@ -74,6 +75,11 @@ class ProcessControl(Protocol):
         """SIGKILL through the handle; :class:`ProcessLookupError` if it already exited."""
         ...
 
+    def terminate(self, handle: int) -> None:
+        """SIGTERM through the handle (a graceful stop); :class:`ProcessLookupError` if it
+        already exited."""
+        ...
+
     def release(self, handle: int) -> None:
         """Free the dying process's memory now (process_mrelease); OSError if it cannot."""
         ...
@@ -98,6 +104,9 @@ class Pidfds:
 
     def kill(self, handle: int) -> None:
         signal.pidfd_send_signal(handle, signal.SIGKILL)
+
+    def terminate(self, handle: int) -> None:
+        signal.pidfd_send_signal(handle, signal.SIGTERM)
 
     def release(self, handle: int) -> None:
         process_mrelease(handle)
@@ -137,6 +146,11 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
                             f"not killed: {problem}"), []
     spared = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)
               if _adj(hierarchy, pid) == -1000]
+    if "cgroup.kill" not in cgroup.interface_files() and processes is not None:
+        # Before 5.14 there is no cgroup.kill: freeze, kill each process by pidfd, thaw.
+        result, handles = _kill_sparing(hierarchy, victim, processes, set(spared))
+        return attrs.evolve(result, detail=result.detail + " (no cgroup.kill on this "
+                            "kernel: before 5.14)"), handles
     if spared:
         if processes is None:
             return ActionResult("kill-cgroup", victim.cgroup, None, False,
@@ -252,3 +266,118 @@ def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl
         detail += "; its memory freed at once (process_mrelease)"
     return ActionResult("kill-process", victim.cgroup, pid, True, detail, syscall_ms=took,
                         mrelease_ms=released), handle
+
+
+def _open_checked(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                  action: str) -> tuple[int | None, ActionResult | None]:
+    """A handle on the victim's process, opened and then checked to be the one decided on;
+    or ``None`` and the result saying why not."""
+    pid = victim.pid
+    assert pid is not None
+    try:
+        handle = processes.open(pid)
+    except ProcessLookupError:
+        return None, ActionResult(action, victim.cgroup, pid, False,
+                                  f"not signalled: process {pid} is gone")
+    except OSError as exc:
+        return None, ActionResult(action, victim.cgroup, pid, False,
+                                  f"not signalled: pidfd_open({pid}): {exc.strerror}")
+    problem = identity_problem(hierarchy, victim)  # with the pidfd open: race-free
+    if problem is None and victim.start_time is None:
+        problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
+    if problem is not None:
+        processes.close(handle)
+        return None, ActionResult(action, victim.cgroup, pid, False,
+                                  f"not signalled: {problem}")
+    return handle, None
+
+
+def terminate_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                      ) -> tuple[ActionResult, int | None]:
+    """SIGTERM the victim's process through a pidfd (identity checked as for a kill).
+    Returns the result and the handle to watch its exit with (the caller closes it)."""
+    handle, refused = _open_checked(hierarchy, victim, processes, "terminate-process")
+    if handle is None:
+        assert refused is not None
+        return refused, None
+    started = time.perf_counter()
+    try:
+        processes.terminate(handle)
+    except ProcessLookupError:
+        processes.close(handle)
+        return ActionResult("terminate-process", victim.cgroup, victim.pid, False,
+                            f"not signalled: process {victim.pid} exited meanwhile"), None
+    return ActionResult("terminate-process", victim.cgroup, victim.pid, True,
+                        "SIGTERM sent through a pidfd",
+                        syscall_ms=(time.perf_counter() - started) * 1000), handle
+
+
+def terminate_cgroup(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                     ) -> ActionResult:
+    """SIGTERM every process of the victim's subtree through pidfds (each checked, with its
+    pidfd open, to be still in the subtree), sparing ``oom_score_adj`` -1000 as a kill
+    would. The caller waits for ``populated 0`` and kills whole after the grace period."""
+    problem = identity_problem(hierarchy, victim)
+    if problem is not None:
+        return ActionResult("terminate-cgroup", victim.cgroup, None, False,
+                            f"not signalled: {problem}")
+    started = time.perf_counter()
+    sent = 0
+    for pid, _ in _subtree_pids(hierarchy, victim.cgroup):
+        if _adj(hierarchy, pid) == -1000:
+            continue
+        try:
+            handle = processes.open(pid)
+        except OSError:
+            continue
+        try:
+            now = process_now(hierarchy, pid)
+            if now is None or not (now[2] == victim.cgroup
+                                   or now[2].startswith(victim.cgroup + "/")):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                processes.terminate(handle)
+                sent += 1
+        finally:
+            processes.close(handle)
+    return ActionResult("terminate-cgroup", victim.cgroup, None, sent > 0,
+                        f"SIGTERM sent through pidfds to {sent} process(es) of the subtree",
+                        syscall_ms=(time.perf_counter() - started) * 1000)
+
+
+def freeze_cgroup(hierarchy: Hierarchy, victim: Victim) -> ActionResult:
+    """Freeze the victim's cgroup (for a process victim, the cgroup it is in), if it is
+    still the one decided on. Its memory stays; it stops growing."""
+    problem = identity_problem(hierarchy, attrs.evolve(victim, pid=None, whole=True))
+    if problem is not None:
+        return ActionResult("freeze", victim.cgroup, None, False, f"not frozen: {problem}")
+    started = time.perf_counter()
+    try:
+        hierarchy.cgroup(victim.cgroup).freeze()
+    except CgoomError as exc:
+        return ActionResult("freeze", victim.cgroup, None, False, f"not frozen: {exc}")
+    return ActionResult("freeze", victim.cgroup, None, True,
+                        "cgroup.freeze 1 written (thawed when the handler stops)",
+                        syscall_ms=(time.perf_counter() - started) * 1000)
+
+
+def reclaim_cgroup(hierarchy: Hierarchy, victim: Victim, amount: int) -> ActionResult:
+    """Ask the kernel to reclaim ``amount`` bytes from the victim's cgroup (memory.reclaim,
+    5.19+). Blocking: call it in a worker thread."""
+    problem = identity_problem(hierarchy, attrs.evolve(victim, pid=None, whole=True))
+    if problem is not None:
+        return ActionResult("reclaim", victim.cgroup, None, False, f"not reclaimed: {problem}")
+    cgroup = hierarchy.cgroup(victim.cgroup)
+    before = if_supported(cgroup.memory_current)
+    started = time.perf_counter()
+    try:
+        complete = cgroup.reclaim(amount)
+    except CgoomError as exc:
+        return ActionResult("reclaim", victim.cgroup, None, False, f"not reclaimed: {exc}")
+    took = (time.perf_counter() - started) * 1000
+    after = if_supported(cgroup.memory_current)
+    freed = "" if before is None or after is None else f"; usage {before} -> {after}"
+    return ActionResult("reclaim", victim.cgroup, None, True,
+                        f"memory.reclaim {amount}: "
+                        f"{'all reclaimed' if complete else 'the kernel reclaimed less (EAGAIN)'}"
+                        + freed, syscall_ms=took)

@@ -21,9 +21,19 @@ from types import TracebackType
 
 import attrs
 
-from ._actions import ActionResult, Pidfds, ProcessControl, kill_cgroup, kill_process
+from ._actions import (
+    ActionResult,
+    Pidfds,
+    ProcessControl,
+    freeze_cgroup,
+    kill_cgroup,
+    kill_process,
+    reclaim_cgroup,
+    terminate_cgroup,
+    terminate_process,
+)
 from ._candidates import Incident, parent_path
-from ._cgroup import if_supported
+from ._cgroup import OVERLIMIT_XATTR, if_supported
 from ._errors import CgoomError, InvalidValue
 from ._events import (
     CgroupCreated,
@@ -31,16 +41,22 @@ from ._events import (
     CgroupStateChanged,
     Event,
     MemoryEventsChanged,
+    PressureSustained,
+    PressureTriggered,
     Resynchronized,
+    SustainedPressure,
 )
 from ._fs import OsFS
 from ._hierarchy import Hierarchy
 from ._incident import IncidentRecord, Timings
 from ._kmsg import KernelOomKill, KmsgReader
+from ._meminfo import MemInfo, read_meminfo
+from ._parse import format_size
 from ._plugins import adecide, load_policy, start_policy_worker, validate_policy
 from ._policy import Policy, Victim
 from ._rules import Rule, RuleState
 from ._snapshot import Snapshotter, UsageHistory, policy_fields
+from ._tripwire import Tripwires
 from ._watcher import Watcher
 
 log = logging.getLogger("cgoom")
@@ -54,6 +70,13 @@ RecordListener = Callable[[Record], object]
 INLINE_SNAPSHOT_CGROUPS = 64
 
 
+#: An adaptive poll (``Rule.poll_below``) sleeps the time memory would take to fall to the
+#: reserve at this rate, between 0.1 s and 1 s: earlyoom's figures (6,000 MiB/s, its
+#: ``mem_fill_rate``).
+FILL_RATE = 6000 << 20
+POLL_MIN, POLL_MAX = 0.1, 1.0
+
+
 @attrs.frozen
 class HandlerStatistics:
     """A snapshot of a handler's work, for metrics."""
@@ -65,10 +88,22 @@ class HandlerStatistics:
     dry_runs: int
     #: Decisions where the rule's policy failed and the fallback decided.
     fallbacks: int
+    #: memory.high tripwires of machine rules that fired (each re-checks MemAvailable).
+    tripwire_trips: int
+    #: MemAvailable reads by adaptive polling (``Rule.poll_below``) while memory was low.
+    polls: int
     #: Incidents being handled now.
     in_flight: int
     #: Records waiting for ``async for``.
     queued: int
+
+
+class _Window:
+    """What the kernel did in one domain while an incident ran there."""
+
+    def __init__(self) -> None:
+        self.kills: list[KernelOomKill] = []
+        self.oom_kill = 0
 
 
 class Handler:
@@ -79,10 +114,10 @@ class Handler:
     ``own_cgroup``: cgoom's own cgroup, never chosen nor its ancestors (default: this
     process's, from /proc/self/cgroup). ``processes``: how processes are killed (default:
     real pidfds; :class:`cgoom.testing.FakeProcesses` on a fake tree). ``restore``: undo the
-    rules' early-trigger set-up when the handler stops (``setup`` says what was done).
-    ``kmsg``: the kernel log to follow for the kernel's own OOM kills, delivered in the same
-    stream as :class:`~cgoom.KernelOomKill` (default /dev/kmsg on the real filesystem, none
-    on a fake tree; ``None``: off).
+    rules' set-up (early triggers, tripwires, frozen cgroups, raised limits) when the
+    handler stops (``setup`` says what was done). ``kmsg``: the kernel log to follow for the
+    kernel's own OOM kills, delivered in the same stream as :class:`~cgoom.KernelOomKill`
+    (default /dev/kmsg on the real filesystem, none on a fake tree; ``None``: off).
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
@@ -116,15 +151,27 @@ class Handler:
         self._paths: dict[str, set[str]] = {r.domain: set() for r in self.rules}
         #: The rule whose incident is in flight, per domain: one at a time per domain.
         self._busy: dict[str, str] = {}
+        self._windows: dict[str, _Window] = {}
+        #: Machine rules' tripwires, by rule name, and whose re-arm is pending.
+        self._tripwires = {r.name: Tripwires(hierarchy, r.domain, r.available_below)
+                           for r in self.rules if r.available_below is not None}
+        self._arming: set[str] = set()
+        self._arm_again: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._polling: dict[str, asyncio.Task[None]] = {}
+        #: Cgroups frozen by a ``freeze`` action, thawed when the handler stops.
+        self._frozen: list[str] = []
+        #: Domains whose memory.max a ``raise-limit`` action raised: what to put back.
+        self._raised: dict[str, tuple[int, int | str, str | None]] = {}
         self.restore = restore
         if kmsg == "":
             kmsg = "/dev/kmsg" if type(hierarchy.fs) is OsFS else None
         self._kmsg = None if kmsg is None else KmsgReader(kmsg, self._on_kernel_kill)
-        #: What the early-trigger set-up did, one sentence each (and what it could not do).
+        #: What the set-up did, one sentence each (and what it could not do).
         self.setup: list[str] = []
         self._undo: list[tuple[str, str, str]] = []  # (cgroup, file, old value)
         self._counts = {"incidents": 0, "kills": 0, "kernel_kills": 0, "dry_runs": 0,
-                        "fallbacks": 0}
+                        "fallbacks": 0, "tripwire_trips": 0, "polls": 0}
         self._closed = False
 
     @staticmethod
@@ -142,7 +189,9 @@ class Handler:
     # --- life cycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Handler:
-        if self._processes is None and not all(r.dry_run for r in self.rules):
+        if self._processes is None and not all(r.dry_run or r.action in ("notify", "freeze",
+                                                                       "reclaim")
+                                               for r in self.rules):
             self._processes = Pidfds(self.hierarchy)
         self._snapshotter.start()
         start_policy_worker()
@@ -169,9 +218,18 @@ class Handler:
         return self
 
     async def _prepare(self, rule: Rule) -> None:
-        """The rule's early-trigger set-up; each write is remembered to be undone."""
+        """The rule's set-up; each write is remembered to be undone."""
+        assert self._watcher is not None
         worker = self._snapshotter.start()
         domain = self.hierarchy.cgroup(rule.domain)
+        if rule.pressure is not None:
+            where = rule.domain if rule.pressure_scope == "domain" else None
+            if isinstance(rule.pressure, SustainedPressure):
+                self._watcher.watch_sustained_pressure(where, rule.pressure)
+            else:
+                self._watcher.watch_pressure(where, rule.pressure)
+            self.setup.append(f"{rule.name}: PSI {rule.pressure} on "
+                              f"{where or '/proc/pressure/memory'}")
         if rule.high_below_max is not None:
             limit = domain.memory_max()
             if limit == "max":
@@ -202,11 +260,24 @@ class Handler:
                     self.setup.append(f"{rule.name}: memory.oom.group of {path}: {exc}")
             self.setup.append(f"{rule.name}: memory.oom.group=1 on {len(leaves)} leaf "
                               f"cgroup(s) of {rule.domain}")
+        if rule.machine:
+            await self._arm(rule, announce=True)
         for line in self.setup:
             log.info("cgoom handler set-up: %s", line)
 
     async def _unprepare(self) -> None:
         worker = self._snapshotter.start()
+        for wires in self._tripwires.values():
+            for problem in await worker.run(wires.restore):
+                log.warning("cgoom handler: %s", problem)
+        while self._frozen:
+            path = self._frozen.pop()
+            try:
+                self.hierarchy.cgroup(path).thaw()
+            except CgoomError as exc:
+                log.warning("cgoom handler: could not thaw %s: %s", path, exc)
+        for path in list(self._raised):
+            await self._lower(path, final=True)
         while self._undo:
             path, name, old = self._undo.pop()
             cgroup = self.hierarchy.cgroup(path)
@@ -229,12 +300,19 @@ class Handler:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop: wait for incidents in flight, then release the watcher and threads."""
+        """Stop: wait for incidents in flight, then undo the set-up (``restore``) and
+        release the watcher and threads."""
         if self._closed:
             return
         self._closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        for poll in self._polling.values():
+            poll.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._polling:
+            await asyncio.gather(*self._polling.values(), return_exceptions=True)
         if self._kmsg is not None:
             self._kmsg.close()
         if self.restore:
@@ -274,6 +352,10 @@ class Handler:
                 if _inside(event.cgroup, domain):
                     (paths.add if isinstance(event, CgroupCreated) else paths.discard)(
                         event.cgroup)
+            if isinstance(event, CgroupCreated) and not self._closed:
+                for rule in self.rules:  # a new top-level workload needs its tripwire
+                    if rule.machine and parent_path(event.cgroup) == rule.domain:
+                        self._schedule_arm(rule)
             return
         if isinstance(event, Resynchronized):
             self._refilter()
@@ -283,10 +365,24 @@ class Handler:
                 if not future.done():
                     future.set_result(event.time)
             return
-        if not isinstance(event, MemoryEventsChanged) or event.local or self._closed:
+        if self._closed:
             return
+        if isinstance(event, PressureTriggered | PressureSustained):
+            for rule in self.rules:
+                if self._pressure_of(rule, event):
+                    self._signal(rule, str(event), event.time)
+            return
+        if not isinstance(event, MemoryEventsChanged) or event.local:
+            return
+        window = self._windows.get(event.cgroup)
+        if window is not None:
+            window.oom_kill += event.delta.get("oom_kill", 0)
+        if event.delta.get("high") and self._tripwires:
+            for rule in self.rules:
+                if rule.machine and parent_path(event.cgroup) == rule.domain:
+                    self._tripped(rule, event)
         for rule in self.rules:
-            if rule.domain != event.cgroup:
+            if rule.domain != event.cgroup or not rule.on:
                 continue
             running = self._busy.get(rule.domain)
             if running is not None and running != rule.name:
@@ -295,28 +391,178 @@ class Handler:
                     n for key, n in event.delta.items() if key in rule.on)
                 continue
             if self._states[rule.name].observe(event.delta, event.time):
-                self._busy[rule.domain] = rule.name
-                task = asyncio.get_running_loop().create_task(self._incident(rule, event))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._start(rule, str(event), event.time)
+
+    @staticmethod
+    def _pressure_of(rule: Rule, event: PressureTriggered | PressureSustained) -> bool:
+        if rule.pressure is None:
+            return False
+        where = rule.domain if rule.pressure_scope == "domain" else None
+        if event.cgroup != where:
+            return False
+        if isinstance(event, PressureSustained):
+            return event.rule == rule.pressure
+        return event.trigger == rule.pressure
+
+    def _signal(self, rule: Rule, trigger: str, notified: float) -> bool:
+        """A trigger that needs no counting fired for ``rule``: start an incident, or fold
+        into the domain's incident in flight. ``True`` if one was started."""
+        running = self._busy.get(rule.domain)
+        if running is not None and running != rule.name:
+            self._states[running].folded += 1
+            return False
+        if self._states[rule.name].signal(notified):
+            self._start(rule, trigger, notified)
+            return True
+        return False
+
+    def _start(self, rule: Rule, trigger: str, notified: float) -> None:
+        self._busy[rule.domain] = rule.name
+        self._windows[rule.domain] = _Window()
+        task = asyncio.get_running_loop().create_task(self._incident(rule, trigger, notified))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the whole machine: tripwires and adaptive polling -----------------------------
+
+    def _children(self, rule: Rule) -> list[str]:
+        return sorted(p for p in self._paths.get(rule.domain, ())
+                      if p != rule.domain and parent_path(p) == rule.domain)
+
+    async def _arm(self, rule: Rule, *, announce: bool = False) -> None:
+        """(Re-)arm the rule's tripwires for the headroom now, in the worker thread; fire
+        the rule if memory is already short."""
+        wires = self._tripwires[rule.name]
+        children = self._children(rule)
+        info, problems = await self._snapshotter.start().run(lambda: wires.arm(children))
+        for problem in problems:
+            log.warning("cgoom handler: %s: %s", rule.name, problem)
+        if announce:
+            self.setup.append(
+                f"{rule.name}: memory.high tripwires on {len(wires.armed)} of "
+                f"{len(children)} child(ren) of {rule.domain}, sharing the headroom above "
+                f"{rule.available_below:.0%} of MemTotal "
+                f"({format_size(max(info.available - wires.reserve_bytes(info), 0))} now)"
+                + "".join(f"; {p}" for p in problems))
+        self._machine_check(rule, info, "when arming", time.monotonic(), rearm=False)
+
+    def _schedule_arm(self, rule: Rule, delay: float = 0.0) -> None:
+        """Re-arm soon (coalesced): now, or when the rule's rest ends. A trip while a re-arm
+        runs asks for another after it (that one may have read usage before the trip)."""
+        if self._closed:
+            return
+        if rule.name in self._arming:
+            self._arm_again.add(rule.name)
+            return
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            if rule.name not in self._timers:
+                self._timers[rule.name] = loop.call_later(delay, self._rearm_now, rule)
+            return
+        self._rearm_now(rule)
+
+    def _rearm_now(self, rule: Rule) -> None:
+        self._timers.pop(rule.name, None)
+        if self._closed:
+            return
+        if rule.name in self._arming:
+            self._arm_again.add(rule.name)
+            return
+        self._arming.add(rule.name)
+
+        async def rearm() -> None:
+            try:
+                await self._arm(rule)
+            except Exception:
+                log.exception("cgoom handler: re-arming the tripwires of %r failed", rule.name)
+            finally:
+                self._arming.discard(rule.name)
+                if rule.name in self._arm_again:
+                    self._arm_again.discard(rule.name)
+                    self._rearm_now(rule)
+
+        task = asyncio.get_running_loop().create_task(rearm())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _tripped(self, rule: Rule, event: MemoryEventsChanged) -> None:
+        """A ``high`` event on a child of a machine rule's domain: release that tripwire at
+        once (raising memory.high never reclaims: a direct write, 0.6-0.8 ms measured),
+        then re-check MemAvailable."""
+        wires = self._tripwires[rule.name]
+        if wires.release(event.cgroup):
+            self._counts["tripwire_trips"] += 1
+            log.debug("cgoom handler: %s: tripwire on %s fired", rule.name, event.cgroup)
+        try:
+            info = read_meminfo(self.hierarchy)
+        except (OSError, CgoomError) as exc:
+            log.error("cgoom handler: %s: cannot read the machine's memory: %s", rule.name, exc)
+            return
+        self._machine_check(rule, info, f"tripwire on {event.cgroup}", event.time, rearm=True)
+
+    def _machine_check(self, rule: Rule, info: MemInfo, source: str, notified: float, *,
+                       rearm: bool) -> None:
+        wires = self._tripwires[rule.name]
+        reserve = wires.reserve_bytes(info)
+        state = self._states[rule.name]
+        if info.available < reserve:
+            trigger = (f"MemAvailable {format_size(info.available)} < "
+                       f"{rule.available_below:.0%} of MemTotal {format_size(info.total)} "
+                       f"({source})")
+            if not self._signal(rule, trigger, notified) and not state.busy:
+                # Resting after an incident: look again when the rest ends.
+                self._schedule_arm(rule, max(state.rest_until - time.monotonic(), 0.01))
+        elif rearm and not state.busy:
+            self._schedule_arm(rule)
+        if (rule.poll_below is not None and info.available < rule.poll_below * info.total
+                and rule.name not in self._polling and not self._closed):
+            task = asyncio.get_running_loop().create_task(self._poll(rule))
+            self._polling[rule.name] = task
+            task.add_done_callback(lambda _t: self._polling.pop(rule.name, None))
+
+    async def _poll(self, rule: Rule) -> None:
+        """Poll MemAvailable while it is below ``poll_below`` (polling, by the rule's
+        choice; earlyoom's adaptive interval), firing the rule below the reserve."""
+        assert rule.poll_below is not None
+        wires = self._tripwires[rule.name]
+        while not self._closed:
+            try:
+                info = read_meminfo(self.hierarchy)
+            except (OSError, CgoomError) as exc:
+                log.error("cgoom handler: %s: polling stopped: %s", rule.name, exc)
+                return
+            self._counts["polls"] += 1
+            if info.available >= rule.poll_below * info.total:
+                return
+            reserve = wires.reserve_bytes(info)
+            if info.available < reserve:
+                self._signal(rule, f"MemAvailable {format_size(info.available)} < "
+                             f"{rule.available_below:.0%} of MemTotal "
+                             f"{format_size(info.total)} (poll)", time.monotonic())
+            await asyncio.sleep(min(POLL_MAX, max(POLL_MIN,
+                                                  (info.available - reserve) / FILL_RATE)))
 
     # --- one incident ------------------------------------------------------------------
 
-    async def _incident(self, rule: Rule, event: MemoryEventsChanged) -> None:
+    async def _incident(self, rule: Rule, trigger: str, notified: float) -> None:
         state = self._states[rule.name]
         try:
-            record = await self._handle(rule, event)
+            record = await self._handle(rule, trigger, notified)
         except Exception:
             log.exception("cgoom handler: incident of rule %r failed", rule.name)
-            state.finished(time.monotonic())
-            self._busy.pop(rule.domain, None)
-            return
+            record = None
         folded = state.finished(time.monotonic())
         self._busy.pop(rule.domain, None)
+        self._windows.pop(rule.domain, None)
+        if rule.machine:
+            self._schedule_arm(rule, rule.cooldown)
+        if record is None:
+            return
         record = attrs.evolve(record, folded=folded)
         self._counts["incidents"] += 1
         self._counts["dry_runs"] += record.dry_run
-        self._counts["kills"] += record.victim is not None
+        self._counts["kills"] += sum(a.ok and a.action.startswith(("kill", "terminate"))
+                                     for a in record.actions)
         self._counts["fallbacks"] += record.decision.policy != self.policies[rule.name].name
         log.info("cgoom: %s", record.explain().splitlines()[0])
         self._deliver(record)
@@ -324,6 +570,9 @@ class Handler:
     def _on_kernel_kill(self, kill: KernelOomKill) -> None:
         self._counts["kernel_kills"] += 1
         log.warning("cgoom: %s", kill)
+        for domain, window in self._windows.items():
+            if kill.task_memcg is None or _inside(kill.task_memcg, domain):
+                window.kills.append(kill)
         self._deliver(kill)
 
     def _deliver(self, record: Record) -> None:
@@ -336,10 +585,16 @@ class Handler:
             except Exception:
                 log.exception("cgoom handler listener %r failed", listener)
 
-    async def _handle(self, rule: Rule, event: MemoryEventsChanged) -> IncidentRecord:
+    def _available(self) -> int | None:
+        try:
+            return read_meminfo(self.hierarchy).available
+        except (OSError, CgoomError):
+            return None
+
+    async def _handle(self, rule: Rule, trigger: str, notified: float) -> IncidentRecord:
         assert self._watcher is not None
-        notified = event.time
         started_at = time.time()
+        available_before = self._available()
         domain = self.hierarchy.cgroup(rule.domain)
         policy = self.policies[rule.name]
         paths = sorted(self._paths[rule.domain])
@@ -354,23 +609,39 @@ class Handler:
         snapshot_done = time.monotonic()
         # The domain's usage as the snapshot just read it (no second read of the file).
         before = snaps[rule.domain].usage if rule.domain in snaps else None
-        incident = Incident.create(rule.domain, "memory.events " + ",".join(sorted(
-            k for k in event.delta if k in rule.on)), own_cgroup=self.own_cgroup)
+        incident = Incident.create(rule.domain, trigger, own_cgroup=self.own_cgroup)
         decision = await adecide(policy, incident, snaps, budget=rule.budget)
         decided = time.monotonic()
         actions: list[ActionResult] = []
         kill_at = confirmed_at = None
-        if not rule.dry_run:
-            for victim in decision.victims:
-                result, kill_at, confirmed_at = await self._act(rule, victim)
-                actions.append(result)
-                if result.ok:
-                    break
+        first = decision.first
+        if rule.dry_run or rule.action == "notify":
+            actions.append(ActionResult(
+                "dry-run" if rule.dry_run else "notify",
+                first.cgroup if first else rule.domain, first.pid if first else None, False,
+                "dry run: nothing was killed" if rule.dry_run
+                else "notify only (the rule's action): nothing was done"))
         else:
-            actions.append(ActionResult("dry-run", decision.first.cgroup if decision.first
-                                        else rule.domain, decision.first.pid if decision.first
-                                        else None, False, "dry run: nothing was killed"))
+            act = True
+            if rule.action == "raise-limit":
+                raised = await self._raise(rule)
+                actions.append(raised)
+                act = not raised.ok  # no room: kill instead
+            acted = 0
+            for victim in decision.victims if act else ():
+                if acted >= rule.max_victims:
+                    break
+                result, at, gone = await self._act(rule, victim)
+                actions.append(result)
+                if not result.ok:
+                    continue
+                acted += 1
+                kill_at = at if kill_at is None else kill_at
+                confirmed_at = gone
+                if rule.action in ("freeze", "reclaim") or not self._short(rule, before):
+                    break
         after = if_supported(domain.memory_current)
+        window = self._windows.get(rule.domain, _Window())
         ms = 1000.0
         timings = Timings(
             notified=notified, snapshot_ms=(snapshot_done - notified) * ms,
@@ -379,9 +650,173 @@ class Handler:
             confirmed_ms=None if confirmed_at is None else (confirmed_at - notified) * ms)
         return IncidentRecord(
             id=f"{int(started_at)}-{next(self._ids)}", rule=rule.name, domain=rule.domain,
-            trigger=str(event), folded=0, dry_run=rule.dry_run, decision=decision,
+            trigger=trigger, folded=0, dry_run=rule.dry_run, decision=decision,
             candidates=tuple(snaps.values()), actions=tuple(actions), timings=timings,
-            memory_before=before, memory_after=after, started_at=started_at)
+            memory_before=before, memory_after=after, started_at=started_at,
+            available_before=available_before, available_after=self._available(),
+            kernel_kills=tuple(window.kills), kernel_oom_kills=window.oom_kill)
+
+    def _short(self, rule: Rule, before: int | None) -> bool:
+        """After a victim is gone: is memory still short, so the next victim is needed? A
+        machine rule looks at MemAvailable; a rule with ``min_freed`` at what was freed."""
+        if rule.machine:
+            wires = self._tripwires[rule.name]
+            try:
+                info = read_meminfo(self.hierarchy)
+            except (OSError, CgoomError):
+                return False
+            return info.available < wires.reserve_bytes(info)
+        if rule.min_freed is None or before is None:
+            return False
+        now = if_supported(self.hierarchy.cgroup(rule.domain).memory_current)
+        return now is not None and before - now < rule.min_freed
+
+    # --- actions -----------------------------------------------------------------------
+
+    async def _act(self, rule: Rule, victim: Victim,
+                   ) -> tuple[ActionResult, float | None, float | None]:
+        """Carry out the rule's action on ``victim``: (result, action time, gone time)."""
+        if rule.action == "freeze":
+            result = freeze_cgroup(self.hierarchy, victim)
+            if result.ok:
+                self._frozen.append(victim.cgroup)
+            return result, time.monotonic() if result.ok else None, None
+        if rule.action == "reclaim":
+            assert rule.reclaim is not None
+            amount = rule.reclaim
+            result = await self._snapshotter.start().run(
+                lambda: reclaim_cgroup(self.hierarchy, victim, amount))
+            return result, time.monotonic() if result.ok else None, None
+        if rule.action == "graceful":
+            return await self._graceful(rule, victim)
+        return await self._kill(rule, victim)
+
+    async def _graceful(self, rule: Rule, victim: Victim,
+                        ) -> tuple[ActionResult, float | None, float | None]:
+        """SIGTERM, up to ``rule.grace`` seconds for it to end, then SIGKILL."""
+        assert self._processes is not None
+        loop = asyncio.get_running_loop()
+        if victim.whole:
+            gone: asyncio.Future[float] = loop.create_future()
+            self._gone.setdefault(victim.cgroup, []).append(gone)
+            result = terminate_cgroup(self.hierarchy, victim, self._processes)
+            sent_at = time.monotonic()
+            if result.ok:
+                with contextlib.suppress(TimeoutError):
+                    ended = await asyncio.wait_for(asyncio.shield(gone), rule.grace)
+                    return attrs.evolve(result, detail=result.detail + "; populated 0 within "
+                                        "the grace period",
+                                        confirmed_ms=(ended - sent_at) * 1000), sent_at, ended
+            waiting = self._gone.get(victim.cgroup, [])
+            if gone in waiting:
+                waiting.remove(gone)
+            if not result.ok and "not signalled" in result.detail:
+                return result, None, None
+            killed, at, ended_at = await self._kill(rule, victim)
+            return attrs.evolve(killed, detail=f"{result.detail}; still there after "
+                                f"{rule.grace} s: {killed.detail}"), at, ended_at
+        result, handle = terminate_process(self.hierarchy, victim, self._processes)
+        if handle is None:
+            return result, None, None
+        sent_at = time.monotonic()
+        exited = await self._await_exits([handle], rule.grace)
+        if exited is not None:
+            return attrs.evolve(result, detail=result.detail + "; exited within the grace "
+                                "period", confirmed_ms=(exited - sent_at) * 1000), sent_at, exited
+        killed, at, ended_at = await self._kill(rule, victim)
+        return attrs.evolve(killed, detail=f"{result.detail}; still there after {rule.grace} "
+                            f"s: {killed.detail}"), at, ended_at
+
+    async def _raise(self, rule: Rule) -> ActionResult:
+        """Google's "overlimit": when the machine has room, raise the domain's memory.max
+        (and memory.high, if set) by ``rule.raise_by`` and mark it ``user.cgoom.overlimit``
+        so it ranks lower where it competes; put both back once it fits again."""
+        assert rule.raise_by is not None
+        by = rule.raise_by
+        domain = self.hierarchy.cgroup(rule.domain)
+        try:
+            info = read_meminfo(self.hierarchy)
+            limit, high = domain.memory_max(), domain.memory_high()
+        except (OSError, CgoomError) as exc:
+            return ActionResult("raise-limit", rule.domain, None, False, f"not raised: {exc}")
+        reserve = int(info.total * (rule.available_below or 0.1))
+        if limit == "max":
+            return ActionResult("raise-limit", rule.domain, None, False,
+                                "not raised: it has no memory.max")
+        if info.available - by < reserve:
+            return ActionResult("raise-limit", rule.domain, None, False,
+                                f"not raised: the machine has no room (MemAvailable "
+                                f"{format_size(info.available)}, reserve {format_size(reserve)})")
+        mark = None
+        with contextlib.suppress(CgoomError):
+            mark = domain.get_xattr(OVERLIMIT_XATTR)
+        started = time.perf_counter()
+
+        def write() -> str:
+            domain.set_memory_max(limit + by)
+            if high != "max":
+                domain.set_memory_high(high + by)
+            try:
+                domain.set_xattr(OVERLIMIT_XATTR, "1")
+            except CgoomError as exc:
+                return f"; not marked overlimit: {exc}"
+            return f"; marked {OVERLIMIT_XATTR}"
+
+        try:
+            note = await self._snapshotter.start().run(write)
+        except CgoomError as exc:
+            return ActionResult("raise-limit", rule.domain, None, False, f"not raised: {exc}")
+        if rule.domain not in self._raised:
+            self._raised[rule.domain] = (limit, high, mark)
+        self._schedule_lower(rule)
+        return ActionResult("raise-limit", rule.domain, None, True,
+                            f"memory.max raised {format_size(limit)} -> "
+                            f"{format_size(limit + by)}{note}; put back once usage fits",
+                            syscall_ms=(time.perf_counter() - started) * 1000)
+
+    def _schedule_lower(self, rule: Rule) -> None:
+        """Look again after the rule's cooldown (a timer while a limit is raised; nothing
+        runs otherwise)."""
+        key = "lower:" + rule.domain
+        if key in self._timers or self._closed:
+            return
+
+        def again(_task: object) -> None:
+            if rule.domain in self._raised:
+                self._schedule_lower(rule)
+
+        def due() -> None:
+            self._timers.pop(key, None)
+            task = asyncio.get_running_loop().create_task(self._lower(rule.domain))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(again)
+
+        self._timers[key] = asyncio.get_running_loop().call_later(max(rule.cooldown, 1.0), due)
+
+    async def _lower(self, path: str, *, final: bool = False) -> None:
+        """Put a raised limit back if the cgroup's usage fits under it again (never below
+        usage: that would reclaim at once or call the kernel's OOM killer)."""
+        limit, high, mark = self._raised[path]
+        cgroup = self.hierarchy.cgroup(path)
+        usage = if_supported(cgroup.memory_current)
+        ceiling = limit if isinstance(high, str) else high
+        if usage is not None and usage >= ceiling:
+            if final:
+                log.warning("cgoom handler: memory.max of %s stays raised: usage %s is above "
+                            "the original %s", path, usage, ceiling)
+            return
+
+        def write() -> None:
+            cgroup.set_memory_max(limit)
+            cgroup.set_memory_high(high)
+            cgroup.set_xattr(OVERLIMIT_XATTR, mark)
+
+        try:
+            await self._snapshotter.start().run(write)
+        except CgoomError as exc:
+            log.warning("cgoom handler: could not put back the limits of %s: %s", path, exc)
+        del self._raised[path]
 
     async def _await_exits(self, handles: list[int], seconds: float) -> float | None:
         """When every process behind ``handles`` has exited (the last one's time), or
@@ -399,8 +834,8 @@ class Handler:
                 loop.remove_reader(handle)
                 self._processes.close(handle)
 
-    async def _act(self, rule: Rule, victim: Victim,
-                   ) -> tuple[ActionResult, float | None, float | None]:
+    async def _kill(self, rule: Rule, victim: Victim,
+                    ) -> tuple[ActionResult, float | None, float | None]:
         """Kill ``victim`` and wait for it to be gone: (result, kill time, gone time)."""
         loop = asyncio.get_running_loop()
         if victim.whole:
@@ -433,22 +868,7 @@ class Handler:
         kill_at = time.monotonic()
         if handle is None:
             return result, (kill_at if result.ok else None), None
-        exited: asyncio.Future[float] = loop.create_future()
-
-        def readable() -> None:
-            if not exited.done():
-                exited.set_result(time.monotonic())
-
-        try:
-            loop.add_reader(handle, readable)
-            try:
-                gone_at: float | None = await asyncio.wait_for(exited, rule.confirm_timeout)
-            except TimeoutError:
-                gone_at = None
-            finally:
-                loop.remove_reader(handle)
-        finally:
-            self._processes.close(handle)
+        gone_at = await self._await_exits([handle], rule.confirm_timeout)
         if gone_at is None:
             return attrs.evolve(result, detail=result.detail + f"; not gone after "
                                 f"{rule.confirm_timeout} s"), kill_at, None

@@ -14,6 +14,7 @@ import attrs
 
 from ._actions import ActionResult
 from ._candidates import CgroupSnapshot
+from ._kmsg import KernelOomKill
 from ._parse import format_size
 from ._policy import Decision
 
@@ -52,11 +53,19 @@ class IncidentRecord:
     memory_after: int | None
     #: Wall-clock time (seconds since the epoch) when the incident started.
     started_at: float
+    #: The machine's MemAvailable (bytes) when the incident started and when it ended.
+    available_before: int | None = None
+    available_after: int | None = None
+    #: What the kernel did in the domain meanwhile: its OOM kills as /dev/kmsg told them,
+    #: and the domain's memory.events ``oom_kill`` delta (counted even without the log).
+    kernel_kills: tuple[KernelOomKill, ...] = ()
+    kernel_oom_kills: int = 0
 
     @property
     def victim(self) -> ActionResult | None:
-        """The action that killed, if any."""
-        return next((a for a in self.actions if a.ok), None)
+        """The first action that acted on a victim (killed, terminated, froze, reclaimed
+        from it), if any."""
+        return next((a for a in self.actions if a.ok and a.action != "raise-limit"), None)
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self), sort_keys=True, separators=(",", ":"))
@@ -86,4 +95,11 @@ class IncidentRecord:
             after = "?" if self.memory_after is None else format_size(self.memory_after)
             lines.append(f"  memory of {self.domain}: {format_size(self.memory_before)} -> "
                          f"{after}")
+        if self.available_before is not None and self.available_after is not None:
+            lines.append(f"  MemAvailable: {format_size(self.available_before)} -> "
+                         f"{format_size(self.available_after)}")
+        if self.kernel_oom_kills or self.kernel_kills:
+            lines.append(f"  meanwhile the kernel's OOM killer: {self.kernel_oom_kills} "
+                         f"oom_kill event(s) in {self.domain}")
+            lines += [f"    {k}" for k in self.kernel_kills]
         return "\n".join(lines)

@@ -1,10 +1,18 @@
 """Rules: when an OOM domain's events call for a decision. Pure: no I/O; the clock is given.
 
-A rule watches one *domain* (a cgroup subtree: victims come from it) and fires on its
-hierarchical ``memory.events`` counters: ``high`` (the earliest warning: memory.high is
-throttling the workload), ``max`` (a charge hit memory.max), ``oom`` (the kernel's OOM killer
-was invoked), ``oom_kill``. ``threshold`` events within ``window`` seconds fire it (the
-kernel coalesces notifications, so counts come as deltas: one notification may carry many).
+A rule watches one *domain* (a cgroup subtree: victims come from it) and fires on any of
+its triggers:
+
+- the domain's hierarchical ``memory.events`` counters: ``high`` (the earliest warning:
+  memory.high is throttling the workload), ``max`` (a charge hit memory.max), ``oom`` (the
+  kernel's OOM killer was invoked), ``oom_kill``. ``threshold`` events within ``window``
+  seconds fire it (the kernel coalesces notifications, so counts come as deltas: one
+  notification may carry many);
+- a PSI trigger or sustained pressure, on the domain or system-wide (``pressure``);
+- the whole machine running short: ``MemAvailable`` below ``available_below`` of MemTotal,
+  seen through memory.high tripwires on the domain's children (``_tripwire``), optionally
+  with adaptive polling while memory is low (``poll_below``).
+
 After an incident the rule rests for ``cooldown`` seconds, and one incident at a time runs
 per domain: events meanwhile are folded into it.
 """
@@ -13,21 +21,29 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, cast
 
 import attrs
 
 from ._candidates import normalize_path
 from ._errors import InvalidValue
+from ._events import PressureTrigger, SustainedPressure
+from ._parse import parse_size
 
 #: The memory.events counters a rule may fire on.
 TRIGGERS = frozenset({"high", "max", "oom", "oom_kill"})
+#: What a rule does to its victim (docs/handler.md, "Actions").
+ACTIONS = frozenset({"kill", "graceful", "freeze", "reclaim", "raise-limit", "notify"})
+#: ``on`` when a rule has no other trigger.
+DEFAULT_ON = frozenset({"high", "max", "oom"})
 
 
-def _triggers(value: str | Iterable[str]) -> frozenset[str]:
+def _triggers(value: str | Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
     names: frozenset[str] = frozenset([value] if isinstance(value, str) else value)
     unknown = names - TRIGGERS
-    if not names or unknown:
+    if unknown:
         raise InvalidValue(f"rule trigger {sorted(unknown) or value!r}: memory.events counters "
                            f"to fire on are {', '.join(sorted(TRIGGERS))}", value=repr(value))
     return names
@@ -53,6 +69,20 @@ def _fraction(instance: object, attribute: attrs.Attribute[Any], value: object) 
                            "memory.high at 90% of memory.max)", value=repr(value))
 
 
+def _machine_fraction(instance: object, attribute: attrs.Attribute[Any],
+                      value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not 0 < value < 1):
+        raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
+                           f"{value!r}, a fraction of MemTotal between 0 and 1 (0.1: act when "
+                           "MemAvailable falls below 10% of the machine's memory)",
+                           value=repr(value))
+
+
+def _size(value: int | str | None) -> int | None:
+    return None if value is None else parse_size(value, "rule size")
+
+
 def _args(value: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(dict(value).items()))
 
@@ -74,8 +104,9 @@ class Rule:
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
     domain: str = attrs.field(converter=normalize_path)
-    on: frozenset[str] = attrs.field(default=frozenset({"high", "max", "oom"}),
-                                     converter=_triggers)
+    #: memory.events counters of the domain; default high, max and oom, or none when the
+    #: rule has another trigger (``pressure``, ``available_below``).
+    on: frozenset[str] = attrs.field(default=None, converter=_triggers)
     threshold: int = attrs.field(default=1, validator=_positive)
     window: float = attrs.field(default=1.0, validator=_positive)
     policy: Any = "priority"
@@ -87,6 +118,61 @@ class Rule:
     high_below_max: float | None = attrs.field(default=None, validator=_fraction)
     oom_group_leaves: bool = attrs.field(default=False,
                                          validator=attrs.validators.instance_of(bool))
+    #: A PSI trigger or sustained-pressure rule, on the domain's memory.pressure or
+    #: (``pressure_scope="system"``) on /proc/pressure/memory.
+    pressure: PressureTrigger | SustainedPressure | None = attrs.field(
+        default=None, validator=attrs.validators.optional(
+            attrs.validators.instance_of((PressureTrigger, SustainedPressure))))
+    pressure_scope: Literal["domain", "system"] = attrs.field(
+        default="domain", validator=attrs.validators.in_(("domain", "system")))
+    #: The whole-machine trigger: MemAvailable below this fraction of MemTotal, seen through
+    #: memory.high tripwires on the domain's children (docs/handler.md).
+    available_below: float | None = attrs.field(default=None, validator=_machine_fraction)
+    #: Poll MemAvailable, adaptively, while it is below this fraction of MemTotal (off by
+    #: default: polling, as earlyoom does, only where memory is already low).
+    poll_below: float | None = attrs.field(default=None, validator=_machine_fraction)
+    #: What to do to the victim: one of ``ACTIONS``.
+    action: str = attrs.field(default="kill", validator=attrs.validators.in_(ACTIONS))
+    #: ``graceful``: seconds between SIGTERM and SIGKILL.
+    grace: float = attrs.field(default=5.0, validator=_positive)
+    #: ``reclaim``: how much to reclaim from the victim (bytes, or "64M").
+    reclaim: int | None = attrs.field(default=None, converter=_size)
+    #: ``raise-limit``: how much to raise the domain's memory.max by (bytes, or "64M").
+    raise_by: int | None = attrs.field(default=None, converter=_size)
+    #: Take the next victim of the same decision when a kill freed less than this (bytes of
+    #: the domain's memory.current; a machine rule goes on while MemAvailable stays low).
+    min_freed: int | None = attrs.field(default=None, converter=_size)
+    #: At most this many victims acted on in one incident (a victim that cannot be acted
+    #: on, being gone, does not count). 1 by default: a second kill in one incident is the
+    #: operator's choice (with ``min_freed``, or a machine rule), never a guess.
+    max_victims: int = attrs.field(default=1, validator=[attrs.validators.instance_of(int),
+                                                         _positive])
+
+    def __attrs_post_init__(self) -> None:
+        other = self.pressure is not None or self.available_below is not None
+        given = cast("frozenset[str] | None", self.on)  # None until resolved here
+        if given is None:
+            object.__setattr__(self, "on", frozenset() if other else DEFAULT_ON)
+        elif not self.on and not other:
+            raise InvalidValue(f"rule {self.name!r} has no trigger: give on= (memory.events "
+                               f"counters: {', '.join(sorted(TRIGGERS))}), pressure= or "
+                               "available_below=", value="on=()")
+        if self.poll_below is not None and (self.available_below is None
+                                            or self.poll_below <= self.available_below):
+            raise InvalidValue(f"rule {self.name!r}: poll_below={self.poll_below!r} polls "
+                               "while MemAvailable is low, above available_below: give "
+                               "available_below= smaller than it", value=repr(self.poll_below))
+        if self.action == "reclaim" and not self.reclaim:
+            raise InvalidValue(f"rule {self.name!r}: action 'reclaim' needs reclaim= (how "
+                               "much, e.g. '64M')", value=repr(self.reclaim))
+        if self.action == "raise-limit" and not self.raise_by:
+            raise InvalidValue(f"rule {self.name!r}: action 'raise-limit' needs raise_by= "
+                               "(how much, e.g. '64M')", value=repr(self.raise_by))
+
+    @property
+    def machine(self) -> bool:
+        """Whether the rule watches the whole machine (``available_below``)."""
+        return self.available_below is not None
 
 
 class RuleState:
@@ -116,6 +202,18 @@ class RuleState:
         if now < self.rest_until:
             return False
         if sum(n for _, n in self._recent) < self.rule.threshold:
+            return False
+        self._recent.clear()
+        self.busy, self.folded = True, 0
+        return True
+
+    def signal(self, now: float) -> bool:
+        """A trigger that needs no counting (PSI, the machine's memory) fired: ``True`` when
+        an incident should start now; folded into the one in flight otherwise."""
+        if self.busy:
+            self.folded += 1
+            return False
+        if now < self.rest_until:
             return False
         self._recent.clear()
         self.busy, self.folded = True, 0

@@ -14,14 +14,17 @@ from ._tree import FakeCgroupTree
 
 class FakeProcesses:
     """:class:`cgoom.ProcessControl` over a :class:`FakeCgroupTree`'s fake processes.
-    ``killed`` and ``released`` list the pids, in order; ``survive`` holds pids that take
-    the signal but do not exit (to test a kill that is not confirmed)."""
+    ``killed``, ``terminated`` and ``released`` list the pids, in order; ``survive`` holds
+    pids that take the signal but do not exit (to test a kill that is not confirmed);
+    ``stubborn`` pids ignore SIGTERM (to test the grace period running out)."""
 
     def __init__(self, tree: FakeCgroupTree) -> None:
         self.tree = tree
         self.killed: list[int] = []
         self.released: list[int] = []
         self.survive: set[int] = set()
+        self.terminated: list[int] = []
+        self.stubborn: set[int] = set()
         self._handles: dict[int, tuple[int, int]] = {}
 
     def open(self, pid: int) -> int:
@@ -32,12 +35,25 @@ class FakeProcesses:
         return read_end
 
     def kill(self, handle: int) -> None:
-        pid, write_end = self._handles[handle]
+        pid = self._signal(handle)
+        self.killed.append(pid)
+        if pid not in self.survive:
+            self._exit(handle)
+
+    def terminate(self, handle: int) -> None:
+        pid = self._signal(handle)
+        self.terminated.append(pid)
+        if pid not in self.survive and pid not in self.stubborn:
+            self._exit(handle)
+
+    def _signal(self, handle: int) -> int:
+        pid, _write_end = self._handles[handle]
         if not os.path.isdir(os.path.join(self.tree.base, "proc", str(pid))):
             raise ProcessLookupError(pid, "no such process")
-        self.killed.append(pid)
-        if pid in self.survive:
-            return
+        return pid
+
+    def _exit(self, handle: int) -> None:
+        pid, write_end = self._handles[handle]
         self.tree.fs.remove_pid(pid)
         self.tree.remove_process(pid)
         os.close(write_end)

@@ -6,6 +6,7 @@ Layout under ``base``::
     proc/self/mountinfo          names cgroup/ as a cgroup2 mount, with the chosen options
     proc/self/cgroup             "0::/"
     proc/pressure/memory         system-wide PSI
+    proc/meminfo                 MemTotal and MemAvailable (:meth:`FakeCgroupTree.set_meminfo`)
     sys/kernel/cgroup/features   what the kernel supports
     sys/kernel/cgroup/delegate   what a delegatee may write
 """
@@ -65,6 +66,7 @@ class FakeCgroupTree:
                     f"31 22 0:28 / {escaped} rw,nosuid - cgroup2 cgroup2 {opts}\n")
         self._write(os.path.join(proc, "self", "cgroup"), "0::/\n")
         self._write(os.path.join(proc, "pressure", "memory"), PRESSURE_ZERO)
+        self.set_meminfo(total=4 << 30, available=3 << 30)
         self._write(os.path.join(kernel_dir, "features"), _KERNEL_FEATURES)
         self._write(os.path.join(kernel_dir, "delegate"), _DELEGATE)
         self.fs.proc_root = proc
@@ -116,6 +118,13 @@ class FakeCgroupTree:
         """Write ``text`` into interface file ``name`` of ``path`` as the *kernel* would
         (read-only files included), bypassing the simulated write rules."""
         self._write(os.path.join(self.cgroup(path).dir, name), text)
+
+    def set_meminfo(self, *, total: int, available: int) -> None:
+        """The machine's ``MemTotal`` and ``MemAvailable`` in ``proc/meminfo`` (bytes,
+        written as the kernel does, in kB; default 4 GiB and 3 GiB)."""
+        self._write(os.path.join(self.base, "proc", "meminfo"),
+                    f"MemTotal:       {total // 1024} kB\nMemFree:        {available // 1024} kB\n"
+                    f"MemAvailable:   {available // 1024} kB\nBuffers:           0 kB\n")
 
     def set_memory_events(self, path: str, *, local: bool = False, **counts: int) -> None:
         """Set ``memory.events`` (or ``.local``) counters, e.g. ``high=3, oom_kill=1``."""

@@ -1,0 +1,173 @@
+"""The engine's other triggers and actions on the real kernel (issue #9): the whole machine
+with no limits anywhere (memory.high tripwires), a PSI rule, the cgroup.kill-free kill path,
+graceful, freeze and reclaim. Each prints its figures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import cgoom
+from cgoom.testing import wait_until
+
+from .conftest import hog, holding_hog, python_cmd, throttled
+from .test_handler_real import GROW
+
+Spawn = Callable[[cgoom.Cgroup, str], Any]
+M = 1 << 20
+
+#: A separate process (not a thread: no GIL shared with the engine) that polls /proc/meminfo
+#: every millisecond and prints time.monotonic() (system-wide, comparable across processes)
+#: when MemAvailable first falls below 10% of MemTotal: the moment the pollers measure from.
+WATCH_LOW = (
+    "import sys, time\n"
+    "def read():\n"
+    "    d = {}\n"
+    "    for line in open('/proc/meminfo'):\n"
+    "        k, v = line.split(':'); d[k] = int(v.split()[0])\n"
+    "    return d\n"
+    "total = read()['MemTotal']\n"
+    "print('ready', flush=True)\n"
+    "while read()['MemAvailable'] >= total // 10: time.sleep(0.001)\n"
+    "print(repr(time.monotonic()), flush=True)\n"
+)
+
+
+def watch_low() -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", WATCH_LOW], stdout=subprocess.PIPE,
+                            text=True)
+
+
+def vmstat_oom_kill() -> int:
+    with open("/proc/vmstat") as f:
+        for line in f:
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    raise AssertionError("no oom_kill in /proc/vmstat")
+
+
+async def test_whole_machine_hog_dies_before_the_kernel_acts(
+        box: cgoom.Cgroup, spawn: Spawn, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """No memory limit anywhere: db (140M, priority 100), web (50M, 50) and a hog growing
+    ~40 MiB/s (0) under one cgroup; a machine rule (MemAvailable below 10%) arms memory.high
+    tripwires on the three. The hog dies whole, before the kernel's OOM killer, and db and
+    web live on. Prints the time from MemAvailable < 10% to the kill."""
+    caplog.set_level(logging.DEBUG, "cgoom")  # each trip, shown if the test fails
+    lab = box.create_child("lab")
+    lab.enable_controllers("memory", "pids")
+    lab.set_memory_swap_max(0)  # no escape to the VM's zram swap, as measured
+    kids = {}
+    for name, priority in (("db", 100), ("web", 50), ("hog", 0)):
+        kids[name] = lab.create_child(name)
+        kids[name].set_priority(priority)
+        kids[name].set_memory_oom_group(True)
+    db, web = spawn(kids["db"], holding_hog(140)), spawn(kids["web"], holding_hog(50))
+    wait_until(lambda: kids["db"].memory_current() > 135 * M
+               and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
+    kernel_kills = vmstat_oom_kill()
+    watcher = watch_low()
+    try:
+        assert watcher.stdout is not None and watcher.stdout.readline() == "ready\n"
+        rule = cgoom.Rule("machine", lab.path, available_below=0.1, confirm_timeout=30)
+        async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+            armed = {n: k.memory_high() for n, k in kids.items()}
+            assert all(level != "max" for level in armed.values()), (armed, handler.setup)
+            grower = spawn(kids["hog"], python_cmd(GROW))
+            record = await asyncio.wait_for(handler.__anext__(), 120)
+            stats = handler.statistics()
+        low_at = float(watcher.stdout.readline())
+    finally:
+        watcher.kill()
+        watcher.wait()
+        if watcher.stdout is not None:
+            watcher.stdout.close()
+    assert isinstance(record, cgoom.IncidentRecord), record
+    assert all(k.memory_high() == "max" for k in kids.values())  # restored
+    victim = record.victim
+    assert victim is not None and victim.cgroup == kids["hog"].path, record.explain()
+    assert victim.action == "kill-cgroup" and victim.confirmed_ms is not None
+    assert grower.proc.wait(10) == -9
+    assert db.proc.poll() is None and web.proc.poll() is None
+    assert vmstat_oom_kill() == kernel_kills  # before the kernel's OOM killer
+    t = record.timings
+    assert t.kill_ms is not None and t.confirmed_ms is not None
+    kill_at = t.notified + t.kill_ms / 1000
+    with capsys.disabled():
+        print(f"\n[figures] whole machine: MemAvailable < 10% to kill "
+              f"{(kill_at - low_at) * 1000:+.1f} ms (negative: before that moment); "
+              f"notification to kill {t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms; "
+              f"{stats.tripwire_trips} tripwire trip(s); kernel oom_kill unchanged; "
+              f"{record.trigger}\n{record.explain()}")
+
+
+async def test_a_psi_rule_on_the_domain(box: cgoom.Cgroup, spawn: Spawn,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A hog throttled hard by memory.high (no swap) stalls: the domain's PSI trigger fires
+    the rule, and the engine kills the stalled cgroup whole."""
+    domain = box.create_child("psi")
+    domain.enable_controllers("memory", "pids")
+    stalled = throttled(domain, "stalled")
+    stalled.set_memory_oom_group(True)
+    trigger = cgoom.PressureTrigger("some", 50_000, 500_000)  # 10% of half a second
+    rule = cgoom.Rule("psi", domain.path, pressure=trigger, confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        assert rule.on == frozenset()
+        proc = spawn(stalled, hog(64))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    assert isinstance(record, cgoom.IncidentRecord), record
+    assert record.trigger == f"{domain.path} memory pressure: {trigger}"
+    assert record.victim is not None and record.victim.cgroup == stalled.path
+    assert proc.proc.wait(10) == -9
+    t = record.timings
+    with capsys.disabled():
+        print(f"\n[figures] PSI rule: trigger to kill {t.kill_ms:.1f} ms, to empty "
+              f"{t.confirmed_ms:.1f} ms")
+
+
+async def test_graceful_freeze_and_reclaim(box: cgoom.Cgroup, spawn: Spawn) -> None:
+    """A hog grows into the domain's memory.high (64M), with swap to the VM's zram.
+    graceful: SIGTERM ends the hog; a shell that ignores it is killed after the grace
+    period. freeze: a new hog is frozen, then thawed when the handler stops. reclaim:
+    memory.reclaim takes memory from it (to zram)."""
+    domain = box.create_child("act")
+    domain.enable_controllers("memory", "pids")
+    job = domain.create_child("job")
+    job.set_memory_oom_group(True)
+    domain.set_memory_high("64M")
+    stubborn = spawn(job, "trap '' TERM; while :; do sleep 0.1; done")
+    wait_until(lambda: job.cgroup_procs(), 10, "the shell")
+    h = cgoom.Hierarchy.discover()
+    rule = cgoom.Rule("graceful", domain.path, on="high", action="graceful", grace=1.0,
+                      confirm_timeout=20)
+    async with cgoom.open_handler(h, rule) as handler:
+        polite = spawn(job, python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    assert isinstance(record, cgoom.IncidentRecord)
+    victim = record.victim
+    assert victim is not None and victim.action == "kill-cgroup", record.explain()
+    assert "SIGTERM sent through pidfds" in victim.detail and "still there after 1.0 s" \
+        in victim.detail, victim.detail
+    assert polite.proc.wait(10) == -15 and stubborn.proc.wait(10) == -9
+
+    grower = spawn(job, python_cmd(GROW))
+    for action, kw in (("freeze", {}), ("reclaim", {"reclaim": "16M"})):
+        rule = cgoom.Rule(action, domain.path, on="high", action=action, **kw)
+        async with cgoom.open_handler(h, rule) as handler:
+            record = await asyncio.wait_for(handler.__anext__(), 60)
+            assert isinstance(record, cgoom.IncidentRecord)
+            assert record.victim is not None and record.victim.action == action, \
+                record.explain()
+            if action == "freeze":
+                wait_until(lambda: job.cgroup_events().frozen, 10, "frozen")
+        if action == "freeze":
+            wait_until(lambda: not job.cgroup_events().frozen, 10, "thawed on stop")
+        else:
+            assert "usage" in record.victim.detail, record.victim.detail
+    assert grower.proc.poll() is None

@@ -1,0 +1,400 @@
+"""The engine's other triggers and actions on the fake cgroupfs: the whole-machine memory.high
+tripwires and adaptive polling, PSI rules, graceful/freeze/reclaim/raise-limit/notify, the
+next victim when a kill freed too little, the cgroup.kill fallback before 5.14, and what the
+kernel did during an incident."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+import pytest
+
+import cgoom
+from cgoom._meminfo import parse_meminfo
+from cgoom._rules import RuleState
+from cgoom._tripwire import MIN_STEP, levels
+from cgoom.testing import FakeCgroupTree, FakeProcesses
+
+M = 1 << 20
+G = 1 << 30
+
+
+async def first_record(handler: cgoom.Handler) -> cgoom.IncidentRecord:
+    while True:
+        record = await asyncio.wait_for(handler.__anext__(), 10)
+        if isinstance(record, cgoom.IncidentRecord):
+            return record
+
+
+async def settle(seconds: float = 0.05) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def wait_until(predicate: Callable[[], object], seconds: float, what: str) -> None:
+    """Yield to the loop until ``predicate()`` holds (the engine runs meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out after {seconds} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def machine(tree: FakeCgroupTree) -> FakeCgroupTree:
+    """A 4 GiB machine, 3 GiB available; top-level db (priority 100), web (50), hog (0)."""
+    for name, pid, prio, usage in (("db", 100, 100, 140), ("web", 200, 50, 50),
+                                   ("hog", 300, 0, 400)):
+        c = tree.add(name, procs=[pid], memory_current=usage * M)
+        c.set_priority(prio)
+        tree.add_process(pid, name=name, rss=usage * M)
+    tree.set_meminfo(total=4 * G, available=3 * G)
+    return tree
+
+
+class TestParts:
+    def test_meminfo(self) -> None:
+        info = parse_meminfo("MemTotal: 1000 kB\nMemFree: 5 kB\nMemAvailable: 250 kB\n", "m")
+        assert (info.total, info.available) == (1024000, 256000)
+        assert info.fraction_available() == 0.25
+        with pytest.raises(cgoom.ParseError, match="m: no MemAvailable line"):
+            parse_meminfo("MemTotal: 1000 kB\n", "m")
+        with pytest.raises(cgoom.ParseError, match="MemTotal is not 'N kB'"):
+            parse_meminfo("MemTotal: lots\nMemAvailable: 1 kB\n", "m")
+
+    def test_levels_share_the_headroom_and_never_sit_on_usage(self) -> None:
+        assert levels({"/a": 100 * M, "/b": 10 * M}, 200 * M) == {"/a": 200 * M, "/b": 110 * M}
+        # No headroom left: at least MIN_STEP above usage, rounded up to a page.
+        assert levels({"/a": 4097}, -5 * M) == {"/a": 4097 // 4096 * 4096 + 4096 + MIN_STEP}
+
+    def test_signal_starts_folds_and_rests(self) -> None:
+        state = RuleState(cgoom.Rule("r", "/", available_below=0.1, cooldown=5))
+        assert state.signal(1.0)
+        assert not state.signal(1.1) and state.folded == 1
+        assert state.finished(2.0) == 1
+        assert not state.signal(6.9)  # resting
+        assert state.signal(7.1)
+
+    @pytest.mark.parametrize(("kw", "match"), [
+        ({"on": ()}, "has no trigger"),
+        ({"available_below": 1.5}, "a fraction of MemTotal"),
+        ({"available_below": 0.1, "poll_below": 0.05}, "poll_below=0.05 polls while"),
+        ({"poll_below": 0.2}, "give available_below="),
+        ({"action": "explode"}, "action"),
+        ({"action": "reclaim"}, "needs reclaim="),
+        ({"action": "raise-limit"}, "needs raise_by="),
+        ({"max_victims": 1.5}, "max_victims"),
+        ({"min_freed": "lots"}, "lots"),
+        ({"pressure": "some 10"}, "pressure"),
+        ({"pressure_scope": "cluster"}, "pressure_scope"),
+    ])
+    def test_bad_rules_are_refused(self, kw: dict[str, object], match: str) -> None:
+        with pytest.raises((cgoom.InvalidValue, TypeError, ValueError), match=match):
+            cgoom.Rule("r", "t", **kw)  # type: ignore[arg-type]
+
+    def test_defaults(self) -> None:
+        assert cgoom.Rule("r", "t").on == {"high", "max", "oom"}
+        assert cgoom.Rule("r", "/", available_below=0.1).on == frozenset()
+        assert cgoom.Rule("r", "/", available_below=0.1, on="oom").on == {"oom"}
+        assert cgoom.Rule("r", "t", action="reclaim", reclaim="64M").reclaim == 64 * M
+
+
+class TestTripwires:
+    async def test_armed_released_rearmed_and_restored(self, machine: FakeCgroupTree) -> None:
+        """Each top-level cgroup gets usage + a third of (3 GiB - 10% of 4 GiB); a trip with
+        memory still plentiful releases that one and re-arms all: no incident."""
+        rule = cgoom.Rule("machine", "/", available_below=0.1)
+        headroom = 3 * G - int(4 * G * 0.1)
+        async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(machine)) as handler:
+            share = headroom // 3
+            assert machine.cgroup("hog").memory_high() == -(-(400 * M + share) // 4096) * 4096
+            assert machine.cgroup("db").memory_high() == -(-(140 * M + share) // 4096) * 4096
+            assert any("memory.high tripwires on 3 of 3" in s for s in handler.setup)
+            machine.set("hog", "memory.current", f"{900 * M}\n")
+            machine.memory_event("hog", "high")
+            await wait_until(lambda: machine.cgroup("hog").memory_high()
+                             == -(-(900 * M + (headroom // 3)) // 4096) * 4096, 5,
+                             "the hog's tripwire re-armed above its new usage")
+            assert handler.statistics().tripwire_trips == 1
+            assert handler.statistics().incidents == 0
+        for name in ("db", "web", "hog"):
+            assert machine.cgroup(name).memory_high() == "max"
+
+    async def test_fires_when_memory_is_short_and_kills_the_least_important(
+            self, machine: FakeCgroupTree) -> None:
+        rule = cgoom.Rule("machine", "/", available_below=0.1)
+        procs = FakeProcesses(machine)
+        async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            machine.set_meminfo(total=4 * G, available=300 * M)
+            machine.set("hog", "memory.current", f"{3000 * M}\n")
+            machine.memory_event("hog", "high")
+            record = await first_record(handler)
+            assert machine.cgroup("hog").memory_high() == "max"  # released at once
+        assert record.trigger.startswith("MemAvailable 300.0M < 10% of MemTotal 4.0G "
+                                         "(tripwire on /hog)"), record.trigger
+        assert record.victim is not None and record.victim.cgroup == "/hog"
+        assert record.available_before == 300 * M
+        assert machine.cgroup("db").cgroup_procs() == (100,)
+        assert machine.cgroup("web").cgroup_procs() == (200,)
+
+    async def test_short_from_the_start_fires_at_once(self, machine: FakeCgroupTree) -> None:
+        machine.set_meminfo(total=4 * G, available=100 * M)
+        rule = cgoom.Rule("machine", "/", available_below=0.1, max_victims=1)
+        async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(machine)) as handler:
+            record = await first_record(handler)
+        assert "(when arming)" in record.trigger
+        assert record.victim is not None and record.victim.cgroup == "/hog"
+
+    async def test_a_lower_memory_high_is_left_alone(self, machine: FakeCgroupTree) -> None:
+        machine.cgroup("web").set_memory_high(60 * M)
+        async with cgoom.open_handler(machine.hierarchy, cgoom.Rule(
+                "m", "/", available_below=0.1), own_cgroup="/",
+                processes=FakeProcesses(machine)):
+            assert machine.cgroup("web").memory_high() == 60 * M
+        assert machine.cgroup("web").memory_high() == 60 * M
+
+    async def test_a_new_top_level_cgroup_is_armed(self, machine: FakeCgroupTree) -> None:
+        async with cgoom.open_handler(machine.hierarchy, cgoom.Rule(
+                "m", "/", available_below=0.1), own_cgroup="/",
+                processes=FakeProcesses(machine)):
+            late = machine.add("late", memory_current=10 * M)
+            await wait_until(lambda: late.memory_high() != "max", 5, "the new tripwire")
+        assert late.memory_high() == "max"
+
+    async def test_a_machine_rule_goes_on_while_memory_stays_short(
+            self, machine: FakeCgroupTree) -> None:
+        """The fake's MemAvailable stays low after the first kill: the next victim, up to
+        max_victims, in the same incident."""
+        rule = cgoom.Rule("machine", "/", available_below=0.1, max_victims=2)
+        procs = FakeProcesses(machine)
+        async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            machine.set_meminfo(total=4 * G, available=100 * M)
+            machine.memory_event("hog", "high")
+            record = await first_record(handler)
+        assert [a.cgroup for a in record.actions if a.ok] == ["/hog", "/web"]
+        assert machine.cgroup("db").cgroup_procs() == (100,)
+
+    async def test_adaptive_polling_only_while_low(self, machine: FakeCgroupTree) -> None:
+        rule = cgoom.Rule("m", "/", available_below=0.1, poll_below=0.3)
+        async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(machine)) as handler:
+            await settle(0.3)
+            assert handler.statistics().polls == 0  # 75% available: no polling
+            machine.set_meminfo(total=4 * G, available=1 * G)  # 25%: below poll_below
+            machine.memory_event("db", "high")  # any event that re-reads MemAvailable
+            await wait_until(lambda: handler.statistics().polls >= 1, 5, "polling")
+            machine.set_meminfo(total=4 * G, available=200 * M)  # below the reserve
+            record = await first_record(handler)
+        assert record.trigger.endswith("(poll)") and record.victim is not None
+        assert record.victim.cgroup == "/hog"
+
+
+class TestPressureRules:
+    def test_a_fake_tree_cannot_arm_psi(self, tree: FakeCgroupTree) -> None:
+        tree.add("t/a")
+        rule = cgoom.Rule("p", "t", pressure=cgoom.PressureTrigger("some", 150_000, 2_000_000))
+
+        async def go() -> None:
+            async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/",
+                                          processes=FakeProcesses(tree)):
+                pass
+
+        with pytest.raises(cgoom.CgoomError, match="not a kernel pressure file"):
+            asyncio.run(go())
+
+
+@pytest.fixture
+def two(tree: FakeCgroupTree) -> FakeCgroupTree:
+    tree.add("t/keep", procs=[100], memory_current=100 * M).set_priority(100)
+    tree.add("t/lose", procs=[300, 301], memory_current=200 * M)
+    tree.add_process(100, rss=100 * M)
+    tree.add_process(300, rss=150 * M)
+    tree.add_process(301, rss=50 * M)
+    tree.cgroup("t/lose").set_memory_oom_group(True)
+    tree.set("t", "memory.current", f"{300 * M}\n")
+    tree.cgroup("t").set_memory_max(400 * M)
+    return tree
+
+
+class TestActions:
+    async def test_graceful_cgroup_ends_on_sigterm(self, two: FakeCgroupTree) -> None:
+        procs = FakeProcesses(two)
+        rule = cgoom.Rule("r", "t", action="graceful", grace=5)
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            two.memory_event("t/lose", "high")
+            record = await first_record(handler)
+        assert sorted(procs.terminated) == [300, 301] and procs.killed == []
+        victim = record.victim  # stopped by SIGTERM: nothing had to be killed
+        assert victim is not None and victim.action == "terminate-cgroup"
+        assert "populated 0 within the grace period" in victim.detail
+        assert handler.statistics().kills == 1
+
+    async def test_graceful_kills_after_the_grace_period(self, two: FakeCgroupTree) -> None:
+        procs = FakeProcesses(two)
+        procs.stubborn.add(301)
+        rule = cgoom.Rule("r", "t", action="graceful", grace=0.2)
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            two.memory_event("t/lose", "high")
+            record = await first_record(handler)
+        assert record.victim is not None and record.victim.action == "kill-cgroup"
+        assert "still there after 0.2 s" in record.victim.detail
+        assert two.cgroup("t/lose").cgroup_procs() == ()
+        assert two.cgroup("t/keep").cgroup_procs() == (100,)
+
+    async def test_graceful_process(self, tree: FakeCgroupTree) -> None:
+        tree.add("t/a", procs=[300, 301], memory_current=100 * M)
+        tree.add_process(300, rss=90 * M)
+        tree.add_process(301, rss=10 * M)
+        procs = FakeProcesses(tree)
+        procs.stubborn.add(300)
+        rule = cgoom.Rule("r", "t", action="graceful", grace=0.2)
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            tree.memory_event("t/a", "high")
+            record = await first_record(handler)
+        assert procs.terminated == [300] and procs.killed == [300]
+        assert record.victim is not None and record.victim.pid == 300
+        assert "SIGTERM sent through a pidfd; still there after 0.2 s" in record.victim.detail
+        assert tree.cgroup("t/a").cgroup_procs() == (301,)
+
+    async def test_freeze_then_thaw_on_stop(self, two: FakeCgroupTree) -> None:
+        rule = cgoom.Rule("r", "t", action="freeze")
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/") as handler:
+            two.memory_event("t/lose", "high")
+            record = await first_record(handler)
+            assert two.cgroup("t/lose").cgroup_freeze()
+        assert record.actions[0].action == "freeze" and record.actions[0].ok
+        assert not two.cgroup("t/lose").cgroup_freeze()
+        assert two.cgroup("t/lose").cgroup_procs() == (300, 301)
+
+    async def test_reclaim(self, two: FakeCgroupTree) -> None:
+        rule = cgoom.Rule("r", "t", action="reclaim", reclaim="64M")
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/") as handler:
+            two.memory_event("t/lose", "high")
+            record = await first_record(handler)
+        action = record.actions[0]
+        assert action.action == "reclaim" and action.ok, action
+        assert f"memory.reclaim {64 * M}" in action.detail
+        assert two.cgroup("t/lose").cgroup_procs() == (300, 301)
+
+    async def test_raise_limit_when_there_is_room(self, two: FakeCgroupTree) -> None:
+        rule = cgoom.Rule("r", "t", action="raise-limit", raise_by="100M", cooldown=0.2)
+        procs = FakeProcesses(two)
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            two.memory_event("t/lose", "max")
+            record = await first_record(handler)
+            assert two.cgroup("t").memory_max() == 500 * M
+            assert two.cgroup("t").get_xattr("user.cgoom.overlimit") == "1"
+            # Usage fits under the old limit again: put back after the cooldown.
+            two.set("t", "memory.current", f"{200 * M}\n")
+            await wait_until(lambda: two.cgroup("t").memory_max() == 400 * M, 5,
+                             "the limit put back")
+            assert two.cgroup("t").get_xattr("user.cgoom.overlimit") is None
+        assert [a.action for a in record.actions] == ["raise-limit"] and procs.killed == []
+
+    async def test_raise_limit_stays_while_usage_is_above(self, two: FakeCgroupTree) -> None:
+        rule = cgoom.Rule("r", "t", action="raise-limit", raise_by="100M", cooldown=0.1)
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(two)) as handler:
+            two.set("t", "memory.current", f"{450 * M}\n")
+            two.memory_event("t/lose", "max")
+            await first_record(handler)
+            await settle(1.3)
+            assert two.cgroup("t").memory_max() == 500 * M  # never below usage
+        assert two.cgroup("t").memory_max() == 500 * M  # kept, and a warning said so
+
+    async def test_raise_limit_without_room_kills(self, two: FakeCgroupTree) -> None:
+        two.set_meminfo(total=4 * G, available=420 * M)
+        procs = FakeProcesses(two)
+        rule = cgoom.Rule("r", "t", action="raise-limit", raise_by="100M")
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            two.memory_event("t/lose", "max")
+            record = await first_record(handler)
+        assert [a.action for a in record.actions] == ["raise-limit", "kill-cgroup"]
+        assert "the machine has no room" in record.actions[0].detail
+        assert two.cgroup("t").memory_max() == 400 * M
+        assert record.victim is not None and record.victim.cgroup == "/t/lose"
+
+    async def test_notify_does_nothing(self, two: FakeCgroupTree) -> None:
+        procs = FakeProcesses(two)
+        async with cgoom.open_handler(two.hierarchy, cgoom.Rule("r", "t", action="notify"),
+                                      own_cgroup="/", processes=procs) as handler:
+            two.memory_event("t/lose", "high")
+            record = await first_record(handler)
+        assert record.actions[0].action == "notify" and not record.dry_run
+        assert procs.killed == [] and record.decision.first is not None
+
+    async def test_freed_too_little_takes_the_next_victim(self, two: FakeCgroupTree) -> None:
+        """The fake's memory.current does not fall after a kill: with min_freed the engine
+        goes on to the next victim, at most max_victims."""
+        procs = FakeProcesses(two)
+        rule = cgoom.Rule("r", "t", min_freed="50M", max_victims=2)
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            two.memory_event("t/lose", "high")
+            record = await first_record(handler)
+        assert [a.cgroup for a in record.actions if a.ok] == ["/t/lose", "/t/keep"]
+
+    async def test_enough_freed_stops_at_one(self, two: FakeCgroupTree) -> None:
+        class Uncharges:
+            """Decides as priority does, then plays the kernel: the victim's 200M will be
+            uncharged from t by the time the engine looks (after the decision's snapshot)."""
+
+            name = "uncharges"
+
+            def __call__(self, incident: cgoom.Incident,
+                         candidates: Mapping[str, cgoom.CgroupSnapshot]) -> cgoom.Decision:
+                if incident.cgroup == "/t":  # not the validation's trial incident
+                    two.set("t", "memory.current", f"{100 * M}\n")
+                return cgoom.PriorityPolicy()(incident, candidates)
+
+        procs = FakeProcesses(two)
+        rule = cgoom.Rule("r", "t", min_freed="50M", max_victims=2, policy=Uncharges())
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            two.memory_event("t/lose", "high")
+            record = await first_record(handler)
+        assert record.memory_before == 300 * M and record.memory_after == 100 * M
+        assert [a.cgroup for a in record.actions if a.ok] == ["/t/lose"]
+
+
+async def test_kill_without_cgroup_kill_before_5_14(tmp_path: object) -> None:
+    tree = FakeCgroupTree(str(tmp_path), kernel=(5, 10))
+    tree.add("t/keep", procs=[100], memory_current=10 * M).set_priority(100)
+    tree.add("t/lose", procs=[300], memory_current=90 * M).set_memory_oom_group(True)
+    tree.add_process(100, rss=10 * M)
+    tree.add_process(300, rss=90 * M)
+    assert "cgroup.kill" not in tree.cgroup("t/lose").interface_files()
+    procs = FakeProcesses(tree)
+    async with cgoom.open_handler(tree.hierarchy, cgoom.Rule("r", "t"), own_cgroup="/",
+                                  processes=procs) as handler:
+        tree.memory_event("t/lose", "oom")
+        record = await first_record(handler)
+    assert procs.killed == [300]
+    assert record.victim is not None and "no cgroup.kill on this kernel" in record.victim.detail
+    assert not tree.cgroup("t/lose").cgroup_freeze()  # thawed
+
+
+async def test_kernel_kills_during_an_incident_are_in_its_record(two: FakeCgroupTree) -> None:
+    """The victim does not die (the kill is not confirmed for 0.5 s); meanwhile the kernel's
+    OOM killer counts a kill in the domain: the record carries the oom_kill delta."""
+    procs = FakeProcesses(two)
+    procs.survive.update({300, 301})
+    two.cgroup("t/lose").set_memory_oom_group(False)
+    rule = cgoom.Rule("r", "t", confirm_timeout=0.5, max_victims=1)
+    async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                  processes=procs) as handler:
+        two.memory_event("t/lose", "high")
+        await wait_until(lambda: procs.killed, 5, "the kill")
+        two.memory_event("t/lose", "oom_kill")
+        record = await first_record(handler)
+    assert record.kernel_oom_kills == 1
+    assert "meanwhile the kernel's OOM killer: 1 oom_kill event(s)" in record.explain()
