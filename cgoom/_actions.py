@@ -61,6 +61,8 @@ class ActionResult:
     mrelease_ms: float | None = None
     #: From the kill to the confirmation (populated 0, or the pidfd readable).
     confirmed_ms: float | None = None
+    #: The processes signalled (for ``cgroup.kill``: those in the subtree just before).
+    pids: tuple[int, ...] = ()
 
 
 class ProcessControl(Protocol):
@@ -144,8 +146,8 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
     if problem is not None:
         return ActionResult("kill-cgroup", victim.cgroup, None, False,
                             f"not killed: {problem}"), []
-    spared = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)
-              if _adj(hierarchy, pid) == -1000]
+    members = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)]
+    spared = [pid for pid in members if _adj(hierarchy, pid) == -1000]
     if "cgroup.kill" not in cgroup.interface_files() and processes is not None:
         # Before 5.14 there is no cgroup.kill: freeze, kill each process by pidfd, thaw.
         result, handles = _kill_sparing(hierarchy, victim, processes, set(spared))
@@ -167,7 +169,7 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
     took = (time.perf_counter() - started) * 1000
     return ActionResult("kill-cgroup", victim.cgroup, None, True,
                         "SIGKILL sent to every process of the subtree (cgroup.kill)",
-                        syscall_ms=took), []
+                        syscall_ms=took, pids=tuple(members)), []
 
 
 def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
@@ -217,7 +219,7 @@ def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessContro
         f"SIGKILL sent through pidfds to {len(killed)} process(es) of the subtree, frozen "
         f"meanwhile; {len(spared)} with oom_score_adj -1000 spared "
         f"({', '.join(map(str, sorted(spared)))}), as the kernel's memory.oom.group kill does",
-        syscall_ms=took), handles
+        syscall_ms=took, pids=tuple(sorted(killed))), handles
 
 
 def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
@@ -265,7 +267,7 @@ def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl
         released = (time.perf_counter() - started) * 1000
         detail += "; its memory freed at once (process_mrelease)"
     return ActionResult("kill-process", victim.cgroup, pid, True, detail, syscall_ms=took,
-                        mrelease_ms=released), handle
+                        mrelease_ms=released, pids=(pid,)), handle
 
 
 def _open_checked(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -51,11 +52,12 @@ from ._hierarchy import Hierarchy
 from ._incident import IncidentRecord, Timings
 from ._kmsg import KernelOomKill, KmsgReader
 from ._meminfo import MemInfo, read_meminfo
+from ._netlink import ProcConnector, ProcessFork, ProcEvent, load, now_ns
 from ._parse import format_size
 from ._plugins import adecide, load_policy, start_policy_worker, validate_policy
 from ._policy import Policy, Victim
 from ._rules import Rule, RuleState
-from ._snapshot import Snapshotter, UsageHistory, policy_fields
+from ._snapshot import Snapshotter, UsageHistory, policy_fields, process_now
 from ._tripwire import Tripwires
 from ._watcher import Watcher
 
@@ -98,6 +100,62 @@ class HandlerStatistics:
     queued: int
 
 
+class _KillWatch:
+    """One kill, as the process connector tells it: the exits of the processes signalled
+    (with their signal) and the forks among them since (a fork racing a whole kill)."""
+
+    def __init__(self, pids: Iterable[int], since_ns: int, cgroup: str | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.pids = set(pids)
+        self.since_ns = since_ns
+        #: The cgroup killed whole, or ``None`` for one process.
+        self.cgroup = cgroup
+        self.exits: dict[int, int] = {}
+        self.forks: list[int] = []
+        self.raced: list[int] = []
+        self.all_exited: asyncio.Future[None] = loop.create_future()
+
+    def see(self, event: ProcEvent) -> int | None:
+        """Take ``event`` in; a child to kill when it is a fork racing a whole kill."""
+        if event.timestamp_ns < self.since_ns:
+            return None  # from before the kill: another process that had this pid
+        if isinstance(event, ProcessFork):
+            if event.parent in self.pids:
+                self.pids.add(event.child)
+                self.forks.append(event.child)
+                return event.child if self.cgroup is not None else None
+            return None
+        if event.pid in self.pids and event.pid not in self.exits:
+            self.exits[event.pid] = event.status
+            if len(self.exits) == len(self.pids) and not self.all_exited.done():
+                self.all_exited.set_result(None)
+        return None
+
+    def summary(self) -> str:
+        if not self.pids:
+            return ""
+        signals: dict[str, int] = {}
+        for status in self.exits.values():
+            sig = status & 0x7F
+            name = f"by {signal_name(sig)}" if sig else f"with exit code {status >> 8}"
+            signals[name] = signals.get(name, 0) + 1
+        how = ", ".join(f"{n} {name}" for name, n in sorted(signals.items()))
+        text = (f"; the process connector saw {len(self.exits)} of {len(self.pids)} "
+                f"exit(s)" + (f" ({how})" if how else ""))
+        if self.forks:
+            text += (f"; {len(self.forks)} fork(s) during the kill"
+                     + (f", racing it: killed {', '.join(map(str, self.raced))}"
+                        if self.raced else ""))
+        return text
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 class _Window:
     """What the kernel did in one domain while an incident ran there."""
 
@@ -118,12 +176,16 @@ class Handler:
     handler stops (``setup`` says what was done). ``kmsg``: the kernel log to follow for the
     kernel's own OOM kills, delivered in the same stream as :class:`~cgoom.KernelOomKill`
     (default /dev/kmsg on the real filesystem, none on a fake tree; ``None``: off).
+    ``proc_events``: follow the process connector (pyroute2) to see each killed process
+    exit with its signal and to kill a fork racing a whole kill (default: on the real
+    filesystem; it needs root; ``handler.setup`` says when it could not be used).
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
                  own_cgroup: str | None = None, processes: ProcessControl | None = None,
                  history: UsageHistory | None = None, max_queued: int = 1000,
-                 restore: bool = True, kmsg: str | None = "") -> None:
+                 restore: bool = True, kmsg: str | None = "",
+                 proc_events: bool | None = None) -> None:
         self.hierarchy = hierarchy
         self.rules = tuple(rules)
         if not self.rules:
@@ -167,6 +229,10 @@ class Handler:
         if kmsg == "":
             kmsg = "/dev/kmsg" if type(hierarchy.fs) is OsFS else None
         self._kmsg = None if kmsg is None else KmsgReader(kmsg, self._on_kernel_kill)
+        if proc_events is None:
+            proc_events = type(hierarchy.fs) is OsFS
+        self._connector = ProcConnector(self._on_proc_event) if proc_events else None
+        self._kill_watches: list[_KillWatch] = []
         #: What the set-up did, one sentence each (and what it could not do).
         self.setup: list[str] = []
         self._undo: list[tuple[str, str, str]] = []  # (cgroup, file, old value)
@@ -209,6 +275,19 @@ class Handler:
                                   f"{self._kmsg.path} ({exc.strerror}; it needs CAP_SYSLOG "
                                   "where kernel.dmesg_restrict=1)")
                 self._kmsg = None
+        if self._connector is not None and self._processes is not None:
+            try:
+                # pyroute2 is slow to import (8-10 s in the emulated VM): in the worker,
+                # now, never at OOM time.
+                await self._snapshotter.start().run(load)
+                self._connector.open(asyncio.get_running_loop())
+            except (ImportError, OSError) as exc:
+                self.setup.append(f"the process connector is not followed ({exc}): kills "
+                                  "are confirmed by populated 0 and pidfds alone; it needs "
+                                  "root and CAP_NET_ADMIN")
+                self._connector = None
+        else:
+            self._connector = None
         try:
             for rule in self.rules:
                 await self._prepare(rule)
@@ -315,6 +394,8 @@ class Handler:
             await asyncio.gather(*self._polling.values(), return_exceptions=True)
         if self._kmsg is not None:
             self._kmsg.close()
+        if self._connector is not None:
+            self._connector.close()
         if self.restore:
             await self._unprepare()
         if self._watcher is not None:
@@ -566,6 +647,32 @@ class Handler:
         self._counts["fallbacks"] += record.decision.policy != self.policies[rule.name].name
         log.info("cgoom: %s", record.explain().splitlines()[0])
         self._deliver(record)
+
+    def _on_proc_event(self, event: ProcEvent) -> None:
+        for watch in self._kill_watches:
+            child = watch.see(event)
+            if child is not None:
+                self._kill_straggler(watch, child)
+
+    def _kill_straggler(self, watch: _KillWatch, pid: int) -> None:
+        """A process forked during a whole kill: SIGKILL it too if it is (checked with its
+        pidfd open) inside the victim's subtree. Before 6.14 such a fork can escape
+        ``cgroup.kill`` (b69bb476dee9), and ``populated 0`` would never come."""
+        assert self._processes is not None
+        try:
+            handle = self._processes.open(pid)
+        except OSError:
+            return  # gone already
+        try:
+            now = process_now(self.hierarchy, pid)
+            cgroup = watch.cgroup
+            if cgroup is None or now is None or not _inside(now[2], cgroup):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                self._processes.kill(handle)
+                watch.raced.append(pid)
+        finally:
+            self._processes.close(handle)
 
     def _on_kernel_kill(self, kill: KernelOomKill) -> None:
         self._counts["kernel_kills"] += 1
@@ -836,13 +943,41 @@ class Handler:
 
     async def _kill(self, rule: Rule, victim: Victim,
                     ) -> tuple[ActionResult, float | None, float | None]:
-        """Kill ``victim`` and wait for it to be gone: (result, kill time, gone time)."""
+        """Kill ``victim`` and wait for it to be gone: (result, kill time, gone time), with
+        what the process connector saw of it in the detail."""
+        held: list[_KillWatch] = []
+        result, at, gone = await self._kill_and_wait(rule, victim, now_ns(), held)
+        watch = held[0] if held else None
+        if watch is None:
+            return result, at, gone
+        try:
+            if gone is not None and not watch.all_exited.done():
+                # populated 0 can be told before the last exit event is sent (cgroup_exit
+                # comes before proc_exit_connector in do_exit): a moment for it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(watch.all_exited), 0.05)
+        finally:
+            self._kill_watches.remove(watch)
+        return attrs.evolve(result, detail=result.detail + watch.summary()), at, gone
+
+    def _watch(self, result: ActionResult, since: int, whole: bool,
+               held: list[_KillWatch]) -> None:
+        if self._connector is not None and result.ok and result.pids:
+            watch = _KillWatch(result.pids, since, result.cgroup if whole else None,
+                               asyncio.get_running_loop())
+            self._kill_watches.append(watch)
+            held.append(watch)
+
+    async def _kill_and_wait(self, rule: Rule, victim: Victim, since: int,
+                             held: list[_KillWatch],
+                             ) -> tuple[ActionResult, float | None, float | None]:
         loop = asyncio.get_running_loop()
         if victim.whole:
             gone: asyncio.Future[float] = loop.create_future()
             self._gone.setdefault(victim.cgroup, []).append(gone)
             result, handles = kill_cgroup(self.hierarchy, victim, self._processes)
             kill_at = time.monotonic()
+            self._watch(result, since, True, held)
             if handles or not result.ok:
                 waiting = self._gone.get(victim.cgroup, [])
                 if gone in waiting:
@@ -866,6 +1001,7 @@ class Handler:
         assert self._processes is not None
         result, handle = kill_process(self.hierarchy, victim, self._processes)
         kill_at = time.monotonic()
+        self._watch(result, since, False, held)
         if handle is None:
             return result, (kill_at if result.ok else None), None
         gone_at = await self._await_exits([handle], rule.confirm_timeout)

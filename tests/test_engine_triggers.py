@@ -398,3 +398,42 @@ async def test_kernel_kills_during_an_incident_are_in_its_record(two: FakeCgroup
         record = await first_record(handler)
     assert record.kernel_oom_kills == 1
     assert "meanwhile the kernel's OOM killer: 1 oom_kill event(s)" in record.explain()
+
+
+class TestProcessConnector:
+    """The decoding and the bookkeeping of one kill (the socket itself is tested on the real
+    kernel: tests/integration/test_machine_real.py)."""
+
+    def test_events_from_pyroute2_messages(self) -> None:
+        from cgoom._netlink import ProcessExit, ProcessFork, _event
+
+        exit_ = {"event": "PROC_EVENT_EXIT", "process_pid": 7, "process_tgid": 7,
+                 "parent_tgid": 1, "exit_code": 9, "timestamp_ns": 5}
+        assert _event(exit_) == ProcessExit(7, 1, 9, 5) and ProcessExit(7, 1, 9, 5).signal == 9
+        assert ProcessExit(7, 1, 3 << 8, 5).signal is None  # exit(3)
+        assert _event({**exit_, "process_pid": 8}) is None  # a thread of 7
+        fork = {"event": "PROC_EVENT_FORK", "parent_tgid": 7, "child_pid": 9,
+                "child_tgid": 9, "timestamp_ns": 6}
+        assert _event(fork) == ProcessFork(7, 9, 6)
+        assert _event({**fork, "child_tgid": 7}) is None  # a new thread
+        assert _event({"event": "PROC_EVENT_EXEC"}) is None
+
+    async def test_a_kill_watch(self) -> None:
+        from cgoom._handler import _KillWatch
+        from cgoom._netlink import ProcessExit, ProcessFork
+
+        watch = _KillWatch([10, 11], 100, "/t/lose", asyncio.get_running_loop())
+        assert watch.see(ProcessExit(10, 1, 9, 50)) is None  # before the kill: not ours
+        assert watch.see(ProcessFork(11, 12, 150)) == 12     # racing a whole kill
+        assert watch.see(ProcessFork(99, 13, 150)) is None   # someone else's child
+        for pid in (10, 11, 12):
+            watch.see(ProcessExit(pid, 1, 9, 200))
+        assert watch.all_exited.done()
+        watch.raced.append(12)
+        assert watch.summary() == ("; the process connector saw 3 of 3 exit(s) (3 by SIGKILL); "
+                                   "1 fork(s) during the kill, racing it: killed 12")
+        one = _KillWatch([10], 100, None, asyncio.get_running_loop())
+        assert one.see(ProcessFork(10, 12, 150)) is None  # one process: its child is spared
+        one.see(ProcessExit(10, 1, 0, 200))
+        assert one.summary() == ("; the process connector saw 1 of 2 exit(s) (1 with exit "
+                                 "code 0); 1 fork(s) during the kill")

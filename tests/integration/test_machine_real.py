@@ -171,3 +171,32 @@ async def test_graceful_freeze_and_reclaim(box: cgoom.Cgroup, spawn: Spawn) -> N
         else:
             assert "usage" in record.victim.detail, record.victim.detail
     assert grower.proc.poll() is None
+
+
+async def test_the_process_connector_sees_each_exit(box: cgoom.Cgroup, spawn: Spawn,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A cgroup that keeps forking is killed whole: the process connector (our socket,
+    pyroute2's decoding) sees the signalled processes exit by SIGKILL, and the forks during
+    the kill; the cgroup ends empty."""
+    domain = box.create_child("forks")
+    domain.enable_controllers("memory", "pids")
+    job = domain.create_child("job")
+    job.set_memory_oom_group(True)
+    job.write_file("pids.max", "100")
+    domain.set_memory_high("64M")
+    spawn(job, "while :; do sleep 5 & sleep 0.01; done")
+    wait_until(lambda: len(job.cgroup_procs()) > 20, 30, "the forks")
+    rule = cgoom.Rule("forks", domain.path, on="high", confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        assert not any("process connector" in line for line in handler.setup), handler.setup
+        spawn(job, python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    assert isinstance(record, cgoom.IncidentRecord)
+    victim = record.victim
+    assert victim is not None and victim.cgroup == job.path, record.explain()
+    assert "populated 0; the process connector saw" in victim.detail, victim.detail
+    assert "by SIGKILL" in victim.detail and len(victim.pids) > 20, victim.detail
+    assert job.cgroup_procs() == ()
+    with capsys.disabled():
+        print(f"\n[figures] process connector: {len(victim.pids)} processes signalled by "
+              f"cgroup.kill{victim.detail.split('populated 0')[1]}")
