@@ -61,7 +61,10 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     if page.name == "writing-a-policy.md":
         assert "smallest-first ['/workload.slice/batch-1'," in capsys.readouterr().out
     if page.name == "events.md":
-        assert "killed by the kernel in /workload.slice/batch-1" in capsys.readouterr().out
+        # The first oom_kill seen is batch-1's or its parent's (hierarchical) counter: the
+        # order of inotify events across two files is not defined.
+        assert re.search(r"killed by the kernel in /workload\.slice(/batch-1)? total",
+                         capsys.readouterr().out)
     if page.name == "policies.md":
         out = capsys.readouterr().out
         assert "/workload.slice/batch-2 False 1002" in out  # the largest, not avoided
