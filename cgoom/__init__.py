@@ -96,6 +96,8 @@ if TYPE_CHECKING:
     from ._policy import select_process as select_process
     from ._policy import swap as swap
     from ._policy import units as units
+    from ._protect import Protection as Protection
+    from ._protect import protect_self as protect_self
     from ._rules import Rule as Rule
     from ._snapshot import FIELDS as FIELDS
     from ._snapshot import Snapshotter as Snapshotter
@@ -165,6 +167,8 @@ _LAZY: dict[str, str] = {
     "select_process": "_policy",
     "swap": "_policy",
     "units": "_policy",
+    "Protection": "_protect",
+    "protect_self": "_protect",
     "FIELDS": "_snapshot",
     "Snapshotter": "_snapshot",
     "UsageHistory": "_snapshot",

@@ -1,6 +1,6 @@
-"""The few Linux interfaces the stdlib lacks: inotify and ``process_mrelease`` (ctypes), plus
-small helpers for capabilities, sysctls and the kernel release. Nothing here knows about
-cgroups.
+"""The few Linux interfaces the stdlib lacks: inotify, ``process_mrelease`` and ``mlockall``
+(ctypes), plus small helpers for capabilities, sysctls and the kernel release. Nothing here
+knows about cgroups.
 
 Why our own inotify binding (docs/design-notes.md has the long form): it is ~100 lines over
 three libc calls; it needs no dependency (asyncinotify would be one more package; pyroute2's
@@ -115,6 +115,17 @@ def process_mrelease(pidfd: int) -> None:
     if lib.syscall(NR_PROCESS_MRELEASE, ctypes.c_int(pidfd), ctypes.c_uint(0)) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"process_mrelease: {os.strerror(code)}")
+
+
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
+def mlockall(flags: int) -> None:
+    """mlockall(2). ``MCL_ONFAULT`` (4.4) locks pages as they are faulted in instead of
+    faulting every mapping in at once."""
+    if _lib().mlockall(ctypes.c_int(flags)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"mlockall: {os.strerror(code)}")
 
 
 class Inotify:

@@ -437,3 +437,33 @@ class TestProcessConnector:
         one.see(ProcessExit(10, 1, 0, 200))
         assert one.summary() == ("; the process connector saw 1 of 2 exit(s) (1 with exit "
                                  "code 0); 1 fork(s) during the kill")
+
+
+class TestProtectSelf:
+    def test_oom_score_adj_and_memory_min(self, tree: FakeCgroupTree) -> None:
+        tree.add("cgoom.service")
+        with open(f"{tree.base}/proc/self/cgroup", "w") as f:
+            f.write("0::/cgoom.service\n")
+        done = cgoom.protect_self(tree.hierarchy, memory_min="16M")
+        assert (done.oom_score_adj, done.memory_min, done.locked) == (-1000, 16 * M, None)
+        with open(f"{tree.base}/proc/self/oom_score_adj") as f:
+            assert f.read().startswith("-1000")
+        assert tree.cgroup("cgoom.service").memory_min() == 16 * M
+        assert done.notes[1] == "memory.min of /cgoom.service set to 16.0M"
+
+    def test_what_could_not_be_done_is_said(self, tree: FakeCgroupTree) -> None:
+        tree.add("a/cgoom")
+        with open(f"{tree.base}/proc/self/cgroup", "w") as f:
+            f.write("0::/a/cgoom\n")
+        tree.hierarchy.options = frozenset({"nsdelegate"})
+        done = cgoom.protect_self(tree.hierarchy, oom_score_adj=False, memory_min="8M")
+        assert done.oom_score_adj is None and done.memory_min == 8 * M
+        assert "but /a has memory.min 0 and the hierarchy is not mounted with " \
+               "memory_recursiveprot" in done.notes[1]
+        with open(f"{tree.base}/proc/self/cgroup", "w") as f:
+            f.write("0::/\n")
+        done = cgoom.protect_self(tree.hierarchy, oom_score_adj=False, memory_min="8M")
+        assert done.memory_min is None
+        assert "the root cgroup, which has no memory.min" in done.notes[0]
+        with pytest.raises(cgoom.InvalidValue, match="memory_min"):
+            cgoom.protect_self(tree.hierarchy, memory_min="lots")

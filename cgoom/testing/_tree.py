@@ -65,6 +65,7 @@ class FakeCgroupTree:
                     "22 1 0:21 / / rw,relatime - ext4 /dev/vda rw\n"
                     f"31 22 0:28 / {escaped} rw,nosuid - cgroup2 cgroup2 {opts}\n")
         self._write(os.path.join(proc, "self", "cgroup"), "0::/\n")
+        self._write(os.path.join(proc, "self", "oom_score_adj"), "0\n")
         self._write(os.path.join(proc, "pressure", "memory"), PRESSURE_ZERO)
         self.set_meminfo(total=4 << 30, available=3 << 30)
         self._write(os.path.join(kernel_dir, "features"), _KERNEL_FEATURES)

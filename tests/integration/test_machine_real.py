@@ -200,3 +200,38 @@ async def test_the_process_connector_sees_each_exit(box: cgoom.Cgroup, spawn: Sp
     with capsys.disabled():
         print(f"\n[figures] process connector: {len(victim.pids)} processes signalled by "
               f"cgroup.kill{victim.detail.split('populated 0')[1]}")
+
+
+PROTECT = (
+    "import json, threading, cgoom, cgoom._protect\n"
+    "p = cgoom.protect_self(memory_min='16M', mlock=True)\n"
+    "threads = [threading.Thread(target=lambda: None) for _ in range(8)]\n"
+    "for t in threads: t.start()\n"
+    "for t in threads: t.join()\n"
+    "status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+    "print(json.dumps({'adj': p.oom_score_adj, 'min': p.memory_min, 'locked': p.locked,\n"
+    "                  'after': cgoom._protect.locked_bytes(cgoom.Hierarchy.discover()),\n"
+    "                  'vmlck': int(status['VmLck'].split()[0]) * 1024,\n"
+    "                  'adj_file': open('/proc/self/oom_score_adj').read().strip(),\n"
+    "                  'notes': p.notes}))\n"
+)
+
+
+def test_protect_self(box: cgoom.Cgroup, capsys: pytest.CaptureFixture[str]) -> None:
+    """oom_score_adj -1000, memory.min on its own cgroup, and mlockall with MCL_ONFAULT: the
+    locked memory stays small even after 8 more threads (the 8 MiB-stack trap avoided)."""
+    import json
+
+    me = box.create_child("cgoom")
+    done = subprocess.run(
+        ["/bin/sh", "-c", f"echo $$ > {me.dir}/cgroup.procs && exec {python_cmd(PROTECT)}"],
+        capture_output=True, text=True, timeout=120, check=True)
+    got = json.loads(done.stdout)
+    assert got["adj"] == -1000 and got["adj_file"] == "-1000", got
+    assert got["min"] == 16 * M and me.memory_min() == 16 * M, got
+    assert got["locked"] is not None and 0 < got["locked"] < 64 * M, got
+    assert got["after"] < 64 * M, got
+    with capsys.disabled():
+        print(f"\n[figures] protect_self: locked {got['locked'] >> 10} KiB resident after "
+              f"mlockall, {got['after'] >> 10} KiB after 8 more threads (VmLck, whole "
+              f"mappings: {got['vmlck'] >> 20} MiB); {'; '.join(got['notes'])}")
