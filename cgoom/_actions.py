@@ -42,6 +42,7 @@ from ._hierarchy import Hierarchy
 from ._linux import process_mrelease
 from ._policy import Victim
 from ._snapshot import identity_problem, process_now
+from ._taskstats import MemoryStall
 
 
 @attrs.frozen
@@ -63,6 +64,8 @@ class ActionResult:
     confirmed_ms: float | None = None
     #: The processes signalled (for ``cgroup.kill``: those in the subtree just before).
     pids: tuple[int, ...] = ()
+    #: How long the killed processes had stalled on memory (taskstats, at their exit).
+    stalls: tuple[MemoryStall, ...] = ()
 
 
 class ProcessControl(Protocol):

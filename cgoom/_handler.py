@@ -58,6 +58,7 @@ from ._plugins import adecide, load_policy, start_policy_worker, validate_policy
 from ._policy import Policy, Victim
 from ._rules import Rule, RuleState
 from ._snapshot import Snapshotter, UsageHistory, policy_fields, process_now
+from ._taskstats import ExitStats, MemoryStall, delay_accounting, family_id
 from ._tripwire import Tripwires
 from ._watcher import Watcher
 
@@ -113,6 +114,8 @@ class _KillWatch:
         self.exits: dict[int, int] = {}
         self.forks: list[int] = []
         self.raced: list[int] = []
+        #: taskstats at exit, per process (a process's totals win over its leader thread's).
+        self.stalls: dict[int, tuple[bool, MemoryStall]] = {}
         self.all_exited: asyncio.Future[None] = loop.create_future()
 
     def see(self, event: ProcEvent) -> int | None:
@@ -131,6 +134,10 @@ class _KillWatch:
                 self.all_exited.set_result(None)
         return None
 
+    def stall(self, is_process: bool, stall: MemoryStall) -> None:
+        if stall.pid in self.pids and (is_process or stall.pid not in self.stalls):
+            self.stalls[stall.pid] = (is_process, stall)
+
     def summary(self) -> str:
         if not self.pids:
             return ""
@@ -146,6 +153,12 @@ class _KillWatch:
             text += (f"; {len(self.forks)} fork(s) during the kill"
                      + (f", racing it: killed {', '.join(map(str, self.raced))}"
                         if self.raced else ""))
+        if self.stalls:
+            worst = sorted((s for _, s in self.stalls.values()),
+                           key=lambda s: -(s.reclaim_ms + (s.thrashing_ms or 0)))
+            text += ("; memory stall before death (taskstats): "
+                     + "; ".join(map(str, worst[:3]))
+                     + (f"; {len(worst) - 3} more" if len(worst) > 3 else ""))
         return text
 
 
@@ -232,6 +245,7 @@ class Handler:
         if proc_events is None:
             proc_events = type(hierarchy.fs) is OsFS
         self._connector = ProcConnector(self._on_proc_event) if proc_events else None
+        self._exit_stats: ExitStats | None = None
         self._kill_watches: list[_KillWatch] = []
         #: What the set-up did, one sentence each (and what it could not do).
         self.setup: list[str] = []
@@ -286,6 +300,8 @@ class Handler:
                                   "are confirmed by populated 0 and pidfds alone; it needs "
                                   "root and CAP_NET_ADMIN")
                 self._connector = None
+            else:
+                await self._open_exit_stats()
         else:
             self._connector = None
         try:
@@ -295,6 +311,29 @@ class Handler:
             await self.aclose()
             raise
         return self
+
+    async def _open_exit_stats(self) -> None:
+        """taskstats at exit, for the memory stall of the processes killed: only where the
+        kernel accounts delays (else they would all read 0)."""
+        accounting = delay_accounting(self.hierarchy.proc_root)
+        if accounting is False:
+            self.setup.append("memory stalls of killed processes are not recorded: delay "
+                              "accounting is off (sysctl kernel.task_delayacct=1, or boot "
+                              "with delayacct)")
+            return
+        try:
+            family = await self._snapshotter.start().run(family_id)
+            stats = ExitStats(self._on_stall)
+            stats.open(asyncio.get_running_loop(), family)
+        except Exception as exc:  # pyroute2's errors are its own: say, and go on without
+            self.setup.append(f"memory stalls of killed processes are not recorded: "
+                              f"taskstats: {exc}")
+            return
+        self._exit_stats = stats
+
+    def _on_stall(self, is_process: bool, stall: MemoryStall) -> None:
+        for watch in self._kill_watches:
+            watch.stall(is_process, stall)
 
     async def _prepare(self, rule: Rule) -> None:
         """The rule's set-up; each write is remembered to be undone."""
@@ -396,6 +435,8 @@ class Handler:
             self._kmsg.close()
         if self._connector is not None:
             self._connector.close()
+        if self._exit_stats is not None:
+            self._exit_stats.close()
         if self.restore:
             await self._unprepare()
         if self._watcher is not None:
@@ -590,11 +631,11 @@ class Handler:
             trigger = (f"MemAvailable {format_size(info.available)} < "
                        f"{rule.available_below:.0%} of MemTotal {format_size(info.total)} "
                        f"({source})")
-            if not self._signal(rule, trigger, notified) and not state.busy:
+            if not self._signal(rule, trigger, notified) and rule.domain not in self._busy:
                 # Resting after an incident: look again when the rest ends.
                 self._schedule_arm(rule, max(state.rest_until - time.monotonic(), 0.01))
-        elif rearm and not state.busy:
-            self._schedule_arm(rule)
+        elif rearm and rule.domain not in self._busy:
+            self._schedule_arm(rule)  # (an incident in flight re-arms when it ends)
         if (rule.poll_below is not None and info.available < rule.poll_below * info.total
                 and rule.name not in self._polling and not self._closed):
             task = asyncio.get_running_loop().create_task(self._poll(rule))
@@ -635,8 +676,9 @@ class Handler:
         folded = state.finished(time.monotonic())
         self._busy.pop(rule.domain, None)
         self._windows.pop(rule.domain, None)
-        if rule.machine:
-            self._schedule_arm(rule, rule.cooldown)
+        for other in self.rules:  # the domain's tripwires, whichever rule's incident it was
+            if other.machine and other.domain == rule.domain:
+                self._schedule_arm(other, other.cooldown if other is rule else 0.0)
         if record is None:
             return
         record = attrs.evolve(record, folded=folded)
@@ -958,7 +1000,8 @@ class Handler:
                     await asyncio.wait_for(asyncio.shield(watch.all_exited), 0.05)
         finally:
             self._kill_watches.remove(watch)
-        return attrs.evolve(result, detail=result.detail + watch.summary()), at, gone
+        return attrs.evolve(result, detail=result.detail + watch.summary(),
+                            stalls=tuple(s for _, s in watch.stalls.values())), at, gone
 
     def _watch(self, result: ActionResult, since: int, whole: bool,
                held: list[_KillWatch]) -> None:

@@ -81,7 +81,10 @@ class Tripwires:
         problems: list[str] = []
         usages: dict[str, int] = {}
         for path in children:
-            usage = if_supported(self.hierarchy.cgroup(path).memory_current)
+            try:
+                usage = if_supported(self.hierarchy.cgroup(path).memory_current)
+            except CgoomError:  # removed meanwhile: nothing to arm
+                continue
             if usage is not None:
                 usages[path] = usage
         with self._lock:

@@ -6,6 +6,7 @@ kernel did during an incident."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Callable, Mapping
 
 import pytest
@@ -467,3 +468,130 @@ class TestProtectSelf:
         assert "the root cgroup, which has no memory.min" in done.notes[0]
         with pytest.raises(cgoom.InvalidValue, match="memory_min"):
             cgoom.protect_self(tree.hierarchy, memory_min="lots")
+
+
+class TestTaskstats:
+    @staticmethod
+    def stats(version: int, pid: int, reclaim_ns: int, thrashing_ns: int) -> bytes:
+        raw = bytearray(400)
+        struct.pack_into("=H", raw, 0, version)
+        struct.pack_into("=Q", raw, 56, 5_000_000)  # swap-in
+        struct.pack_into("=I", raw, 128, pid)
+        struct.pack_into("=Q", raw, 320, reclaim_ns)
+        struct.pack_into("=Q", raw, 336, thrashing_ns)
+        struct.pack_into("=Q", raw, 360, 1_000_000)
+        return bytes(raw)
+
+    def test_the_fixed_prefix_of_every_version(self) -> None:
+        from cgoom._taskstats import MemoryStall, parse_stats
+
+        assert parse_stats(self.stats(13, 42, 812_000_000, 3_000_000)) == MemoryStall(
+            42, 812.0, 3.0, 5.0, 1.0)
+        old = parse_stats(self.stats(8, 42, 1_000_000, 3_000_000))
+        assert old is not None and old.thrashing_ms is None and old.compact_ms is None
+        assert parse_stats(b"\0" * 100) is None
+        assert str(MemoryStall(1, 812.4, 3.0, 0.0, None)) == \
+            "pid 1: reclaim 812 ms, thrashing 3 ms, swap-in 0 ms"
+
+    def test_exit_messages(self) -> None:
+        from cgoom._taskstats import parse_exit
+
+        def nla(kind: int, payload: bytes) -> bytes:
+            return struct.pack("=HH", 4 + len(payload), kind) + payload + \
+                b"\0" * (-len(payload) % 4)
+
+        def message(family: int, aggr: int, pid: int, stats: bytes) -> bytes:
+            body = struct.pack("=BBH", 2, 1, 0) + nla(aggr, nla(1 if aggr == 4 else 2,
+                                                                  struct.pack("=I", pid))
+                                                       + nla(3, stats))
+            return struct.pack("=IHHII", 16 + len(body), family, 0, 0, 0) + body
+
+        data = (message(31, 4, 7, self.stats(13, 7, 1_000_000, 0))
+                + message(31, 5, 7, self.stats(13, 7, 2_000_000, 0))
+                + message(99, 4, 8, self.stats(13, 8, 0, 0)))  # another family: skipped
+        got = parse_exit(data, 31)
+        assert [(p, s.pid, s.reclaim_ms) for p, s in got] == [(False, 7, 1.0), (True, 7, 2.0)]
+        error = struct.pack("=IHHII", 36, 2, 0, 0, 0) + struct.pack("=i", -1) + b"\0" * 16
+        with pytest.raises(OSError, match="taskstats: Operation not permitted"):
+            parse_exit(error, 31)
+
+    async def test_a_kill_watch_keeps_the_process_totals(self) -> None:
+        from cgoom._handler import _KillWatch
+        from cgoom._taskstats import MemoryStall
+
+        watch = _KillWatch([7, 8], 0, "/t", asyncio.get_running_loop())
+        watch.stall(True, MemoryStall(7, 800.0, 10.0, 0.0, 0.0))
+        watch.stall(False, MemoryStall(7, 1.0, 0.0, 0.0, 0.0))  # its leader thread alone
+        watch.stall(False, MemoryStall(8, 2.0, None, 0.0, None))
+        watch.stall(True, MemoryStall(99, 5.0, 0.0, 0.0, 0.0))  # not ours
+        assert watch.summary().endswith(
+            "; memory stall before death (taskstats): pid 7: reclaim 800 ms, thrashing 10 ms, "
+            "swap-in 0 ms, compaction 0 ms; pid 8: reclaim 2 ms, swap-in 0 ms")
+
+
+async def test_a_child_removed_behind_our_back_does_not_stop_the_tripwires(
+        machine: FakeCgroupTree) -> None:
+    """web vanishes between the list of children and the re-arm: the others are re-armed,
+    and memory short still fires the rule."""
+    rule = cgoom.Rule("machine", "/", available_below=0.1)
+    async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
+                                  processes=FakeProcesses(machine)) as handler:
+        machine.fs.remove_pid(200)
+        machine.remove_behind_our_back("web")
+        machine.set("hog", "memory.current", f"{1000 * M}\n")
+        machine.memory_event("hog", "high")
+        await wait_until(lambda: machine.cgroup("hog").memory_high() not in ("max",)
+                         and machine.cgroup("hog").memory_high() > 1000 * M, 5, "re-armed")
+        machine.set_meminfo(total=4 * G, available=100 * M)
+        machine.memory_event("hog", "high")
+        record = await first_record(handler)
+    assert record.victim is not None and record.victim.cgroup == "/hog"
+    assert machine.cgroup("db").memory_high() == "max"
+
+
+def test_arming_skips_a_vanished_child(machine: FakeCgroupTree) -> None:
+    from cgoom._tripwire import Tripwires
+
+    wires = Tripwires(machine.hierarchy, "/", 0.1)
+    info, problems = wires.arm(["/gone", "/hog"])
+    assert problems == [] and set(wires.armed) == {"/hog"}
+    assert info.available == 3 * G
+    assert wires.restore() == [] and machine.cgroup("hog").memory_high() == "max"
+
+
+async def test_tripwires_come_back_after_another_rules_incident(
+        tree: FakeCgroupTree) -> None:
+    """Another rule's incident holds the domain when the hog's tripwire fires: the tripwire
+    is released and left so while that incident runs (it decides for the domain; no re-arm
+    churn), then re-armed when it ends."""
+    import time
+
+    for name, pid in (("db", 100), ("hog", 300)):
+        tree.add(f"lab/{name}", procs=[pid], memory_current=100 * M)
+        tree.add_process(pid, rss=100 * M)
+
+    class Slow:
+        name = "slow"
+
+        def __call__(self, incident: cgoom.Incident,
+                     candidates: Mapping[str, cgoom.CgroupSnapshot]) -> cgoom.Decision:
+            if incident.cgroup == "/lab":
+                time.sleep(0.5)
+            return cgoom.PriorityPolicy()(incident, candidates)
+
+    events = cgoom.Rule("events", "lab", on="max", action="notify", cooldown=0,
+                        policy=Slow(), budget=2.0)
+    machine = cgoom.Rule("machine", "lab", available_below=0.1, cooldown=0)
+    async with cgoom.open_handler(tree.hierarchy, events, machine, own_cgroup="/",
+                                  processes=FakeProcesses(tree)) as handler:
+        assert tree.cgroup("lab/hog").memory_high() != "max"
+        tree.memory_event("lab", "max")
+        await wait_until(lambda: handler.statistics().in_flight == 1, 5, "the incident")
+        tree.memory_event("lab/hog", "high")
+        await wait_until(lambda: handler.statistics().tripwire_trips == 1, 5, "the trip")
+        await settle(0.1)
+        assert tree.cgroup("lab/hog").memory_high() == "max"  # released, left to the incident
+        record = await first_record(handler)
+        assert record.rule == "events"
+        await wait_until(lambda: tree.cgroup("lab/hog").memory_high() != "max", 5,
+                         "the tripwire re-armed")

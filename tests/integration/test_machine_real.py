@@ -16,7 +16,7 @@ import pytest
 import cgoom
 from cgoom.testing import wait_until
 
-from .conftest import hog, holding_hog, python_cmd, throttled
+from .conftest import hog, holding_hog, python_cmd, sysctl, throttled
 from .test_handler_real import GROW
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
@@ -110,25 +110,34 @@ async def test_whole_machine_hog_dies_before_the_kernel_acts(
 async def test_a_psi_rule_on_the_domain(box: cgoom.Cgroup, spawn: Spawn,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """A hog throttled hard by memory.high (no swap) stalls: the domain's PSI trigger fires
-    the rule, and the engine kills the stalled cgroup whole."""
+    the rule, and the engine kills the stalled cgroup whole. With delay accounting on, the
+    record says how long the hog had stalled in reclaim (taskstats, at its exit)."""
     domain = box.create_child("psi")
     domain.enable_controllers("memory", "pids")
     stalled = throttled(domain, "stalled")
     stalled.set_memory_oom_group(True)
     trigger = cgoom.PressureTrigger("some", 50_000, 500_000)  # 10% of half a second
     rule = cgoom.Rule("psi", domain.path, pressure=trigger, confirm_timeout=20)
-    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
-        assert rule.on == frozenset()
-        proc = spawn(stalled, hog(64))
-        record = await asyncio.wait_for(handler.__anext__(), 60)
+    accounting = sysctl("/proc/sys/kernel/task_delayacct")
+    try:
+        sysctl("/proc/sys/kernel/task_delayacct", 1)
+        async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+            assert rule.on == frozenset()
+            assert not any("not recorded" in line for line in handler.setup), handler.setup
+            proc = spawn(stalled, hog(64))
+            record = await asyncio.wait_for(handler.__anext__(), 60)
+    finally:
+        sysctl("/proc/sys/kernel/task_delayacct", accounting)
     assert isinstance(record, cgoom.IncidentRecord), record
     assert record.trigger == f"{domain.path} memory pressure: {trigger}"
-    assert record.victim is not None and record.victim.cgroup == stalled.path
+    victim = record.victim
+    assert victim is not None and victim.cgroup == stalled.path
     assert proc.proc.wait(10) == -9
+    assert victim.stalls and max(s.reclaim_ms for s in victim.stalls) > 0, victim.detail
     t = record.timings
     with capsys.disabled():
         print(f"\n[figures] PSI rule: trigger to kill {t.kill_ms:.1f} ms, to empty "
-              f"{t.confirmed_ms:.1f} ms")
+              f"{t.confirmed_ms:.1f} ms; {victim.detail.split('; ', 2)[-1]}")
 
 
 async def test_graceful_freeze_and_reclaim(box: cgoom.Cgroup, spawn: Spawn) -> None:
