@@ -55,11 +55,11 @@ from ._meminfo import MemInfo, read_meminfo
 from ._netlink import ProcConnector, ProcessFork, ProcEvent, load, now_ns
 from ._parse import format_size
 from ._plugins import adecide, load_policy, start_policy_worker, validate_policy
-from ._policy import Policy, Victim
+from ._policy import Decision, Policy, Victim
 from ._rules import Rule, RuleState
 from ._snapshot import Snapshotter, UsageHistory, policy_fields, process_now
 from ._taskstats import ExitStats, MemoryStall, delay_accounting, family_id
-from ._tripwire import Tripwires
+from ._tripwire import DomainTripwire, Tripwires
 from ._watcher import Watcher
 
 log = logging.getLogger("cgoom")
@@ -95,6 +95,8 @@ class HandlerStatistics:
     tripwire_trips: int
     #: MemAvailable reads by adaptive polling (``Rule.poll_below``) while memory was low.
     polls: int
+    #: Incidents that failed inside the engine (each still yields a record saying so).
+    errors: int
     #: Incidents being handled now.
     in_flight: int
     #: Records waiting for ``async for``.
@@ -230,6 +232,8 @@ class Handler:
         #: Machine rules' tripwires, by rule name, and whose re-arm is pending.
         self._tripwires = {r.name: Tripwires(hierarchy, r.domain, r.available_below)
                            for r in self.rules if r.available_below is not None}
+        self._usage_wires = {r.name: DomainTripwire(hierarchy, r.domain, r.usage_above)
+                             for r in self.rules if r.usage_above is not None}
         self._arming: set[str] = set()
         self._arm_again: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -251,7 +255,7 @@ class Handler:
         self.setup: list[str] = []
         self._undo: list[tuple[str, str, str]] = []  # (cgroup, file, old value)
         self._counts = {"incidents": 0, "kills": 0, "kernel_kills": 0, "dry_runs": 0,
-                        "fallbacks": 0, "tripwire_trips": 0, "polls": 0}
+                        "fallbacks": 0, "tripwire_trips": 0, "polls": 0, "errors": 0}
         self._closed = False
 
     @staticmethod
@@ -378,7 +382,7 @@ class Handler:
                     self.setup.append(f"{rule.name}: memory.oom.group of {path}: {exc}")
             self.setup.append(f"{rule.name}: memory.oom.group=1 on {len(leaves)} leaf "
                               f"cgroup(s) of {rule.domain}")
-        if rule.machine:
+        if rule.machine or rule.usage_above is not None:
             await self._arm(rule, announce=True)
         for line in self.setup:
             log.info("cgoom handler set-up: %s", line)
@@ -387,6 +391,9 @@ class Handler:
         worker = self._snapshotter.start()
         for wires in self._tripwires.values():
             for problem in await worker.run(wires.restore):
+                log.warning("cgoom handler: %s", problem)
+        for wire in self._usage_wires.values():
+            for problem in await worker.run(wire.restore):
                 log.warning("cgoom handler: %s", problem)
         while self._frozen:
             path = self._frozen.pop()
@@ -499,10 +506,12 @@ class Handler:
         window = self._windows.get(event.cgroup)
         if window is not None:
             window.oom_kill += event.delta.get("oom_kill", 0)
-        if event.delta.get("high") and self._tripwires:
+        if event.delta.get("high") and (self._tripwires or self._usage_wires):
             for rule in self.rules:
                 if rule.machine and parent_path(event.cgroup) == rule.domain:
                     self._tripped(rule, event)
+                if rule.usage_above is not None and event.cgroup == rule.domain:
+                    self._usage_tripped(rule, event)
         for rule in self.rules:
             if rule.domain != event.cgroup or not rule.on:
                 continue
@@ -552,8 +561,56 @@ class Handler:
                       if p != rule.domain and parent_path(p) == rule.domain)
 
     async def _arm(self, rule: Rule, *, announce: bool = False) -> None:
-        """(Re-)arm the rule's tripwires for the headroom now, in the worker thread; fire
-        the rule if memory is already short."""
+        """(Re-)arm the rule's tripwires, in the worker thread; fire the rule if memory is
+        already short."""
+        if rule.usage_above is not None:
+            await self._arm_usage(rule, announce=announce)
+        if rule.machine:
+            await self._arm_machine(rule, announce=announce)
+
+    async def _arm_usage(self, rule: Rule, *, announce: bool) -> None:
+        wire = self._usage_wires[rule.name]
+        usage, problem = await self._snapshotter.start().run(wire.arm)
+        if problem is not None:
+            if announce:
+                self.setup.append(f"{rule.name}: no usage tripwire: {problem}")
+            else:
+                log.warning("cgoom handler: %s: %s", rule.name, problem)
+            return
+        if announce:
+            self.setup.append(f"{rule.name}: usage tripwire on {rule.domain} at "
+                              f"{format_size(wire.level or 0)} ({rule.usage_above:.0%} of "
+                              "memory.max; memory.high as found is put back on its first "
+                              "event)")
+        self._usage_check(rule, usage, "when arming", time.monotonic(), rearm=False)
+
+    def _usage_tripped(self, rule: Rule, event: MemoryEventsChanged) -> None:
+        """A ``high`` event on a domain with a usage tripwire: release it at once, then
+        compare the usage with the level (the event may be a descendant's own memory.high)."""
+        wire = self._usage_wires[rule.name]
+        if wire.release():
+            self._counts["tripwire_trips"] += 1
+        try:
+            usage = if_supported(self.hierarchy.cgroup(rule.domain).memory_current)
+        except CgoomError as exc:
+            log.warning("cgoom handler: %s: %s", rule.name, exc)
+            return
+        self._usage_check(rule, usage, f"tripwire on {rule.domain}", event.time, rearm=True)
+
+    def _usage_check(self, rule: Rule, usage: int | None, source: str, notified: float, *,
+                     rearm: bool) -> None:
+        wire = self._usage_wires[rule.name]
+        state = self._states[rule.name]
+        if usage is not None and wire.level is not None and usage >= wire.level:
+            trigger = (f"usage {format_size(usage)} >= {rule.usage_above:.0%} of memory.max "
+                       f"({format_size(wire.level)}, {source})")
+            if not self._signal(rule, trigger, notified) and rule.domain not in self._busy:
+                self._schedule_arm(rule, max(state.rest_until - time.monotonic(), 0.01))
+        elif rearm and rule.domain not in self._busy:
+            self._schedule_arm(rule)
+
+    async def _arm_machine(self, rule: Rule, *, announce: bool = False) -> None:
+        """(Re-)arm a machine rule's tripwires for the headroom now."""
         wires = self._tripwires[rule.name]
         children = self._children(rule)
         info, problems = await self._snapshotter.start().run(lambda: wires.arm(children))
@@ -608,18 +665,21 @@ class Handler:
         task.add_done_callback(self._tasks.discard)
 
     def _tripped(self, rule: Rule, event: MemoryEventsChanged) -> None:
-        """A ``high`` event on a child of a machine rule's domain: release that tripwire at
-        once (raising memory.high never reclaims: a direct write, 0.6-0.8 ms measured),
-        then re-check MemAvailable."""
+        """A ``high`` event on a child of a machine rule's domain: re-check MemAvailable,
+        then move that tripwire up (memory plentiful) or release it (short) at once; both
+        raise memory.high, which never reclaims: direct writes, 0.6-0.8 ms measured."""
         wires = self._tripwires[rule.name]
-        if wires.release(event.cgroup):
+        if event.cgroup in wires.armed:
             self._counts["tripwire_trips"] += 1
             log.debug("cgoom handler: %s: tripwire on %s fired", rule.name, event.cgroup)
         try:
             info = read_meminfo(self.hierarchy)
         except (OSError, CgoomError) as exc:
+            wires.release(event.cgroup)
             log.error("cgoom handler: %s: cannot read the machine's memory: %s", rule.name, exc)
             return
+        if info.available < wires.reserve_bytes(info) or not wires.step(event.cgroup, info):
+            wires.release(event.cgroup)
         self._machine_check(rule, info, f"tripwire on {event.cgroup}", event.time, rearm=True)
 
     def _machine_check(self, rule: Rule, info: MemInfo, source: str, notified: float, *,
@@ -669,24 +729,34 @@ class Handler:
     async def _incident(self, rule: Rule, trigger: str, notified: float) -> None:
         state = self._states[rule.name]
         try:
-            record = await self._handle(rule, trigger, notified)
-        except Exception:
+            record: IncidentRecord | None = await self._handle(rule, trigger, notified)
+        except Exception as exc:
+            # Said, not swallowed: a record that the incident failed (the domain vanished
+            # mid-snapshot, or a bug), so no decision is silently lost.
             log.exception("cgoom handler: incident of rule %r failed", rule.name)
-            record = None
+            self._counts["errors"] += 1
+            reason = f"the incident failed: {type(exc).__name__}: {exc}"
+            record = IncidentRecord(
+                id=f"{int(time.time())}-{next(self._ids)}", rule=rule.name,
+                domain=rule.domain, trigger=trigger, folded=0, dry_run=rule.dry_run,
+                decision=Decision("none", (), (reason,)), candidates=(),
+                actions=(ActionResult("error", rule.domain, None, False, reason),),
+                timings=Timings(notified=notified, snapshot_ms=0.0, decision_ms=0.0),
+                memory_before=None, memory_after=None, started_at=time.time())
         folded = state.finished(time.monotonic())
         self._busy.pop(rule.domain, None)
         self._windows.pop(rule.domain, None)
         for other in self.rules:  # the domain's tripwires, whichever rule's incident it was
-            if other.machine and other.domain == rule.domain:
+            if (other.machine or other.usage_above is not None) and other.domain == rule.domain:
                 self._schedule_arm(other, other.cooldown if other is rule else 0.0)
-        if record is None:
-            return
+        assert record is not None
         record = attrs.evolve(record, folded=folded)
         self._counts["incidents"] += 1
         self._counts["dry_runs"] += record.dry_run
         self._counts["kills"] += sum(a.ok and a.action.startswith(("kill", "terminate"))
                                      for a in record.actions)
-        self._counts["fallbacks"] += record.decision.policy != self.policies[rule.name].name
+        self._counts["fallbacks"] += record.decision.policy not in (
+            self.policies[rule.name].name, "none")
         log.info("cgoom: %s", record.explain().splitlines()[0])
         self._deliver(record)
 

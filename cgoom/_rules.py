@@ -7,7 +7,10 @@ its triggers:
   memory.high is throttling the workload), ``max`` (a charge hit memory.max), ``oom`` (the
   kernel's OOM killer was invoked), ``oom_kill``. ``threshold`` events within ``window``
   seconds fire it (the kernel coalesces notifications, so counts come as deltas: one
-  notification may carry many);
+  notification may carry many); with ``sustained``, only once they have kept coming (no
+  gap longer than ``window``) for that many seconds: "above high for 5 s";
+- usage over a fraction of memory.max (``usage_above``), seen through a memory.high
+  tripwire on the domain itself;
 - a PSI trigger or sustained pressure, on the domain or system-wide (``pressure``);
 - the whole machine running short: ``MemAvailable`` below ``available_below`` of MemTotal,
   seen through memory.high tripwires on the domain's children (``_tripwire``), optionally
@@ -64,9 +67,11 @@ def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: obje
 def _fraction(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                               or not 0 < value < 1):
+        example = ("0.1: memory.high at 90% of memory.max" if attribute.name == "high_below_max"
+                   else "0.9: at 90% of memory.max")
         raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
-                           f"{value!r}, a fraction of memory.max between 0 and 1 (0.1: "
-                           "memory.high at 90% of memory.max)", value=repr(value))
+                           f"{value!r}, a fraction of memory.max between 0 and 1 ({example})",
+                           value=repr(value))
 
 
 def _machine_fraction(instance: object, attribute: attrs.Attribute[Any],
@@ -105,7 +110,7 @@ class Rule:
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
     domain: str = attrs.field(converter=normalize_path)
     #: memory.events counters of the domain; default high, max and oom, or none when the
-    #: rule has another trigger (``pressure``, ``available_below``).
+    #: rule has another trigger (``pressure``, ``available_below``, ``usage_above``).
     on: frozenset[str] = attrs.field(default=None, converter=_triggers)
     threshold: int = attrs.field(default=1, validator=_positive)
     window: float = attrs.field(default=1.0, validator=_positive)
@@ -128,6 +133,12 @@ class Rule:
     #: The whole-machine trigger: MemAvailable below this fraction of MemTotal, seen through
     #: memory.high tripwires on the domain's children (docs/handler.md).
     available_below: float | None = attrs.field(default=None, validator=_machine_fraction)
+    #: Fire when the domain's usage reaches this fraction of its memory.max, seen through a
+    #: memory.high tripwire on the domain, released on its first event (docs/handler.md).
+    usage_above: float | None = attrs.field(default=None, validator=_fraction)
+    #: The ``on`` events must have kept coming (no gap longer than ``window``) for this many
+    #: seconds before the rule fires: "above memory.high for 5 s".
+    sustained: float = attrs.field(default=0.0, validator=_non_negative)
     #: Poll MemAvailable, adaptively, while it is below this fraction of MemTotal (off by
     #: default: polling, as earlyoom does, only where memory is already low).
     poll_below: float | None = attrs.field(default=None, validator=_machine_fraction)
@@ -149,14 +160,15 @@ class Rule:
                                                          _positive])
 
     def __attrs_post_init__(self) -> None:
-        other = self.pressure is not None or self.available_below is not None
+        other = (self.pressure is not None or self.available_below is not None
+                 or self.usage_above is not None)
         given = cast("frozenset[str] | None", self.on)  # None until resolved here
         if given is None:
             object.__setattr__(self, "on", frozenset() if other else DEFAULT_ON)
         elif not self.on and not other:
             raise InvalidValue(f"rule {self.name!r} has no trigger: give on= (memory.events "
-                               f"counters: {', '.join(sorted(TRIGGERS))}), pressure= or "
-                               "available_below=", value="on=()")
+                               f"counters: {', '.join(sorted(TRIGGERS))}), pressure=, "
+                               "available_below= or usage_above=", value="on=()")
         if self.poll_below is not None and (self.available_below is None
                                             or self.poll_below <= self.available_below):
             raise InvalidValue(f"rule {self.name!r}: poll_below={self.poll_below!r} polls "
@@ -182,6 +194,8 @@ class RuleState:
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        #: When the current run of events began, and the last one of it (``sustained``).
+        self._run_start = self._run_last = float("-inf")
         self.busy = False
         self.rest_until = float("-inf")
         self.folded = 0
@@ -193,6 +207,9 @@ class RuleState:
         count = sum(n for key, n in delta.items() if key in self.rule.on)
         if count <= 0:
             return False
+        if now - self._run_last > self.rule.window:
+            self._run_start = now  # a gap: a new run of events begins
+        self._run_last = now
         if self.busy:
             self.folded += count
             return False
@@ -202,6 +219,8 @@ class RuleState:
         if now < self.rest_until:
             return False
         if sum(n for _, n in self._recent) < self.rule.threshold:
+            return False
+        if now - self._run_start < self.rule.sustained:
             return False
         self._recent.clear()
         self.busy, self.folded = True, 0
@@ -223,5 +242,6 @@ class RuleState:
         """The incident ended: rest for the cooldown. Returns how many events were folded."""
         self.busy = False
         self.rest_until = now + self.rule.cooldown
+        self._run_start = self._run_last = float("-inf")
         folded, self.folded = self.folded, 0
         return folded

@@ -15,9 +15,12 @@ growing 40 MiB/s, times from the moment MemAvailable fell below 10 %):
 So each child of the rule's domain (for ``/``, each top-level cgroup) carries a tripwire at
 its usage plus an equal share of the headroom (MemAvailable − reserve): until one trips, the
 children together have grown by less than the headroom, so MemAvailable is still above the
-reserve (up to the caveats below). On a trip the handler releases that tripwire at once,
-re-reads MemAvailable, fires the rule if it is below the reserve, and re-arms every tripwire
-with the new headroom.
+reserve (up to the caveats below). On a trip the handler re-reads MemAvailable: below the
+reserve, it releases that tripwire at once and fires the rule; above, it moves that tripwire
+up at once (``step``: usage plus its share of the new headroom, a raise, written on the
+loop), so the grower is never unwatched, and the worker re-arms every tripwire with the new
+headroom. (Released instead, the grower ran unwatched for the worker's hop: the kill came
+155 ms after MemAvailable fell below 10% in the VM, twice.)
 
 Caveats (docs/handler.md): a tripwire sees only memory charged to its cgroup (not the
 domain's own processes, not uncharged kernel memory), and memory growing outside the domain
@@ -105,6 +108,33 @@ class Tripwires:
                     problems.append(f"tripwire on {path}: {exc}")
         return info, problems
 
+    def step(self, path: str, info: MemInfo) -> bool:
+        """The tripwire on ``path`` fired with memory still plentiful: move it up at once to
+        the cgroup's usage plus its share of the headroom now (on the loop: a raise never
+        reclaims), so the grower is never left without one while the worker re-arms the
+        rest. ``False`` (nothing written) where that would not be a raise well above usage;
+        the caller then releases it."""
+        with self._lock:
+            old = self.armed.get(path)
+            if old is None:
+                return False
+            cgroup = self.hierarchy.cgroup(path)
+            try:
+                usage = cgroup.memory_current()
+            except CgoomError:
+                return False
+            headroom = info.available - self.reserve_bytes(info)
+            level = levels({path: usage}, headroom // max(len(self.armed), 1))[path]
+            original = self.original[path]
+            if level <= old or (original != "max" and original <= level):
+                return False
+            try:
+                cgroup.set_memory_high(level)
+            except CgoomError:
+                return False
+            self.armed[path] = level
+            return True
+
     def release(self, path: str) -> bool:
         """Put ``path``'s memory.high back as it was (the tripwire fired): ``True`` if it was
         armed."""
@@ -131,3 +161,63 @@ class Tripwires:
                                         f"{original}: {exc}")
             self.armed.clear()
         return problems
+
+
+class DomainTripwire:
+    """``Rule(usage_above=0.9)``: memory.high at that fraction of the domain's memory.max,
+    released (put back) on its first event, so the kernel says when usage crosses the level
+    and throttles nothing for long. ``arm`` in a worker thread, ``release`` on the loop."""
+
+    def __init__(self, hierarchy: Hierarchy, domain: str, fraction: float) -> None:
+        self.hierarchy = hierarchy
+        self.domain = domain
+        self.fraction = fraction
+        self.original: Limit | None = None
+        self.level: int | None = None
+        self.armed = False
+        self._lock = threading.Lock()
+
+    def arm(self) -> tuple[int | None, str | None]:
+        """Arm at ``fraction`` of memory.max; (usage now, or None; why not armed, or None).
+        Never below usage: the caller fires at once when usage is at the level already."""
+        cgroup = self.hierarchy.cgroup(self.domain)
+        with self._lock:
+            try:
+                limit = cgroup.memory_max()
+                if limit == "max":
+                    return None, f"{self.domain} has no memory.max to take a fraction of"
+                if self.original is None:
+                    self.original = cgroup.memory_high()
+                self.level = int(limit * self.fraction) // PAGE * PAGE
+                usage = cgroup.memory_current()
+                if usage >= self.level:
+                    return usage, None
+                if self.original != "max" and self.original <= self.level:
+                    return usage, None  # its own memory.high trips first
+                cgroup.set_memory_high(self.level)
+                self.armed = True
+                return usage, None
+            except CgoomError as exc:
+                return None, f"tripwire on {self.domain}: {exc}"
+
+    def release(self) -> bool:
+        with self._lock:
+            if not self.armed or self.original is None:
+                return False
+            self.armed = False
+            with contextlib.suppress(CgoomError):
+                self.hierarchy.cgroup(self.domain).set_memory_high(self.original)
+            return True
+
+    def restore(self) -> list[str]:
+        with self._lock:
+            if not self.armed or self.original is None:
+                return []
+            self.armed = False
+            try:
+                self.hierarchy.cgroup(self.domain).set_memory_high(self.original)
+            except CgoomError as exc:
+                if self.hierarchy.cgroup(self.domain).exists():
+                    return [f"could not restore memory.high of {self.domain} to "
+                            f"{self.original}: {exc}"]
+            return []

@@ -606,3 +606,85 @@ async def test_tripwires_come_back_after_another_rules_incident(
         assert record.rule == "events"
         await wait_until(lambda: high(tree.cgroup("lab/hog")) != "max", 5,
                          "the tripwire re-armed")
+
+
+class TestSustainedAndUsage:
+    def test_sustained_high(self) -> None:
+        state = RuleState(cgoom.Rule("r", "t", on="high", window=1.0, sustained=3.0,
+                                     cooldown=0))
+        assert not state.observe({"high": 5}, 10.0)   # the run begins
+        assert not state.observe({"high": 5}, 10.9)
+        assert not state.observe({"high": 5}, 12.5)   # a gap over the window: begins again
+        assert not state.observe({"high": 5}, 13.4)
+        assert not state.observe({"high": 5}, 14.3)
+        assert not state.observe({"high": 1}, 15.2)   # 2.7 s
+        assert state.observe({"high": 1}, 15.6)       # 3.1 s of events without a gap
+        state.finished(15.7)
+        assert not state.observe({"high": 1}, 15.8)   # a new run after the incident
+
+    async def test_usage_above_a_fraction_of_memory_max(self, two: FakeCgroupTree) -> None:
+        """t: memory.max 400M, usage 300M; usage_above=0.9 arms memory.high at 360M; the
+        first high event with usage at 380M releases it and fires the rule."""
+        procs = FakeProcesses(two)
+        rule = cgoom.Rule("usage", "t", usage_above=0.9, cooldown=0)
+        assert rule.on == frozenset()
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            level = 360 * M // 4096 * 4096
+            assert high(two.cgroup("t")) == level
+            assert any("usage tripwire on /t at 360.0M (90% of memory.max" in line
+                       for line in handler.setup), handler.setup
+            two.memory_event("t/keep", "high")  # a descendant's own: usage still 300M
+            await wait_until(lambda: handler.statistics().tripwire_trips == 1, 5, "trip")
+            await wait_until(lambda: high(two.cgroup("t")) == level, 5, "re-armed")
+            assert handler.statistics().incidents == 0
+            two.set("t", "memory.current", f"{380 * M}\n")
+            two.memory_event("t/lose", "high")
+            record = await first_record(handler)
+            assert high(two.cgroup("t")) in ("max", level)  # released, or re-armed after
+        assert record.trigger.startswith("usage 380.0M >= 90% of memory.max (360.0M, "
+                                         "tripwire on /t)"), record.trigger
+        assert record.victim is not None and record.victim.cgroup == "/t/lose"
+        assert high(two.cgroup("t")) == "max"  # restored
+
+    async def test_usage_above_without_memory_max_is_said(self, tree: FakeCgroupTree) -> None:
+        tree.add("t/a")
+        async with cgoom.open_handler(tree.hierarchy, cgoom.Rule("u", "t", usage_above=0.9),
+                                      own_cgroup="/", processes=FakeProcesses(tree)) as h:
+            assert any("no usage tripwire: /t has no memory.max" in line for line in h.setup)
+
+
+async def test_an_incident_that_fails_inside_the_engine_still_yields_a_record(
+        two: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch) -> None:
+    procs = FakeProcesses(two)
+    async with cgoom.open_handler(two.hierarchy, cgoom.Rule("r", "t"), own_cgroup="/",
+                                  processes=procs) as handler:
+        def broken(*args: object, **kwargs: object) -> object:
+            raise cgoom.CgroupGone("/t vanished mid-snapshot")
+
+        monkeypatch.setattr(handler._snapshotter, "snapshot", broken)
+        two.memory_event("t/lose", "high")
+        record = await first_record(handler)
+        assert handler.statistics().errors == 1
+        assert handler.statistics().fallbacks == 0
+    assert record.actions[0].action == "error" and procs.killed == []
+    assert "the incident failed: CgroupGone: /t vanished mid-snapshot" in record.explain()
+
+
+def test_a_tripwire_steps_up_at_once(machine: FakeCgroupTree) -> None:
+    from cgoom._meminfo import MemInfo
+    from cgoom._tripwire import Tripwires
+
+    wires = Tripwires(machine.hierarchy, "/", 0.1)
+    wires.arm(["/db", "/hog"])
+    before = wires.armed["/hog"]
+    machine.set("hog", "memory.current", f"{before + M}\n")  # past it: it fired
+    info = MemInfo(total=4 * G, available=2 * G)
+    assert wires.step("/hog", info)
+    share = (2 * G - int(4 * G * 0.1)) // 2
+    assert wires.armed["/hog"] == high(machine.cgroup("hog")) == \
+        -(-(before + M + share) // 4096) * 4096  # a page up
+    machine.set("hog", "memory.current", f"{100 * M}\n")
+    assert not wires.step("/hog", MemInfo(total=4 * G, available=int(0.1 * 4 * G)))  # no raise
+    assert not wires.step("/web", info)  # not armed
+    wires.restore()

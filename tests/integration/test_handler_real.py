@@ -88,6 +88,11 @@ async def test_priority_inversion(box: cgoom.Cgroup, spawn: Spawn,
               f"oom_kill 0\n{record.explain()}")
 
 
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 async def test_one_process_freed_by_process_mrelease(box: cgoom.Cgroup, spawn: Spawn,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """A leaf without oom.group gives up one process: SIGKILL through a pidfd, then
@@ -102,10 +107,17 @@ async def test_one_process_freed_by_process_mrelease(box: cgoom.Cgroup, spawn: S
     wait_until(lambda: job.memory_current() > 18 * M, 60, "the small hog")
     rule = cgoom.Rule("solo", parent.path, on="high", confirm_timeout=20)
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
-        spawn(job, python_cmd(GROW))
+        grower = spawn(job, python_cmd(GROW))
         record = await asyncio.wait_for(handler.__anext__(), 60)
+        # Not reaped yet (its parent, this test, has not waited): a zombie, its memory
+        # already uncharged from the cgroup.
+        state = proc_state(grower.pid)
+        usage_unreaped = job.memory_current()
     victim = record.victim
     assert victim is not None and victim.action == "kill-process", record.explain()
+    assert victim.pid == grower.pid and state == "Z", (victim, state)
+    assert record.memory_before is not None and usage_unreaped < record.memory_before - 50 * M
+    assert grower.proc.wait(10) == -9
     # Either process_mrelease freed the memory, or the victim (woken from memory.high's
     # throttling sleep by SIGKILL) had already released it (ESRCH): both are recorded.
     assert ("freed at once (process_mrelease)" in victim.detail
@@ -117,7 +129,8 @@ async def test_one_process_freed_by_process_mrelease(box: cgoom.Cgroup, spawn: S
                     else f"{victim.mrelease_ms:.1f} ms")
         print(f"\n[figures] process kill: signal {victim.syscall_ms:.2f} ms, process_mrelease "
               f"{released}, kill to exit {victim.confirmed_ms:.1f} ms; memory "
-              f"{(record.memory_before or 0) >> 20}M -> {(record.memory_after or 0) >> 20}M")
+              f"{(record.memory_before or 0) >> 20}M -> {(record.memory_after or 0) >> 20}M, "
+              f"{usage_unreaped >> 20}M in the cgroup while the victim was still unreaped")
 
 
 def test_a_stale_pid_is_refused(box: cgoom.Cgroup, spawn: Spawn) -> None:

@@ -244,3 +244,29 @@ def test_protect_self(box: cgoom.Cgroup, capsys: pytest.CaptureFixture[str]) -> 
         print(f"\n[figures] protect_self: locked {got['locked'] >> 10} KiB resident after "
               f"mlockall, {got['after'] >> 10} KiB after 8 more threads (VmLck, whole "
               f"mappings: {got['vmlck'] >> 20} MiB); {'; '.join(got['notes'])}")
+
+
+async def test_usage_above_a_fraction(box: cgoom.Cgroup, spawn: Spawn,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """usage_above=0.8 on a 300M domain: a memory.high tripwire at 240M, released on its
+    first event; the hog dies whole near 240M, long before memory.max; memory.high is back
+    to max afterwards."""
+    domain = box.create_child("usage")
+    domain.enable_controllers("memory", "pids")
+    job = domain.create_child("job")
+    job.set_memory_oom_group(True)
+    domain.set_memory_max("300M")
+    domain.set_memory_swap_max(0)
+    rule = cgoom.Rule("usage", domain.path, usage_above=0.8, confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        assert domain.memory_high() == 240 * M, handler.setup
+        spawn(job, python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    assert isinstance(record, cgoom.IncidentRecord)
+    assert record.trigger.startswith("usage "), record.trigger
+    assert record.victim is not None and record.victim.cgroup == job.path
+    assert domain.memory_high() == "max" and domain.memory_events().oom_kill == 0
+    t = record.timings
+    with capsys.disabled():
+        print(f"\n[figures] usage_above 80%: {record.trigger}; notification to kill "
+              f"{t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms")
