@@ -151,7 +151,9 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
                             f"not killed: {problem}"), []
     members = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)]
     spared = [pid for pid in members if _adj(hierarchy, pid) == -1000]
-    if "cgroup.kill" not in cgroup.interface_files() and processes is not None:
+    features = hierarchy.features()  # probed once (a child's files: the root has no kill)
+    files = features.interface_files if features.probed != "/" else cgroup.interface_files()
+    if "cgroup.kill" not in files and processes is not None:
         # Before 5.14 there is no cgroup.kill: freeze, kill each process by pidfd, thaw.
         result, handles = _kill_sparing(hierarchy, victim, processes, set(spared))
         return attrs.evolve(result, detail=result.detail + " (no cgroup.kill on this "

@@ -107,10 +107,10 @@ async def test_one_process_freed_by_process_mrelease(box: cgoom.Cgroup, spawn: S
     wait_until(lambda: job.memory_current() > 18 * M, 60, "the small hog")
     rule = cgoom.Rule("solo", parent.path, on="high", confirm_timeout=20)
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
-        grower = spawn(job, python_cmd(GROW))
+        # exec: the grower is the child of this test, which does not reap it until it waits.
+        grower = spawn(job, "exec " + python_cmd(GROW))
         record = await asyncio.wait_for(handler.__anext__(), 60)
-        # Not reaped yet (its parent, this test, has not waited): a zombie, its memory
-        # already uncharged from the cgroup.
+        # Not reaped yet: a zombie, its memory already uncharged from the cgroup.
         state = proc_state(grower.pid)
         usage_unreaped = job.memory_current()
     victim = record.victim
