@@ -35,7 +35,7 @@ from typing import Protocol
 
 import attrs
 
-from ._cgroup import if_supported
+from ._cgroup import Cgroup, if_supported
 from ._errors import CgoomError
 from ._fs import OsFS
 from ._hierarchy import Hierarchy
@@ -138,6 +138,21 @@ def _adj(hierarchy: Hierarchy, pid: int) -> int | None:
         return None
 
 
+def _has_cgroup_kill(hierarchy: Hierarchy, cgroup: Cgroup) -> bool:
+    """Whether this kernel has ``cgroup.kill`` (5.14): from the features probed once on a
+    child of the root (the root has none), else from the victim's own files."""
+    try:
+        features = hierarchy.features()
+        if features.probed != "/":
+            return "cgroup.kill" in features.interface_files
+    except CgoomError:
+        pass
+    try:
+        return "cgroup.kill" in cgroup.interface_files()
+    except CgoomError:
+        return True  # gone: the kill will say so
+
+
 def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
                 processes: ProcessControl | None = None) -> tuple[ActionResult, list[int]]:
     """Kill the victim's cgroup whole, if it is still the one decided on: ``cgroup.kill``,
@@ -151,9 +166,7 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
                             f"not killed: {problem}"), []
     members = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)]
     spared = [pid for pid in members if _adj(hierarchy, pid) == -1000]
-    features = hierarchy.features()  # probed once (a child's files: the root has no kill)
-    files = features.interface_files if features.probed != "/" else cgroup.interface_files()
-    if "cgroup.kill" not in files and processes is not None:
+    if not _has_cgroup_kill(hierarchy, cgroup) and processes is not None:
         # Before 5.14 there is no cgroup.kill: freeze, kill each process by pidfd, thaw.
         result, handles = _kill_sparing(hierarchy, victim, processes, set(spared))
         return attrs.evolve(result, detail=result.detail + " (no cgroup.kill on this "
