@@ -71,6 +71,10 @@ class Tripwires:
         self.original: dict[str, Limit] = {}
         #: The level each armed tripwire is at now.
         self.armed: dict[str, int] = {}
+        #: How many times each tripwire was stepped up on the loop: an arm whose reads are
+        #: older than a step leaves that tripwire alone (its level would be stale, and
+        #: could sit above the crossing: measured, a kill 155 ms late).
+        self._steps: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def reserve_bytes(self, info: MemInfo) -> int:
@@ -79,6 +83,8 @@ class Tripwires:
     def arm(self, children: Iterable[str]) -> tuple[MemInfo, list[str]]:
         """Arm (or re-arm) a tripwire on each of ``children`` for the headroom now. Returns
         the memory read and one sentence per cgroup that could not be armed."""
+        with self._lock:
+            steps = dict(self._steps)
         info = read_meminfo(self.hierarchy)
         headroom = info.available - self.reserve_bytes(info)
         problems: list[str] = []
@@ -92,6 +98,8 @@ class Tripwires:
                 usages[path] = usage
         with self._lock:
             for path, level in levels(usages, headroom).items():
+                if self._steps.get(path) != steps.get(path) and path in self.armed:
+                    continue  # stepped up since this arm read: newer than our figures
                 cgroup = self.hierarchy.cgroup(path)
                 try:
                     if path not in self.original:
@@ -133,6 +141,7 @@ class Tripwires:
             except CgoomError:
                 return False
             self.armed[path] = level
+            self._steps[path] = self._steps.get(path, 0) + 1
             return True
 
     def release(self, path: str) -> bool:

@@ -688,3 +688,30 @@ def test_a_tripwire_steps_up_at_once(machine: FakeCgroupTree) -> None:
     assert not wires.step("/hog", MemInfo(total=4 * G, available=int(0.1 * 4 * G)))  # no raise
     assert not wires.step("/web", info)  # not armed
     wires.restore()
+
+
+def test_an_arm_older_than_a_step_leaves_that_tripwire_alone(machine: FakeCgroupTree,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             ) -> None:
+    """The worker's re-arm read MemAvailable and usages, then the loop stepped the hog's
+    tripwire up with newer figures: the re-arm must not overwrite it with its stale level."""
+    from cgoom import _tripwire
+    from cgoom._meminfo import MemInfo
+
+    wires = _tripwire.Tripwires(machine.hierarchy, "/", 0.1)
+    wires.arm(["/db", "/hog"])
+    real_read = _tripwire.read_meminfo
+
+    stepped: list[int] = []
+
+    def read_then_step(h: object) -> MemInfo:
+        info = real_read(machine.hierarchy)  # the arm's (stale) figures: 3 GiB available
+        machine.set("hog", "memory.current", f"{wires.armed['/hog'] + M}\n")
+        assert wires.step("/hog", MemInfo(total=4 * G, available=500 * M))
+        stepped.append(wires.armed["/hog"])
+        return info
+
+    monkeypatch.setattr(_tripwire, "read_meminfo", read_then_step)
+    wires.arm(["/db", "/hog"])
+    assert wires.armed["/hog"] == stepped[0] == high(machine.cgroup("hog"))
+    wires.restore()
