@@ -32,7 +32,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -135,31 +135,45 @@ class ProcConnector:
             self._sock.close()
             self._sock = None
 
+    def _lose(self) -> None:
+        self.lost += 1
+
     def _readable(self) -> None:
         assert self._sock is not None
         marshal = _classes["marshal"]
-        for _ in range(256):  # then let the loop breathe; level-triggered, it comes back
-            try:
-                data = self._sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.lost += 1
-                    continue
-                log.error("cgoom: the process connector failed: %s", exc)
-                self.close()
-                return
-            self.received += 1
-            try:
-                messages = list(marshal.parse(data))
-            except Exception:  # a message pyroute2 cannot decode: not ours to act on
-                log.debug("cgoom: undecodable process connector message", exc_info=True)
-                continue
-            for msg in messages:
-                event = _event(msg)
-                if event is not None:
-                    self._on_event(event)
+        try:
+            for data in datagrams(self._sock, self._lose):
+                self._take(marshal, data)
+        except OSError as exc:
+            log.error("cgoom: the process connector failed: %s", exc)
+            self.close()
+
+    def _take(self, marshal: Any, data: bytes) -> None:
+        self.received += 1
+        try:
+            messages = list(marshal.parse(data))
+        except Exception:  # a message pyroute2 cannot decode: not ours to act on
+            log.debug("cgoom: undecodable process connector message", exc_info=True)
+            return
+        for msg in messages:
+            event = _event(msg)
+            if event is not None:
+                self._on_event(event)
+
+
+def datagrams(sock: socket.socket, lost: Callable[[], object]) -> Iterator[bytes]:
+    """The datagrams waiting on a non-blocking netlink socket, at most 256 (then the loop
+    breathes; the reader is level-triggered, so it comes back). ``lost()`` for each ENOBUFS
+    (the kernel dropped messages); any other error is raised."""
+    for _ in range(256):
+        try:
+            yield sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            lost()
 
 
 def _event(msg: Any) -> ProcEvent | None:

@@ -26,7 +26,6 @@ kernel/taskstats.c, include/uapi/linux/taskstats.h; measured on 6.1 and 6.18):
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -35,6 +34,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
+
+from ._netlink import datagrams
 
 if TYPE_CHECKING:
     import asyncio
@@ -198,25 +199,15 @@ class ExitStats:
         self._sock.close()
         self._sock = None
 
+    def _lose(self) -> None:
+        self.lost += 1
+
     def _readable(self) -> None:
         assert self._sock is not None
-        for _ in range(256):
-            try:
-                data = self._sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.lost += 1
-                    continue
-                log.error("cgoom: taskstats stopped: %s", exc)
-                self.close()
-                return
-            try:
-                stalls = parse_exit(data, self._family)
-            except OSError as exc:
-                log.error("cgoom: taskstats refused the listener: %s", exc)
-                self.close()
-                return
-            for is_process, stall in stalls:
-                self._on_stall(is_process, stall)
+        try:
+            for data in datagrams(self._sock, self._lose):
+                for is_process, stall in parse_exit(data, self._family):
+                    self._on_stall(is_process, stall)
+        except OSError as exc:  # the socket failed, or the kernel refused the listener
+            log.error("cgoom: taskstats stopped: %s", exc)
+            self.close()
