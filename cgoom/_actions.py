@@ -131,7 +131,8 @@ def _subtree_pids(hierarchy: Hierarchy, path: str) -> list[tuple[int, str]]:
     return found
 
 
-def _adj(hierarchy: Hierarchy, pid: int) -> int | None:
+def oom_score_adj(hierarchy: Hierarchy, pid: int) -> int | None:
+    """Process ``pid``'s oom_score_adj now, ``None`` if it cannot be read."""
     try:
         return int(hierarchy.fs.read(f"{hierarchy.proc_root}/{pid}/oom_score_adj").strip())
     except (OSError, ValueError):
@@ -165,7 +166,7 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
         return ActionResult("kill-cgroup", victim.cgroup, None, False,
                             f"not killed: {problem}"), []
     members = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)]
-    spared = [pid for pid in members if _adj(hierarchy, pid) == -1000]
+    spared = [pid for pid in members if oom_score_adj(hierarchy, pid) == -1000]
     if not _has_cgroup_kill(hierarchy, cgroup) and processes is not None:
         # Before 5.14 there is no cgroup.kill: freeze, kill each process by pidfd, thaw.
         result, handles = _kill_sparing(hierarchy, victim, processes, set(spared))
@@ -209,7 +210,7 @@ def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessContro
             if not fresh:
                 break
             for pid in fresh:
-                if _adj(hierarchy, pid) == -1000:
+                if oom_score_adj(hierarchy, pid) == -1000:
                     spared.add(pid)
                     continue
                 try:
@@ -344,7 +345,7 @@ def terminate_cgroup(hierarchy: Hierarchy, victim: Victim, processes: ProcessCon
     started = time.perf_counter()
     sent = 0
     for pid, _ in _subtree_pids(hierarchy, victim.cgroup):
-        if _adj(hierarchy, pid) == -1000:
+        if oom_score_adj(hierarchy, pid) == -1000:
             continue
         try:
             handle = processes.open(pid)

@@ -29,6 +29,7 @@ from ._actions import (
     freeze_cgroup,
     kill_cgroup,
     kill_process,
+    oom_score_adj,
     reclaim_cgroup,
     terminate_cgroup,
     terminate_process,
@@ -768,8 +769,9 @@ class Handler:
 
     def _kill_straggler(self, watch: _KillWatch, pid: int) -> None:
         """A process forked during a whole kill: SIGKILL it too if it is (checked with its
-        pidfd open) inside the victim's subtree. Before 6.14 such a fork can escape
-        ``cgroup.kill`` (b69bb476dee9), and ``populated 0`` would never come."""
+        pidfd open) inside the victim's subtree and not ``oom_score_adj`` -1000. Before 6.14
+        such a fork can escape ``cgroup.kill`` (b69bb476dee9), and ``populated 0`` would
+        never come."""
         assert self._processes is not None
         try:
             handle = self._processes.open(pid)
@@ -780,6 +782,8 @@ class Handler:
             cgroup = watch.cgroup
             if cgroup is None or now is None or not _inside(now[2], cgroup):
                 return
+            if oom_score_adj(self.hierarchy, pid) == -1000:
+                return  # the child of a spared process: spared too, as the kernel would
             with contextlib.suppress(ProcessLookupError):
                 self._processes.kill(handle)
                 watch.raced.append(pid)

@@ -715,3 +715,27 @@ def test_an_arm_older_than_a_step_leaves_that_tripwire_alone(machine: FakeCgroup
     wires.arm(["/db", "/hog"])
     assert wires.armed["/hog"] == stepped[0] == high(machine.cgroup("hog"))
     wires.restore()
+
+
+async def test_a_fork_racing_a_whole_kill_is_killed_unless_minus_1000(
+        two: FakeCgroupTree) -> None:
+    """The process connector reports forks during a whole kill of /t/lose: a child inside
+    the subtree is killed; one with oom_score_adj -1000 (a spared process's child) is not,
+    nor one outside the subtree."""
+    from cgoom._handler import _KillWatch
+    from cgoom._netlink import ProcessFork
+
+    procs = FakeProcesses(two)
+    two.add_process(310, oom_score_adj=0)
+    two.add_process(311, oom_score_adj=-1000)
+    two.add_process(312)
+    two.cgroup("t/lose").attach(310)
+    two.cgroup("t/lose").attach(311)
+    two.cgroup("t/keep").attach(312)
+    handler = cgoom.Handler(two.hierarchy, [cgoom.Rule("r", "t")], own_cgroup="/",
+                            processes=procs)
+    watch = _KillWatch([300, 301], 0, "/t/lose", asyncio.get_running_loop())
+    handler._kill_watches.append(watch)
+    for child in (310, 311, 312):
+        handler._on_proc_event(ProcessFork(300, child, 10))
+    assert procs.killed == [310] and watch.raced == [310]
