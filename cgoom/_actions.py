@@ -366,10 +366,27 @@ def terminate_cgroup(hierarchy: Hierarchy, victim: Victim, processes: ProcessCon
                         syscall_ms=(time.perf_counter() - started) * 1000)
 
 
-def freeze_cgroup(hierarchy: Hierarchy, victim: Victim) -> ActionResult:
-    """Freeze the victim's cgroup (for a process victim, the cgroup it is in), if it is
-    still the one decided on. Its memory stays; it stops growing."""
+def _cgroup_action_problem(hierarchy: Hierarchy, victim: Victim) -> str | None:
+    """Why a cgroup-wide action (freeze, reclaim) must not be taken for ``victim``: its
+    cgroup is not the one decided on, or the victim is one process (of an internal unit)
+    whose cgroup also has child cgroups, which the action would reach too."""
     problem = identity_problem(hierarchy, attrs.evolve(victim, pid=None, whole=True))
+    if problem is None and not victim.whole:
+        try:
+            children = hierarchy.cgroup(victim.cgroup).children()
+        except CgoomError as exc:
+            return str(exc)
+        if children:
+            return (f"the victim is process {victim.pid} of {victim.cgroup}, which also has "
+                    f"child cgroups ({', '.join(c.path for c in children[:3])}"
+                    f"{', ...' if len(children) > 3 else ''}): the action would reach them")
+    return problem
+
+
+def freeze_cgroup(hierarchy: Hierarchy, victim: Victim) -> ActionResult:
+    """Freeze the victim's cgroup (for a process victim, the leaf cgroup it is in), if it is
+    still the one decided on. Its memory stays; it stops growing."""
+    problem = _cgroup_action_problem(hierarchy, victim)
     if problem is not None:
         return ActionResult("freeze", victim.cgroup, None, False, f"not frozen: {problem}")
     started = time.perf_counter()
@@ -385,7 +402,7 @@ def freeze_cgroup(hierarchy: Hierarchy, victim: Victim) -> ActionResult:
 def reclaim_cgroup(hierarchy: Hierarchy, victim: Victim, amount: int) -> ActionResult:
     """Ask the kernel to reclaim ``amount`` bytes from the victim's cgroup (memory.reclaim,
     5.19+). Blocking: call it in a worker thread."""
-    problem = identity_problem(hierarchy, attrs.evolve(victim, pid=None, whole=True))
+    problem = _cgroup_action_problem(hierarchy, victim)
     if problem is not None:
         return ActionResult("reclaim", victim.cgroup, None, False, f"not reclaimed: {problem}")
     cgroup = hierarchy.cgroup(victim.cgroup)

@@ -739,3 +739,23 @@ async def test_a_fork_racing_a_whole_kill_is_killed_unless_minus_1000(
     for child in (310, 311, 312):
         handler._on_proc_event(ProcessFork(300, child, 10))
     assert procs.killed == [310] and watch.raced == [310]
+
+
+async def test_freeze_never_reaches_child_cgroups_of_an_internal_unit(
+        tree: FakeCgroupTree) -> None:
+    """The victim is a process beside child cgroups (an internal unit of /t/mid): freezing
+    /t/mid would freeze /t/mid/child too, so it is refused, and nothing is frozen."""
+    tree.add("t/mid/child", procs=[100], memory_current=10 * M)
+    tree.add_process(100, rss=10 * M)
+    tree.cgroup("t/mid/child").set_priority(100)
+    tree.set("t/mid", "cgroup.procs", "300\n")  # beside the child, as the kernel allows
+    tree.add_process(300, rss=200 * M)
+    tree.set("t/mid", "memory.current", f"{210 * M}\n")
+    rule = cgoom.Rule("r", "t", action="freeze")
+    async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/") as handler:
+        tree.memory_event("t/mid", "high")
+        record = await first_record(handler)
+    assert record.decision.first is not None and record.decision.first.pid == 300
+    assert not record.actions[0].ok, record.explain()
+    assert "also has child cgroups (/t/mid/child)" in record.actions[0].detail
+    assert not tree.cgroup("t/mid").cgroup_freeze()
