@@ -45,6 +45,7 @@ from ._events import (
     MemoryEventsChanged,
     PressureSustained,
     PressureTriggered,
+    PressureTriggerEnded,
     Resynchronized,
     SustainedPressure,
 )
@@ -501,6 +502,13 @@ class Handler:
             for rule in self.rules:
                 if self._pressure_of(rule, event):
                     self._signal(rule, str(event), event.time)
+            return
+        if isinstance(event, PressureTriggerEnded):
+            for rule in self.rules:
+                if rule.pressure is not None and rule.pressure_scope == "domain" \
+                        and rule.domain == event.cgroup:
+                    log.warning("cgoom handler: rule %r no longer has its PSI trigger: %s",
+                                rule.name, event.reason)
             return
         if not isinstance(event, MemoryEventsChanged) or event.local:
             return

@@ -759,3 +759,15 @@ async def test_freeze_never_reaches_child_cgroups_of_an_internal_unit(
     assert not record.actions[0].ok, record.explain()
     assert "also has child cgroups (/t/mid/child)" in record.actions[0].detail
     assert not tree.cgroup("t/mid").cgroup_freeze()
+
+
+def test_a_psi_rule_that_loses_its_trigger_says_so(tree: FakeCgroupTree,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The domain of a PSI rule is removed: the kernel ends the trigger (EPOLLERR), and the
+    handler says the rule lost it instead of going quiet."""
+    tree.add("t/a")
+    trigger = cgoom.PressureTrigger("some", 150_000, 2_000_000)
+    handler = cgoom.Handler(tree.hierarchy, [cgoom.Rule("p", "t", pressure=trigger)],
+                            own_cgroup="/")
+    handler._on_event(cgoom.PressureTriggerEnded("/t", trigger, "the cgroup was removed", 1.0))
+    assert "rule 'p' no longer has its PSI trigger: the cgroup was removed" in caplog.text
