@@ -23,7 +23,7 @@ per domain: events meanwhile are folded into it.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, cast
 
 import attrs
@@ -84,6 +84,16 @@ def _machine_fraction(instance: object, attribute: attrs.Attribute[Any],
                            value=repr(value))
 
 
+def _one_of(choices: Iterable[str]) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    allowed = tuple(sorted(choices))
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in allowed:
+            raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
+                               f"{value!r}, one of {', '.join(allowed)}", value=repr(value))
+    return check
+
+
 def _size(value: int | str | None) -> int | None:
     return None if value is None else parse_size(value, "rule size")
 
@@ -129,7 +139,7 @@ class Rule:
         default=None, validator=attrs.validators.optional(
             attrs.validators.instance_of((PressureTrigger, SustainedPressure))))
     pressure_scope: Literal["domain", "system"] = attrs.field(
-        default="domain", validator=attrs.validators.in_(("domain", "system")))
+        default="domain", validator=_one_of(("domain", "system")))
     #: The whole-machine trigger: MemAvailable below this fraction of MemTotal, seen through
     #: memory.high tripwires on the domain's children (docs/handler.md).
     available_below: float | None = attrs.field(default=None, validator=_machine_fraction)
@@ -143,7 +153,7 @@ class Rule:
     #: default: polling, as earlyoom does, only where memory is already low).
     poll_below: float | None = attrs.field(default=None, validator=_machine_fraction)
     #: What to do to the victim: one of ``ACTIONS``.
-    action: str = attrs.field(default="kill", validator=attrs.validators.in_(ACTIONS))
+    action: str = attrs.field(default="kill", validator=_one_of(ACTIONS))
     #: ``graceful``: seconds between SIGTERM and SIGKILL.
     grace: float = attrs.field(default=5.0, validator=_positive)
     #: ``reclaim``: how much to reclaim from the victim (bytes, or "64M").

@@ -3,7 +3,8 @@
 ``cgoom status [PATH]`` prints each cgroup under PATH with its usage, limits, event counters,
 population and memory pressure; ``cgoom features`` prints what the kernel and mount provide;
 ``cgoom rank [PATH]`` shows whom a policy would kill if PATH ran out of memory now, and why
-(a dry run: it kills nothing); ``cgoom policies`` lists the policies installed.
+(a dry run: it kills nothing); ``cgoom policies`` lists the policies installed;
+``cgoom check-config FILE`` checks a configuration file and prints what it means.
 Exit status: 0 on success, 1 when cgoom cannot do its job here (the message says why and
 what to do), 2 for a usage error.
 """
@@ -224,6 +225,18 @@ def _cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from ._config import ConfigError, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"cgoom: {exc}", file=sys.stderr)
+        return 2
+    print(config.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgoom", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -249,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank.set_defaults(func=_cmd_rank)
     policies = sub.add_parser("policies", help="the policies installed (built-in and plugins)")
     policies.set_defaults(func=_cmd_policies)
+    check = sub.add_parser("check-config", help="check a configuration file and print it")
+    check.add_argument("file", help="the TOML file (its FILE.d/*.toml drop-ins are read too)")
+    check.set_defaults(func=_cmd_check_config)
     return parser
 
 

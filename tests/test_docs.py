@@ -74,6 +74,8 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert "rule 'workload' on /workload.slice" in out and "[dry run]" in out
         assert "dry run: nothing was killed" in out and '{"actions":' in out
         assert "machine: memory.high tripwires on 1 of 1 child(ren) of /" in out
+    if page.name == "configuration.md":
+        assert "rule 'machine' on /: triggers MemAvailable < 10%" in capsys.readouterr().out
     if page.name == "cgroups.md":
         out = capsys.readouterr().out
         assert "no-internal-process rule" in out

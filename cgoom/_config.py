@@ -1,0 +1,300 @@
+"""The configuration file: TOML (stdlib ``tomllib``) read into frozen records, every value
+checked when it is loaded, so that a typo is an error at start (or at reload), never at OOM
+time. Pure apart from reading the files.
+
+Layout (docs/configuration.md; docs/cgoom.example.toml is the annotated example)::
+
+    [handler]            own_cgroup, restore, kmsg, proc_events
+    [priorities]         "glob pattern" = priority, for cgroups without user.cgoom.priority
+    [[rule]]             one per rule: the fields of cgoom.Rule, sizes as "64M", pressure
+                         as a table {kind, percent, window, duration}
+
+Drop-ins: ``FILE.d/*.toml``, read in name order after FILE, as systemd and oomd do. A table
+merges key by key; a ``[[rule]]`` with the name of an earlier one changes that rule's keys,
+a new name adds a rule. Unknown keys are errors that list the known ones.
+
+Errors name the file, the key, the line where the key is found, the value and the expected
+form. tomllib reports syntax errors with their line; for a wrong value the line is found by
+looking for ``key =`` in the file, which is what a reader looks for too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidValue
+from ._events import PressureTrigger, SustainedPressure
+from ._plugins import PluginError, load_policy
+from ._rules import Rule
+
+#: The keys of each table, and for rules the fields of :class:`cgoom.Rule`.
+HANDLER_KEYS = frozenset({"own_cgroup", "restore", "kmsg", "proc_events"})
+RULE_KEYS = frozenset(a.name for a in attrs.fields(Rule))
+PRESSURE_KEYS = frozenset({"kind", "percent", "window", "duration"})
+TOP_KEYS = frozenset({"handler", "priorities", "rule"})
+
+
+class ConfigError(InvalidValue):
+    """The configuration cannot be used: the message names the file, the key, its line,
+    the value and what was expected."""
+
+
+@attrs.frozen
+class HandlerSettings:
+    """``[handler]``: the options of :func:`cgoom.open_handler` a daemon passes on."""
+
+    own_cgroup: str | None = None
+    restore: bool = True
+    kmsg: bool = True
+    proc_events: bool = True
+
+
+@attrs.frozen
+class Config:
+    """A loaded configuration: ``sources`` are the files read, in order."""
+
+    rules: tuple[Rule, ...]
+    priorities: tuple[tuple[str, int], ...]
+    handler: HandlerSettings
+    sources: tuple[str, ...]
+
+    def describe(self) -> str:
+        """The effective configuration, for ``cgoom check-config``."""
+        lines = [f"# from {', '.join(self.sources)}"]
+        h = self.handler
+        lines.append(f"handler: own_cgroup={h.own_cgroup or '(from /proc/self/cgroup)'} "
+                     f"restore={h.restore} kmsg={h.kmsg} proc_events={h.proc_events}")
+        for pattern, priority in self.priorities:
+            lines.append(f"priority {priority:>6}  {pattern}")
+        defaults = Rule("x", "/")
+        for rule in self.rules:
+            changed = [f"{a.name}={getattr(rule, a.name)!r}" for a in attrs.fields(Rule)
+                       if a.name not in ("name", "domain", "on", "pressure")
+                       and getattr(rule, a.name) != getattr(defaults, a.name)]
+            lines.append(f"rule {rule.name!r} on {rule.domain}: triggers "
+                         f"{_triggers(rule)}; policy {_policy_name(rule)}; action "
+                         f"{rule.action}" + (f"; {', '.join(changed)}" if changed else ""))
+        return "\n".join(lines)
+
+
+def _triggers(rule: Rule) -> str:
+    parts = []
+    if rule.on:
+        parts.append("memory.events " + ",".join(sorted(rule.on)))
+    if rule.pressure is not None:
+        parts.append(f"PSI {rule.pressure} ({rule.pressure_scope})")
+    if rule.available_below is not None:
+        parts.append(f"MemAvailable < {rule.available_below:.0%}")
+    if rule.usage_above is not None:
+        parts.append(f"usage > {rule.usage_above:.0%} of memory.max")
+    return " + ".join(parts)
+
+
+def _policy_name(rule: Rule) -> str:
+    return rule.policy if isinstance(rule.policy, str) else getattr(rule.policy, "name", "?")
+
+
+class _Source:
+    """One file's text, to find the line of a key for error messages."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, key: str, *, table: str | None = None, nth: int = 0) -> int | None:
+        """The line (1-based) of ``key =`` inside the ``nth`` ``[table]``/``[[table]]``
+        header (anywhere if ``table`` is None)."""
+        start, seen = 0, -1
+        if table is not None:
+            header = re.compile(rf"^\s*\[\[?\s*{re.escape(table)}\s*\]\]?\s*(#.*)?$")
+            for number, line in enumerate(self.lines):
+                if header.match(line):
+                    seen += 1
+                    if seen == nth:
+                        start = number
+                        break
+            else:
+                return None
+        pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+        for number in range(start, len(self.lines)):
+            line = self.lines[number]
+            if number > start and table is not None and line.lstrip().startswith("["):
+                break
+            if pattern.match(line):
+                return number + 1
+        return None
+
+
+def _error(source: _Source, where: str, message: str, *, key: str | None = None,
+           table: str | None = None, nth: int = 0) -> ConfigError:
+    line = source.line_of(key, table=table, nth=nth) if key else None
+    at = f"{source.path}" + (f", line {line}" if line else "")
+    return ConfigError(f"{at}: {where}: {message}", path=source.path)
+
+
+def _read(path: str) -> tuple[_Source, dict[str, Any]]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}",
+                          path=path) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8",
+                          path=path) from exc
+    source = _Source(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", path=path) from exc
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise _error(source, f"unknown key {name!r}", f"the top level has "
+                     f"{', '.join(sorted(TOP_KEYS))} ([handler], [priorities], [[rule]])",
+                     key=name)
+    return source, data
+
+
+def _drop_ins(path: str) -> list[str]:
+    directory = path + ".d"
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".toml"))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"{directory}: cannot list the drop-ins: {exc.strerror}",
+                          path=directory) from exc
+    return [os.path.join(directory, n) for n in names]
+
+
+def load_config(path: str) -> Config:
+    """Read ``path`` and its drop-ins (``path.d/*.toml``) into a :class:`Config`;
+    :class:`ConfigError` for anything wrong, naming the file, key, line and value."""
+    handler: dict[str, Any] = {}
+    priorities: dict[str, int] = {}
+    rules: dict[str, dict[str, Any]] = {}
+    origin: dict[str, tuple[_Source, int]] = {}
+    sources = []
+    for file in [path, *_drop_ins(path)]:
+        source, data = _read(file)
+        sources.append(file)
+        _merge_handler(source, data.get("handler", {}), handler)
+        _merge_priorities(source, data.get("priorities", {}), priorities)
+        raw_rules = data.get("rule", [])
+        if not isinstance(raw_rules, list):
+            raise _error(source, "rule", "rules are [[rule]] tables (an array of tables)",
+                         key="rule")
+        for nth, raw in enumerate(raw_rules):
+            name = raw.get("name")
+            if not isinstance(name, str) or not name:
+                raise _error(source, f"rule #{nth + 1}", f"name = {name!r}: each [[rule]] "
+                             "needs a name (a non-empty string)", table="rule", nth=nth,
+                             key="name")
+            unknown = set(raw) - RULE_KEYS
+            if unknown:
+                key = sorted(unknown)[0]
+                raise _error(source, f"rule {name!r}: unknown key {key!r}",
+                             f"a rule has {', '.join(sorted(RULE_KEYS))}", key=key,
+                             table="rule", nth=nth)
+            rules.setdefault(name, {}).update(raw)
+            origin[name] = (source, nth)
+    if not rules:
+        raise ConfigError(f"{path}: no [[rule]]: the handler needs at least one rule",
+                          path=path)
+    built = tuple(_rule(origin[name][0], origin[name][1], raw) for name, raw in rules.items())
+    return Config(rules=built, priorities=tuple(priorities.items()),
+                  handler=HandlerSettings(**handler), sources=tuple(sources))
+
+
+def _merge_handler(source: _Source, raw: Any, into: dict[str, Any]) -> None:
+    if not isinstance(raw, dict):
+        raise _error(source, "handler", "[handler] is a table", key="handler")
+    for key, value in raw.items():
+        if key not in HANDLER_KEYS:
+            raise _error(source, f"[handler] unknown key {key!r}",
+                         f"[handler] has {', '.join(sorted(HANDLER_KEYS))}", key=key,
+                         table="handler")
+        expected = (str,) if key == "own_cgroup" else (bool,)
+        if not isinstance(value, expected):
+            raise _error(source, f"[handler] {key} = {value!r}",
+                         "a path string" if key == "own_cgroup" else "true or false",
+                         key=key, table="handler")
+        into[key] = value
+
+
+def _merge_priorities(source: _Source, raw: Any, into: dict[str, int]) -> None:
+    if not isinstance(raw, dict):
+        raise _error(source, "priorities", "[priorities] is a table of \"pattern\" = "
+                     "integer", key="priorities")
+    for pattern, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not -(2**31) <= value < 2**31:
+            raise _error(source, f"[priorities] {pattern!r} = {value!r}",
+                         "an integer priority from -2147483648 to 2147483647 (higher is "
+                         "more important)", key=pattern, table="priorities")
+        into.pop(pattern, None)  # a drop-in's value moves the pattern to the end
+        into[pattern] = value
+
+
+def _pressure(source: _Source, where: str, raw: Any, nth: int,
+              ) -> PressureTrigger | SustainedPressure:
+    if not isinstance(raw, dict) or set(raw) - PRESSURE_KEYS or not {"kind", "percent"} <= \
+            set(raw):
+        raise _error(source, f"{where}: pressure = {raw!r}",
+                     "a table {kind = \"some\" or \"full\", percent = stalled % of the "
+                     "window, window = seconds (default 1), duration = seconds it must "
+                     "last (optional)}", key="pressure", table="rule", nth=nth)
+    kind, percent = raw["kind"], raw["percent"]
+    window = raw.get("window", 1.0)
+    if kind not in ("some", "full") or isinstance(percent, bool) or \
+            not isinstance(percent, int | float) or not 0 < percent <= 100 or \
+            isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
+        raise _error(source, f"{where}: pressure = {raw!r}", "kind \"some\" or \"full\", "
+                     "percent in (0, 100], window > 0 seconds", key="pressure",
+                     table="rule", nth=nth)
+    if "duration" in raw:
+        duration = raw["duration"]
+        if isinstance(duration, bool) or not isinstance(duration, int | float) \
+                or duration <= 0:
+            raise _error(source, f"{where}: pressure duration = {duration!r}",
+                         "seconds > 0", key="pressure", table="rule", nth=nth)
+        return SustainedPressure(kind, float(percent), float(duration), float(window))
+    return PressureTrigger.percent(kind, float(percent), float(window))
+
+
+def _rule(source: _Source, nth: int, raw: Mapping[str, Any]) -> Rule:
+    name = raw["name"]
+    where = f"rule {name!r}"
+    kwargs = dict(raw)
+    if "pressure" in kwargs:
+        kwargs["pressure"] = _pressure(source, where, kwargs["pressure"], nth)
+    if "on" in kwargs and isinstance(kwargs["on"], list):
+        kwargs["on"] = frozenset(kwargs["on"])
+    args = kwargs.get("policy_args", {})
+    if not isinstance(args, dict):
+        raise _error(source, f"{where}: policy_args = {args!r}", "a table of the policy's "
+                     "options", key="policy_args", table="rule", nth=nth)
+    policy = kwargs.get("policy", "priority")
+    if not isinstance(policy, str):
+        raise _error(source, f"{where}: policy = {policy!r}", "a policy name (cgoom "
+                     "policies lists them)", key="policy", table="rule", nth=nth)
+    try:
+        load_policy(policy, **args)  # a bad name or option is an error now, not at OOM time
+    except (PluginError, InvalidValue, TypeError) as exc:
+        raise _error(source, f"{where}: policy = {policy!r}", str(exc), key="policy",
+                     table="rule", nth=nth) from exc
+    try:
+        return Rule(**kwargs)
+    except (InvalidValue, TypeError, ValueError) as exc:
+        text = str(exc)
+        key = next((k for k in kwargs if f" {k}=" in text or f": {k}=" in text), None)
+        raise _error(source, where, str(exc), key=key, table="rule", nth=nth) from exc

@@ -1,0 +1,88 @@
+"""The configuration file: the annotated example loads, drop-ins merge, and every mistake is
+an error naming the file, the key, its line, the value and the expected form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import cgoom
+from cgoom._config import ConfigError, load_config
+from cgoom.cli import main
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "cgoom.example.toml"
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_documented_example_loads() -> None:
+    config = load_config(str(EXAMPLE))
+    assert [r.name for r in config.rules] == ["workload", "machine", "pressure"]
+    workload, machine, pressure = config.rules
+    assert workload.domain == "/workload.slice" and workload.high_below_max == 0.1
+    assert machine.available_below == 0.1 and machine.on == frozenset()
+    assert pressure.pressure == cgoom.SustainedPressure("full", 20.0, 5.0, 2.0)
+    assert pressure.pressure_scope == "system" and pressure.dry_run
+    assert config.priorities[0] == ("workload.slice/db*", 100)
+    assert config.handler.restore and config.handler.own_cgroup is None
+
+
+def test_drop_ins_merge_in_name_order(tmp_path: Path) -> None:
+    main_file = write(tmp_path / "cgoom.toml", '[[rule]]\nname = "w"\ndomain = "w.slice"\n'
+                      'cooldown = 5\n[priorities]\n"a*" = 1\n"b*" = 2\n')
+    (tmp_path / "cgoom.toml.d").mkdir()
+    write(tmp_path / "cgoom.toml.d" / "20-more.toml", '[[rule]]\nname = "m"\ndomain = "/"\n'
+          "available_below = 0.05\n")
+    write(tmp_path / "cgoom.toml.d" / "10-tune.toml", '[[rule]]\nname = "w"\ncooldown = 30\n'
+          '[priorities]\n"a*" = 7\n')
+    write(tmp_path / "cgoom.toml.d" / "ignored.txt", "not toml")
+    config = load_config(main_file)
+    assert [(r.name, r.cooldown) for r in config.rules] == [("w", 30.0), ("m", 5.0)]
+    assert config.rules[0].domain == "/w.slice"  # kept from the main file
+    assert config.priorities == (("b*", 2), ("a*", 7))
+    assert [Path(s).name for s in config.sources] == ["cgoom.toml", "10-tune.toml",
+                                                      "20-more.toml"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[rule]]\nname = "r"\ndomain = "t"\nthreshold = 0\n',
+     r"cgoom.toml, line 4: rule 'r': rule 'r': threshold=0, a positive number"),
+    ('[[rule]]\nname = "r"\ndomain = "t"\ncoldown = 5\n',
+     r"line 4: rule 'r': unknown key 'coldown': a rule has action, available_below, "),
+    ('rules = 1\n', r"line 1: unknown key 'rules': the top level has handler, priorities, rule"),
+    ('[[rule]]\nname = "r"\ndomain = "t"\npolicy = "nosuch"\n',
+     r"line 4: rule 'r': policy = 'nosuch': .*nosuch"),
+    ('[[rule]]\nname = "r"\ndomain = "t"\npressure = { kind = "half", percent = 10 }\n',
+     r"line 4: rule 'r': pressure = .*kind \"some\" or \"full\""),
+    ('[[rule]]\nname = "r"\ndomain = "t"\naction = "explode"\n', r"line 4: rule 'r': .*action"),
+    ('[[rule]]\ndomain = "t"\n', r"rule #1: name = None: each \[\[rule\]\] needs a name"),
+    ('[handler]\nrestore = "yes"\n', r"line 2: \[handler\] restore = 'yes': true or false"),
+    ('[priorities]\n"db*" = "high"\n', r"line 2: \[priorities\] 'db\*' = 'high': an integer"),
+    ('[handler]\nrestore = true\n', r"no \[\[rule\]\]: the handler needs at least one rule"),
+    ('[[rule]\nname = "r"\n', r"not valid TOML: .*line 1"),
+])
+def test_mistakes_name_file_key_line_and_value(tmp_path: Path, text: str,
+                                                message: str) -> None:
+    path = write(tmp_path / "cgoom.toml", text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(path)
+
+
+def test_a_missing_file_is_said(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration: No such file"):
+        load_config(str(tmp_path / "nope.toml"))
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "rule 'machine' on /: triggers MemAvailable < 10%" in out
+    assert "rule 'pressure' on /: triggers PSI full > 20% for 5s (system)" in out
+    bad = write(tmp_path / "bad.toml", '[[rule]]\nname = "r"\ndomain = "t"\nwindow = -1\n')
+    assert main(["check-config", bad]) == 2
+    assert f"cgoom: {bad}, line 4: rule 'r'" in capsys.readouterr().err
