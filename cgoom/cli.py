@@ -4,7 +4,9 @@
 population and memory pressure; ``cgoom features`` prints what the kernel and mount provide;
 ``cgoom rank [PATH]`` shows whom a policy would kill if PATH ran out of memory now, and why
 (a dry run: it kills nothing); ``cgoom policies`` lists the policies installed;
-``cgoom check-config FILE`` checks a configuration file and prints what it means.
+``cgoom check-config FILE`` checks a configuration file and prints what it means;
+``cgoom set-priority PATH N|none`` and ``cgoom prefer|avoid|omit|no-preference PATH`` set
+the xattrs the policies read.
 Exit status: 0 on success, 1 when cgoom cannot do its job here (the message says why and
 what to do), 2 for a usage error.
 """
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
-from ._cgroup import Cgroup, if_supported
+from ._cgroup import PREFERENCE_XATTR, Cgroup, if_supported
 from ._errors import CgoomError, CgroupGone, InvalidValue
 from ._hierarchy import Hierarchy
 from ._parse import format_size
@@ -47,10 +50,31 @@ class Row:
     events: dict[str, int | None] | None
     populated: bool | None
     pressure_some_avg10: float | None
+    #: ``user.cgoom.priority`` as written ("invalid" when it is not an integer), and
+    #: ``user.cgoom.preference``: what is set, not what a snapshot trusts (docs/policies.md).
+    priority: int | str | None = None
+    preference: str | None = None
+
+
+def _xattrs(cgroup: Cgroup) -> tuple[int | str | None, str | None]:
+    try:
+        priority: int | str | None = cgroup.priority()
+    except CgroupGone:
+        raise
+    except CgoomError:
+        priority = "invalid"
+    try:
+        preference = cgroup.get_xattr(PREFERENCE_XATTR)
+    except CgroupGone:
+        raise
+    except CgoomError:
+        preference = None
+    return priority, None if preference is None else preference.strip()
 
 
 def status_row(cgroup: Cgroup) -> Row:
     """Read one cgroup's row; raises :class:`~cgoom.CgroupGone` if it vanished meanwhile."""
+    priority, preference = _xattrs(cgroup)
     events = if_supported(cgroup.memory_events)
     cg_events = if_supported(cgroup.cgroup_events)
     pressure = if_supported(cgroup.memory_pressure)
@@ -64,6 +88,8 @@ def status_row(cgroup: Cgroup) -> Row:
         },
         populated=None if cg_events is None else cg_events.populated,
         pressure_some_avg10=None if pressure is None else pressure.some.avg10,
+        priority=priority,
+        preference=preference,
     )
 
 
@@ -86,7 +112,7 @@ def status_rows(hierarchy: Hierarchy, start: str, depth: int | None) -> list[Row
 
 def format_table(rows: Sequence[Row]) -> str:
     header = ("CGROUP", "CURRENT", "HIGH", "MAX", "HIGH#", "MAX#", "OOM", "OOM_KILL", "POP",
-              "PSI10")
+              "PSI10", "PRIO", "PREF")
     lines: list[tuple[str, ...]] = [header]
     for r in rows:
         ev = r.events or {}
@@ -95,6 +121,8 @@ def format_table(rows: Sequence[Row]) -> str:
             *(str(ev.get(k, "-")) if r.events else "-" for k in ("high", "max", "oom", "oom_kill")),
             "-" if r.populated is None else str(int(r.populated)),
             "-" if r.pressure_some_avg10 is None else f"{r.pressure_some_avg10:.2f}",
+            "-" if r.priority is None else str(r.priority),
+            r.preference or "-",
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
@@ -237,6 +265,34 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_set_priority(args: argparse.Namespace) -> int:
+    cgroup = _hierarchy(args).cgroup(args.path)
+    if args.priority == "none":
+        cgroup.set_priority(None)
+        print(f"{cgroup.path}: user.cgoom.priority removed")
+        return 0
+    try:
+        value = int(args.priority)
+    except ValueError:
+        raise InvalidValue(f"a priority is an integer (higher is more important) or 'none', "
+                           f"not {args.priority!r}", value=args.priority) from None
+    cgroup.set_priority(value)
+    print(f"{cgroup.path}: user.cgoom.priority={value}")
+    return 0
+
+
+def _cmd_preference(args: argparse.Namespace) -> int:
+    cgroup = _hierarchy(args).cgroup(args.path)
+    preference = None if args.command == "no-preference" else args.command
+    cgroup.set_preference(preference)
+    print(f"{cgroup.path}: user.cgoom.preference "
+          + ("removed" if preference is None else f"={preference}"))
+    if preference in ("avoid", "omit") and os.geteuid() != 0:
+        print("note: avoid and omit count only when root or the domain's owner sets them "
+              "(docs/policies.md)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgoom", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -265,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="check a configuration file and print it")
     check.add_argument("file", help="the TOML file (its FILE.d/*.toml drop-ins are read too)")
     check.set_defaults(func=_cmd_check_config)
+    prio = sub.add_parser("set-priority", help="set user.cgoom.priority (higher: more "
+                          "important) or remove it")
+    prio.add_argument("path", help="the cgroup")
+    prio.add_argument("priority", help="an integer, or 'none' to remove it")
+    prio.set_defaults(func=_cmd_set_priority)
+    for name, text in (("prefer", "kill it first among equals"),
+                       ("avoid", "kill it last among equals"),
+                       ("omit", "never kill it"),
+                       ("no-preference", "remove user.cgoom.preference")):
+        pref = sub.add_parser(name, help=f"user.cgoom.preference: {text}")
+        pref.add_argument("path", help="the cgroup")
+        pref.set_defaults(func=_cmd_preference)
     return parser
 
 

@@ -28,9 +28,9 @@ def test_status_table(lab: FakeCgroupTree, capsys: pytest.CaptureFixture[str]) -
     assert main(["--mount", lab.mount, "status", "lab"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["CGROUP", "CURRENT", "HIGH", "MAX", "HIGH#", "MAX#", "OOM",
-                                "OOM_KILL", "POP", "PSI10"]
+                                "OOM_KILL", "POP", "PSI10", "PRIO", "PREF"]
     assert lines[2].split() == ["/lab/batch", "300.0M", "900.0M", "1.0G", "37", "2", "1", "1",
-                                "1", "0.00"]
+                                "1", "0.00", "-", "-"]
     assert lines[3].split()[:4] == ["/lab/web", "64.0M", "max", "max"]
 
 
@@ -147,3 +147,29 @@ def test_names_that_are_not_utf8_never_give_a_traceback(lab: FakeCgroupTree) -> 
         assert done.returncode == 0, done.stderr.decode()
         assert b"Traceback" not in done.stderr
     assert b"\\udcff\\udcfe" in done.stdout or b"\xef\xbf\xbd" in done.stdout
+
+
+def test_set_priority_and_preferences(lab: FakeCgroupTree,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mount", lab.mount, "set-priority", "lab/batch", "-5"]) == 0
+    assert main(["--mount", lab.mount, "avoid", "lab/web"]) == 0
+    assert lab.cgroup("lab/batch").priority() == -5
+    assert lab.cgroup("lab/web").get_xattr("user.cgoom.preference") == "avoid"
+    capsys.readouterr()
+    assert main(["--mount", lab.mount, "status", "lab"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-2:] == ["PRIO", "PREF"]
+    assert lines[2].split()[-2:] == ["-5", "-"] and lines[3].split()[-2:] == ["-", "avoid"]
+    assert main(["--mount", lab.mount, "set-priority", "lab/batch", "none"]) == 0
+    assert main(["--mount", lab.mount, "no-preference", "lab/web"]) == 0
+    assert lab.cgroup("lab/batch").priority() is None
+    assert lab.cgroup("lab/web").get_xattr("user.cgoom.preference") is None
+    assert main(["--mount", lab.mount, "set-priority", "lab/batch", "high"]) == 1
+    assert "a priority is an integer (higher is more important) or 'none', not 'high'" in \
+        capsys.readouterr().err
+    assert main(["--mount", lab.mount, "set-priority", "lab/batch", str(2**31)]) == 1
+    lab.cgroup("lab/batch").set_xattr("user.cgoom.priority", "lots")
+    capsys.readouterr()
+    assert main(["--mount", lab.mount, "status", "lab", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[1]["priority"] == "invalid"
