@@ -98,6 +98,9 @@ if TYPE_CHECKING:
     from ._policy import units as units
     from ._protect import Protection as Protection
     from ._protect import protect_self as protect_self
+    from ._recordlog import RecordLog as RecordLog
+    from ._recordlog import read_records as read_records
+    from ._recordlog import record_from_json as record_from_json
     from ._rules import Rule as Rule
     from ._snapshot import FIELDS as FIELDS
     from ._snapshot import Snapshotter as Snapshotter
@@ -125,6 +128,9 @@ _LAZY: dict[str, str] = {
     "IncidentRecord": "_incident",
     "KernelOomKill": "_kmsg",
     "Timings": "_incident",
+    "RecordLog": "_recordlog",
+    "read_records": "_recordlog",
+    "record_from_json": "_recordlog",
     "Rule": "_rules",
     "CgroupSnapshot": "_candidates",
     "Incident": "_candidates",

@@ -6,7 +6,8 @@ population and memory pressure; ``cgoom features`` prints what the kernel and mo
 (a dry run: it kills nothing); ``cgoom policies`` lists the policies installed;
 ``cgoom check-config FILE`` checks a configuration file and prints what it means;
 ``cgoom set-priority PATH N|none`` and ``cgoom prefer|avoid|omit|no-preference PATH`` set
-the xattrs the policies read.
+the xattrs the policies read; ``cgoom explain --log FILE [ID]`` tells an incident from the
+record log as a person reads it.
 Exit status: 0 on success, 1 when cgoom cannot do its job here (the message says why and
 what to do), 2 for a usage error.
 """
@@ -293,6 +294,30 @@ def _cmd_preference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from ._incident import IncidentRecord
+    from ._recordlog import Record, read_records
+
+    try:
+        records: list[Record] = list(read_records(args.log))
+    except OSError as exc:
+        raise CgroupGone(f"cannot read the record log {args.log}: {exc.strerror}",
+                         path=args.log) from exc
+    if args.id is not None:
+        incidents = [r for r in records if isinstance(r, IncidentRecord)]
+        chosen: list[Record] = [r for r in incidents if r.id == args.id]
+        if not chosen:
+            known = [r.id for r in incidents][-5:]
+            raise InvalidValue(f"no incident {args.id!r} in {args.log} (the latest: "
+                               f"{', '.join(known) or 'none'})", value=args.id)
+    else:
+        chosen = records[-1:]
+        if not chosen:
+            raise InvalidValue(f"{args.log} holds no record yet", path=args.log)
+    print(chosen[-1].explain())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgoom", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -321,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="check a configuration file and print it")
     check.add_argument("file", help="the TOML file (its FILE.d/*.toml drop-ins are read too)")
     check.set_defaults(func=_cmd_check_config)
+    explain = sub.add_parser("explain", help="an incident from the record log, as a person "
+                             "reads it (the latest, or by id)")
+    explain.add_argument("--log", required=True, help="the record log (JSON lines)")
+    explain.add_argument("id", nargs="?", default=None, help="an incident's id")
+    explain.set_defaults(func=_cmd_explain)
     prio = sub.add_parser("set-priority", help="set user.cgoom.priority (higher: more "
                           "important) or remove it")
     prio.add_argument("path", help="the cgroup")
