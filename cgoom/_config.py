@@ -4,7 +4,7 @@ time. Pure apart from reading the files.
 
 Layout (docs/configuration.md; docs/cgoom.example.toml is the annotated example)::
 
-    [handler]            own_cgroup, restore, kmsg, proc_events
+    [handler]            own_cgroup, records, restore, kmsg, proc_events
     [priorities]         "glob pattern" = priority, for cgroups without user.cgoom.priority
     [[rule]]             one per rule: the fields of cgoom.Rule, sizes as "64M", pressure
                          as a table {kind, percent, window, duration}
@@ -34,7 +34,7 @@ from ._plugins import PluginError, load_policy
 from ._rules import Rule
 
 #: The keys of each table, and for rules the fields of :class:`cgoom.Rule`.
-HANDLER_KEYS = frozenset({"own_cgroup", "restore", "kmsg", "proc_events"})
+HANDLER_KEYS = frozenset({"own_cgroup", "restore", "kmsg", "proc_events", "records"})
 RULE_KEYS = frozenset(a.name for a in attrs.fields(Rule))
 PRESSURE_KEYS = frozenset({"kind", "percent", "window", "duration"})
 TOP_KEYS = frozenset({"handler", "priorities", "rule"})
@@ -50,6 +50,8 @@ class HandlerSettings:
     """``[handler]``: the options of :func:`cgoom.open_handler` a daemon passes on."""
 
     own_cgroup: str | None = None
+    #: Where ``cgoom run`` appends the records as JSON lines (``None``: not kept).
+    records: str | None = None
     restore: bool = True
     kmsg: bool = True
     proc_events: bool = True
@@ -69,7 +71,8 @@ class Config:
         lines = [f"# from {', '.join(self.sources)}"]
         h = self.handler
         lines.append(f"handler: own_cgroup={h.own_cgroup or '(from /proc/self/cgroup)'} "
-                     f"restore={h.restore} kmsg={h.kmsg} proc_events={h.proc_events}")
+                     f"records={h.records or '(not kept)'} restore={h.restore} "
+                     f"kmsg={h.kmsg} proc_events={h.proc_events}")
         for pattern, priority in self.priorities:
             lines.append(f"priority {priority:>6}  {pattern}")
         defaults = Rule("x", "/")
@@ -223,11 +226,11 @@ def _merge_handler(source: _Source, raw: Any, into: dict[str, Any]) -> None:
             raise _error(source, f"[handler] unknown key {key!r}",
                          f"[handler] has {', '.join(sorted(HANDLER_KEYS))}", key=key,
                          table="handler")
-        expected = (str,) if key == "own_cgroup" else (bool,)
+        expected = (str,) if key in ("own_cgroup", "records") else (bool,)
         if not isinstance(value, expected):
             raise _error(source, f"[handler] {key} = {value!r}",
-                         "a path string" if key == "own_cgroup" else "true or false",
-                         key=key, table="handler")
+                         "a path string" if key in ("own_cgroup", "records")
+                         else "true or false", key=key, table="handler")
         into[key] = value
 
 

@@ -196,13 +196,16 @@ class Handler:
     ``proc_events``: follow the process connector (pyroute2) to see each killed process
     exit with its signal and to kill a fork racing a whole kill (default: on the real
     filesystem; it needs root; ``handler.setup`` says when it could not be used).
+    ``priorities``: ``(pattern, priority)`` pairs for cgroups without a priority xattr
+    (:class:`cgoom.Snapshotter`).
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
                  own_cgroup: str | None = None, processes: ProcessControl | None = None,
                  history: UsageHistory | None = None, max_queued: int = 1000,
                  restore: bool = True, kmsg: str | None = "",
-                 proc_events: bool | None = None) -> None:
+                 proc_events: bool | None = None,
+                 priorities: Iterable[tuple[str, int]] = ()) -> None:
         self.hierarchy = hierarchy
         self.rules = tuple(rules)
         if not self.rules:
@@ -220,7 +223,7 @@ class Handler:
         self.own_cgroup = own_cgroup
         self._processes = processes
         self._states = {r.name: RuleState(r) for r in self.rules}
-        self._snapshotter = Snapshotter(hierarchy, history=history)
+        self._snapshotter = Snapshotter(hierarchy, priorities=tuple(priorities), history=history)
         self._watcher: Watcher | None = None
         self._queue: asyncio.Queue[Record | None] = asyncio.Queue(max_queued)
         self._listeners: list[RecordListener] = []
@@ -1157,10 +1160,12 @@ def _readable(loop: asyncio.AbstractEventLoop, handle: int) -> asyncio.Future[fl
 def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
                  own_cgroup: str | None = None, processes: ProcessControl | None = None,
                  history: UsageHistory | None = None, restore: bool = True,
-                 kmsg: str | None = "") -> Handler:
+                 kmsg: str | None = "", proc_events: bool | None = None,
+                 priorities: Iterable[tuple[str, int]] = ()) -> Handler:
     """A :class:`Handler` for ``rules``, to use as
     ``async with cgoom.open_handler(h, cgoom.Rule("batch", "workload.slice")) as handler:``.
     """
     return Handler(hierarchy if hierarchy is not None else Hierarchy.discover(), rules,
                    own_cgroup=own_cgroup, processes=processes, history=history,
-                   restore=restore, kmsg=kmsg)
+                   restore=restore, kmsg=kmsg, proc_events=proc_events,
+                   priorities=priorities)

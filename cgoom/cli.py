@@ -4,7 +4,8 @@
 population and memory pressure; ``cgoom features`` prints what the kernel and mount provide;
 ``cgoom rank [PATH]`` shows whom a policy would kill if PATH ran out of memory now, and why
 (a dry run: it kills nothing); ``cgoom policies`` lists the policies installed;
-``cgoom check-config FILE`` checks a configuration file and prints what it means;
+``cgoom check-config FILE`` checks a configuration file and prints what it means, and
+``cgoom run --config FILE`` runs the handler it describes as a daemon;
 ``cgoom set-priority PATH N|none`` and ``cgoom prefer|avoid|omit|no-preference PATH`` set
 the xattrs the policies read; ``cgoom explain --log FILE [ID]`` tells an incident from the
 record log as a person reads it.
@@ -294,6 +295,17 @@ def _cmd_preference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from ._daemon import run
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    hierarchy = _hierarchy(args) if args.mount else None
+    return asyncio.run(run(args.config, dry_run=args.dry_run, hierarchy=hierarchy))
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from ._incident import IncidentRecord
     from ._recordlog import Record, read_records
@@ -346,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="check a configuration file and print it")
     check.add_argument("file", help="the TOML file (its FILE.d/*.toml drop-ins are read too)")
     check.set_defaults(func=_cmd_check_config)
+    run = sub.add_parser("run", help="the handler as a daemon, from a configuration file")
+    run.add_argument("--config", required=True, help="the TOML file (docs/configuration.md)")
+    run.add_argument("--dry-run", action="store_true", help="decide and record, never act")
+    run.set_defaults(func=_cmd_run)
     explain = sub.add_parser("explain", help="an incident from the record log, as a person "
                              "reads it (the latest, or by id)")
     explain.add_argument("--log", required=True, help="the record log (JSON lines)")
