@@ -63,3 +63,26 @@ async def test_the_daemon_on_a_fake_tree(tree: FakeCgroupTree, tmp_path: Path,
         assert await asyncio.wait_for(daemon, 10) == 0
     finally:
         server.close()
+
+
+def test_the_example_unit() -> None:
+    """docs/cgoom.service parses as a unit file, says what the daemon speaks (Type=notify,
+    a watchdog, OOMScoreAdjust=-1000, MemoryMin=), and its ExecStart is a command line
+    cgoom accepts."""
+    import configparser
+    import shlex
+
+    from cgoom.cli import build_parser
+
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # keys are CamelCase
+    unit.read(Path(__file__).resolve().parent.parent / "docs" / "cgoom.service")
+    assert unit.sections() == ["Unit", "Service", "Install"]
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert service["OOMScoreAdjust"] == "-1000" and service["MemoryMin"] == "64M"
+    assert service["WatchdogSec"] == "30s" and service["ExecReload"].endswith("-HUP $MAINPID")
+    argv = shlex.split(service["ExecStart"])
+    assert Path(argv[0]).name == "cgoom"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "run" and args.config == "/etc/cgoom/cgoom.toml"
