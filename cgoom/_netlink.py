@@ -99,29 +99,29 @@ def load() -> None:
     _classes.update(listen=bytes(listen.data), marshal=ProcEventMarshal())
 
 
-class ProcConnector:
-    """The process connector on the loop: ``on_event`` gets each :class:`ProcessExit`
-    (process exits only, not threads) and :class:`ProcessFork` (new processes, not
-    threads). :meth:`open` after :func:`load`."""
+class NetlinkListener:
+    """A netlink socket read on the loop. A subclass subscribes through :meth:`_attach`
+    (the socket's protocol, type, address and first message), handles each datagram in
+    :meth:`_take` (an :class:`OSError` there stops it, as a failing socket does), and may
+    say goodbye in :meth:`_unsubscribe` before the socket closes."""
 
-    def __init__(self, on_event: Callable[[ProcEvent], object]) -> None:
-        self._on_event = on_event
+    #: What the log calls it.
+    what = "netlink"
+
+    def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Times the kernel dropped events (ENOBUFS).
+        #: Times the kernel dropped messages (ENOBUFS).
         self.lost = 0
-        self.received = 0
 
-    def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind and listen; :class:`OSError` if this process may not (root and
-        CAP_NET_ADMIN are needed)."""
-        load()
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
-                             | socket.SOCK_CLOEXEC, NETLINK_CONNECTOR)
+    def _attach(self, loop: asyncio.AbstractEventLoop, protocol: int, kind: int,
+                address: tuple[int, int], first: bytes) -> None:
+        sock = socket.socket(socket.AF_NETLINK, kind | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC, protocol)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            sock.bind((0, CN_IDX_PROC))
-            sock.send(_classes["listen"])
+            sock.bind(address)
+            sock.send(first)
         except OSError:
             sock.close()
             raise
@@ -129,29 +129,56 @@ class ProcConnector:
         loop.add_reader(sock.fileno(), self._readable)
 
     def close(self) -> None:
-        if self._sock is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
+        if self._sock is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._unsubscribe(self._sock)
+        self._sock.close()
+        self._sock = None
+
+    def _unsubscribe(self, sock: socket.socket) -> None:
+        """Tell the kernel before the socket goes (nothing to say by default)."""
+
+    def _take(self, data: bytes) -> None:
+        raise NotImplementedError
 
     def _lose(self) -> None:
         self.lost += 1
 
     def _readable(self) -> None:
         assert self._sock is not None
-        marshal = _classes["marshal"]
         try:
             for data in datagrams(self._sock, self._lose):
-                self._take(marshal, data)
+                self._take(data)
         except OSError as exc:
-            log.error("cgoom: the process connector failed: %s", exc)
+            log.error("cgoom: %s stopped: %s", self.what, exc)
             self.close()
 
-    def _take(self, marshal: Any, data: bytes) -> None:
+
+class ProcConnector(NetlinkListener):
+    """The process connector on the loop: ``on_event`` gets each :class:`ProcessExit`
+    (process exits only, not threads) and :class:`ProcessFork` (new processes, not
+    threads). :meth:`open` after :func:`load`."""
+
+    what = "the process connector"
+
+    def __init__(self, on_event: Callable[[ProcEvent], object]) -> None:
+        super().__init__()
+        self._on_event = on_event
+        self.received = 0
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind and listen; :class:`OSError` if this process may not (root and
+        CAP_NET_ADMIN are needed)."""
+        load()
+        self._attach(loop, NETLINK_CONNECTOR, socket.SOCK_DGRAM, (0, CN_IDX_PROC),
+                     _classes["listen"])
+
+    def _take(self, data: bytes) -> None:
         self.received += 1
         try:
-            messages = list(marshal.parse(data))
+            messages = list(_classes["marshal"].parse(data))
         except Exception:  # a message pyroute2 cannot decode: not ours to act on
             log.debug("cgoom: undecodable process connector message", exc_info=True)
             return

@@ -26,7 +26,6 @@ kernel/taskstats.c, include/uapi/linux/taskstats.h; measured on 6.1 and 6.18):
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import struct
@@ -35,12 +34,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._netlink import datagrams
+from ._netlink import NetlinkListener
 
 if TYPE_CHECKING:
     import asyncio
-
-log = logging.getLogger("cgoom")
 
 NETLINK_GENERIC = 16
 NLM_F_REQUEST = 1
@@ -157,17 +154,17 @@ def delay_accounting(proc_root: str = "/proc") -> bool | None:
         return None
 
 
-class ExitStats:
+class ExitStats(NetlinkListener):
     """Exit statistics of every task on the machine, on the loop: ``on_stall(is_process,
     stall)`` for each. :meth:`open` with the family id from :func:`family_id`."""
 
+    what = "taskstats"
+
     def __init__(self, on_stall: Callable[[bool, MemoryStall], object]) -> None:
+        super().__init__()
         self._on_stall = on_stall
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._family = 0
         self._mask = f"0-{(os.cpu_count() or 1) - 1}"
-        self.lost = 0
 
     def _command(self, attr: int) -> bytes:
         value = self._mask.encode() + b"\0"
@@ -177,37 +174,15 @@ class ExitStats:
 
     def open(self, loop: asyncio.AbstractEventLoop, family: int) -> None:
         self._family = family
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                             | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            sock.bind((0, 0))
-            sock.send(self._command(CMD_ATTR_REGISTER_CPUMASK))
-        except OSError:
-            sock.close()
-            raise
-        self._sock, self._loop = sock, loop
-        loop.add_reader(sock.fileno(), self._readable)
+        self._attach(loop, NETLINK_GENERIC, socket.SOCK_RAW, (0, 0),
+                     self._command(CMD_ATTR_REGISTER_CPUMASK))
 
-    def close(self) -> None:
-        if self._sock is None:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
+    def _unsubscribe(self, sock: socket.socket) -> None:
         with contextlib.suppress(OSError):  # the kernel drops a listener whose socket is gone
-            self._sock.send(self._command(CMD_ATTR_DEREGISTER_CPUMASK))
-        self._sock.close()
-        self._sock = None
+            sock.send(self._command(CMD_ATTR_DEREGISTER_CPUMASK))
 
-    def _lose(self) -> None:
-        self.lost += 1
-
-    def _readable(self) -> None:
-        assert self._sock is not None
-        try:
-            for data in datagrams(self._sock, self._lose):
-                for is_process, stall in parse_exit(data, self._family):
-                    self._on_stall(is_process, stall)
-        except OSError as exc:  # the socket failed, or the kernel refused the listener
-            log.error("cgoom: taskstats stopped: %s", exc)
-            self.close()
+    def _take(self, data: bytes) -> None:
+        # parse_exit raises OSError for an error the kernel sent back (it refused the
+        # listener): that stops the reader, as a failing socket does.
+        for is_process, stall in parse_exit(data, self._family):
+            self._on_stall(is_process, stall)
