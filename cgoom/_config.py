@@ -280,8 +280,6 @@ def _rule(source: _Source, nth: int, raw: Mapping[str, Any]) -> Rule:
     kwargs = dict(raw)
     if "pressure" in kwargs:
         kwargs["pressure"] = _pressure(source, where, kwargs["pressure"], nth)
-    if "on" in kwargs and isinstance(kwargs["on"], list):
-        kwargs["on"] = frozenset(kwargs["on"])
     args = kwargs.get("policy_args", {})
     if not isinstance(args, dict):
         raise _error(source, f"{where}: policy_args = {args!r}", "a table of the policy's "

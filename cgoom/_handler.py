@@ -612,12 +612,21 @@ class Handler:
     def _usage_check(self, rule: Rule, usage: int | None, source: str, notified: float, *,
                      rearm: bool) -> None:
         wire = self._usage_wires[rule.name]
-        state = self._states[rule.name]
+        trigger = None
         if usage is not None and wire.level is not None and usage >= wire.level:
             trigger = (f"usage {format_size(usage)} >= {rule.usage_above:.0%} of memory.max "
                        f"({format_size(wire.level)}, {source})")
+        self._fire_or_rearm(rule, trigger, notified, rearm=rearm)
+
+    def _fire_or_rearm(self, rule: Rule, trigger: str | None, notified: float, *,
+                       rearm: bool) -> None:
+        """After a tripwire's check: fire the rule when ``trigger`` says why, else re-arm
+        (``rearm``). Resting after an incident, it looks again when the rest ends; an
+        incident in flight on the domain re-arms when it ends."""
+        if trigger is not None:
             if not self._signal(rule, trigger, notified) and rule.domain not in self._busy:
-                self._schedule_arm(rule, max(state.rest_until - time.monotonic(), 0.01))
+                rest = self._states[rule.name].rest_until - time.monotonic()
+                self._schedule_arm(rule, max(rest, 0.01))
         elif rearm and rule.domain not in self._busy:
             self._schedule_arm(rule)
 
@@ -696,18 +705,12 @@ class Handler:
 
     def _machine_check(self, rule: Rule, info: MemInfo, source: str, notified: float, *,
                        rearm: bool) -> None:
-        wires = self._tripwires[rule.name]
-        reserve = wires.reserve_bytes(info)
-        state = self._states[rule.name]
-        if info.available < reserve:
+        trigger = None
+        if info.available < self._tripwires[rule.name].reserve_bytes(info):
             trigger = (f"MemAvailable {format_size(info.available)} < "
                        f"{rule.available_below:.0%} of MemTotal {format_size(info.total)} "
                        f"({source})")
-            if not self._signal(rule, trigger, notified) and rule.domain not in self._busy:
-                # Resting after an incident: look again when the rest ends.
-                self._schedule_arm(rule, max(state.rest_until - time.monotonic(), 0.01))
-        elif rearm and rule.domain not in self._busy:
-            self._schedule_arm(rule)  # (an incident in flight re-arms when it ends)
+        self._fire_or_rearm(rule, trigger, notified, rearm=rearm)
         if (rule.poll_below is not None and info.available < rule.poll_below * info.total
                 and rule.name not in self._polling and not self._closed):
             task = asyncio.get_running_loop().create_task(self._poll(rule))

@@ -64,23 +64,23 @@ def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: obje
                            f"{value!r}, a number of seconds >= 0", value=repr(value))
 
 
+#: What each fraction field is a fraction of, and an example, for the error message.
+_FRACTIONS = {
+    "high_below_max": ("memory.max", "0.1: memory.high at 90% of memory.max"),
+    "usage_above": ("memory.max", "0.9: at 90% of memory.max"),
+    "available_below": ("MemTotal", "0.1: act when MemAvailable falls below 10% of the "
+                                    "machine's memory"),
+    "poll_below": ("MemTotal", "0.1: act when MemAvailable falls below 10% of the "
+                               "machine's memory"),
+}
+
+
 def _fraction(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                               or not 0 < value < 1):
-        example = ("0.1: memory.high at 90% of memory.max" if attribute.name == "high_below_max"
-                   else "0.9: at 90% of memory.max")
+        of, example = _FRACTIONS[attribute.name]
         raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
-                           f"{value!r}, a fraction of memory.max between 0 and 1 ({example})",
-                           value=repr(value))
-
-
-def _machine_fraction(instance: object, attribute: attrs.Attribute[Any],
-                      value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                              or not 0 < value < 1):
-        raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
-                           f"{value!r}, a fraction of MemTotal between 0 and 1 (0.1: act when "
-                           "MemAvailable falls below 10% of the machine's memory)",
+                           f"{value!r}, a fraction of {of} between 0 and 1 ({example})",
                            value=repr(value))
 
 
@@ -142,7 +142,7 @@ class Rule:
         default="domain", validator=_one_of(("domain", "system")))
     #: The whole-machine trigger: MemAvailable below this fraction of MemTotal, seen through
     #: memory.high tripwires on the domain's children (docs/handler.md).
-    available_below: float | None = attrs.field(default=None, validator=_machine_fraction)
+    available_below: float | None = attrs.field(default=None, validator=_fraction)
     #: Fire when the domain's usage reaches this fraction of its memory.max, seen through a
     #: memory.high tripwire on the domain, released on its first event (docs/handler.md).
     usage_above: float | None = attrs.field(default=None, validator=_fraction)
@@ -151,7 +151,7 @@ class Rule:
     sustained: float = attrs.field(default=0.0, validator=_non_negative)
     #: Poll MemAvailable, adaptively, while it is below this fraction of MemTotal (off by
     #: default: polling, as earlyoom does, only where memory is already low).
-    poll_below: float | None = attrs.field(default=None, validator=_machine_fraction)
+    poll_below: float | None = attrs.field(default=None, validator=_fraction)
     #: What to do to the victim: one of ``ACTIONS``.
     action: str = attrs.field(default="kill", validator=_one_of(ACTIONS))
     #: ``graceful``: seconds between SIGTERM and SIGKILL.

@@ -313,7 +313,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         records: list[Record] = list(read_records(args.log))
     except OSError as exc:
-        raise CgroupGone(f"cannot read the record log {args.log}: {exc.strerror}",
+        raise CgoomError(f"cannot read the record log {args.log}: {exc.strerror}",
                          path=args.log) from exc
     if args.id is not None:
         incidents = [r for r in records if isinstance(r, IncidentRecord)]
