@@ -193,7 +193,11 @@ async def test_the_process_connector_sees_each_exit(box: cgoom.Cgroup, spawn: Sp
     job.set_memory_oom_group(True)
     job.write_file("pids.max", "100")
     domain.set_memory_high("64M")
-    spawn(job, "while :; do sleep 5 & sleep 0.01; done")
+    # 30 long sleeps that outlive the test, so the count at the kill cannot fall back below
+    # the 20 waited for (with 5 s sleeps a slow VM once had only 19 alive), then short-lived
+    # forks that go on during the kill; well under pids.max.
+    spawn(job, "i=0; while [ $i -lt 30 ]; do sleep 120 & i=$((i+1)); sleep 0.01; done; "
+               "while :; do sleep 0.2 & sleep 0.05; done")
     wait_until(lambda: len(job.cgroup_procs()) > 20, 30, "the forks")
     rule = cgoom.Rule("forks", domain.path, on="high", confirm_timeout=20)
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
