@@ -4,7 +4,8 @@ time. Pure apart from reading the files.
 
 Layout (docs/configuration.md; docs/cgoom.example.toml is the annotated example)::
 
-    [handler]            own_cgroup, records, restore, kmsg, proc_events
+    [handler]            own_cgroup, records, restore, kmsg, proc_events, stall_timeout
+    [metrics]            address, port: Prometheus metrics over HTTP (off without it)
     [priorities]         "glob pattern" = priority, for cgroups without user.cgoom.priority
     [[rule]]             one per rule: the fields of cgoom.Rule, sizes as "64M", pressure
                          as a table {kind, percent, window, duration}
@@ -34,10 +35,20 @@ from ._plugins import PluginError, load_policy
 from ._rules import Rule
 
 #: The keys of each table, and for rules the fields of :class:`cgoom.Rule`.
-HANDLER_KEYS = frozenset({"own_cgroup", "restore", "kmsg", "proc_events", "records"})
+#: ``[handler]`` and ``[metrics]``: each key's accepted types and their description.
+_PATH = ((str,), "a path string")
+_BOOL = ((bool,), "true or false")
+_SECONDS = ((int, float), "a number of seconds above 0")
+HANDLER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "own_cgroup": _PATH, "records": _PATH, "restore": _BOOL, "kmsg": _BOOL,
+    "proc_events": _BOOL, "stall_timeout": _SECONDS}
+METRICS_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "address": ((str,), "an IP address string, e.g. \"127.0.0.1\""),
+    "port": ((int,), "a TCP port, 1-65535")}
+HANDLER_KEYS = frozenset(HANDLER_TYPES)
 RULE_KEYS = frozenset(a.name for a in attrs.fields(Rule))
 PRESSURE_KEYS = frozenset({"kind", "percent", "window", "duration"})
-TOP_KEYS = frozenset({"handler", "priorities", "rule"})
+TOP_KEYS = frozenset({"handler", "metrics", "priorities", "rule"})
 
 
 class ConfigError(InvalidValue):
@@ -55,6 +66,18 @@ class HandlerSettings:
     restore: bool = True
     kmsg: bool = True
     proc_events: bool = True
+    #: The stall watchdog (``cgoom run``): when the event loop has not run for this many
+    #: seconds, a thread acts on the last ranking by itself (``None``: off).
+    stall_timeout: float | None = None
+
+
+@attrs.frozen
+class MetricsSettings:
+    """``[metrics]``: Prometheus metrics over HTTP on ``address``:``port`` (localhost by
+    default); needs the ``metrics`` extra (prometheus_client)."""
+
+    port: int
+    address: str = "127.0.0.1"
 
 
 @attrs.frozen
@@ -65,6 +88,7 @@ class Config:
     priorities: tuple[tuple[str, int], ...]
     handler: HandlerSettings
     sources: tuple[str, ...]
+    metrics: MetricsSettings | None = None
 
     def describe(self) -> str:
         """The effective configuration, for ``cgoom check-config``."""
@@ -72,7 +96,11 @@ class Config:
         h = self.handler
         lines.append(f"handler: own_cgroup={h.own_cgroup or '(from /proc/self/cgroup)'} "
                      f"records={h.records or '(not kept)'} restore={h.restore} "
-                     f"kmsg={h.kmsg} proc_events={h.proc_events}")
+                     f"kmsg={h.kmsg} proc_events={h.proc_events} "
+                     f"stall_timeout={h.stall_timeout or '(off)'}")
+        m = self.metrics
+        lines.append(f"metrics: http://{m.address}:{m.port}/metrics" if m is not None
+                     else "metrics: (off)")
         for pattern, priority in self.priorities:
             lines.append(f"priority {priority:>6}  {pattern}")
         defaults = Rule("x", "/")
@@ -162,7 +190,8 @@ def _read(path: str) -> tuple[_Source, dict[str, Any]]:
     if unknown:
         name = sorted(unknown)[0]
         raise _error(source, f"unknown key {name!r}", f"the top level has "
-                     f"{', '.join(sorted(TOP_KEYS))} ([handler], [priorities], [[rule]])",
+                     f"{', '.join(sorted(TOP_KEYS))} ([handler], [metrics], [priorities], "
+                     "[[rule]])",
                      key=name)
     return source, data
 
@@ -183,6 +212,8 @@ def load_config(path: str) -> Config:
     """Read ``path`` and its drop-ins (``path.d/*.toml``) into a :class:`Config`;
     :class:`ConfigError` for anything wrong, naming the file, key, line and value."""
     handler: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    metrics_source: _Source | None = None
     priorities: dict[str, int] = {}
     rules: dict[str, dict[str, Any]] = {}
     origin: dict[str, tuple[_Source, int]] = {}
@@ -190,7 +221,10 @@ def load_config(path: str) -> Config:
     for file in [path, *_drop_ins(path)]:
         source, data = _read(file)
         sources.append(file)
-        _merge_handler(source, data.get("handler", {}), handler)
+        _merge_table(source, "handler", HANDLER_TYPES, data.get("handler", {}), handler)
+        _merge_table(source, "metrics", METRICS_TYPES, data.get("metrics", {}), metrics)
+        if "metrics" in data:
+            metrics_source = source
         _merge_priorities(source, data.get("priorities", {}), priorities)
         raw_rules = data.get("rule", [])
         if not isinstance(raw_rules, list):
@@ -210,27 +244,37 @@ def load_config(path: str) -> Config:
                              table="rule", nth=nth)
             rules.setdefault(name, {}).update(raw)
             origin[name] = (source, nth)
+    settings = None
+    if metrics_source is not None:
+        if "port" not in metrics:
+            raise _error(metrics_source, "[metrics]", "metrics need a port (e.g. port = "
+                         "9464); the address is 127.0.0.1 unless given", key="metrics")
+        settings = MetricsSettings(**metrics)
     if not rules:
         raise ConfigError(f"{path}: no [[rule]]: the handler needs at least one rule",
                           path=path)
     built = tuple(_rule(origin[name][0], origin[name][1], raw) for name, raw in rules.items())
     return Config(rules=built, priorities=tuple(priorities.items()),
-                  handler=HandlerSettings(**handler), sources=tuple(sources))
+                  handler=HandlerSettings(**handler), sources=tuple(sources),
+                  metrics=settings)
 
 
-def _merge_handler(source: _Source, raw: Any, into: dict[str, Any]) -> None:
+def _merge_table(source: _Source, table: str, types: Mapping[str, tuple[tuple[type, ...], str]],
+                 raw: Any, into: dict[str, Any]) -> None:
+    """Check a ``[handler]``/``[metrics]`` table key by key, then merge it into ``into``."""
     if not isinstance(raw, dict):
-        raise _error(source, "handler", "[handler] is a table", key="handler")
+        raise _error(source, table, f"[{table}] is a table", key=table)
     for key, value in raw.items():
-        if key not in HANDLER_KEYS:
-            raise _error(source, f"[handler] unknown key {key!r}",
-                         f"[handler] has {', '.join(sorted(HANDLER_KEYS))}", key=key,
-                         table="handler")
-        expected = (str,) if key in ("own_cgroup", "records") else (bool,)
-        if not isinstance(value, expected):
-            raise _error(source, f"[handler] {key} = {value!r}",
-                         "a path string" if key in ("own_cgroup", "records")
-                         else "true or false", key=key, table="handler")
+        if key not in types:
+            raise _error(source, f"[{table}] unknown key {key!r}",
+                         f"[{table}] has {', '.join(sorted(types))}", key=key, table=table)
+        expected, description = types[key]
+        number: Any = value
+        if (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
+                or (key == "stall_timeout" and number <= 0)
+                or (key == "port" and not 0 < number < 65536)):
+            raise _error(source, f"[{table}] {key} = {value!r}", description,
+                         key=key, table=table)
         into[key] = value
 
 

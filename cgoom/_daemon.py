@@ -1,12 +1,15 @@
 """``cgoom run``: the handler as a daemon, from a configuration file. Orchestration only:
-the configuration (``_config``), the engine (``_handler``), the record log (``_recordlog``)
-and sd_notify (``_sdnotify``) do the work.
+the configuration (``_config``), the engine (``_handler``), the record log (``_recordlog``),
+metrics (``_metrics``) and sd_notify (``_sdnotify``) do the work.
 
 Signals: SIGTERM and SIGINT stop it cleanly (the handler puts back what it set, unless the
 configuration says ``restore = false``). SIGHUP reopens the record log (after rotation) and
-checks the configuration file again: a file that fails to load is reported and the running
-configuration kept; a changed one is reported as needing a restart to apply, for now
-(applying it without losing cooldowns and history is the next step of issue #10).
+loads the configuration again: a file that fails to load is reported and the running
+configuration kept; a loaded one is applied to the running handler without losing its state
+(cooldowns, debounce counts, growth history, the incident in flight:
+:meth:`Handler.reconfigure`), or, when it changes what is set up once at start (a rule's
+domain or triggers, rules added or removed, ``[handler]`` or ``[metrics]`` other than the
+record log), refused as a whole with the reason, the running one kept.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import signal
 import attrs
 
 from ._config import Config, ConfigError, load_config
+from ._errors import CgoomError
 from ._hierarchy import Hierarchy
 from ._recordlog import Record, RecordLog
+from ._rules import Rule
 from ._sdnotify import notify, reloading, watchdog_interval
 
 log = logging.getLogger("cgoom")
@@ -30,56 +35,156 @@ async def run(config_path: str, *, dry_run: bool = False,
               hierarchy: Hierarchy | None = None) -> int:
     """Run the handler that ``config_path`` describes until SIGTERM or SIGINT; 0 when it
     stopped cleanly. ``dry_run``: every rule decides and records, none acts."""
-    from ._handler import Handler
-
     config = load_config(config_path)
     h = hierarchy if hierarchy is not None else Hierarchy.discover()
     h.require_memory()
-    rules = [attrs.evolve(r, dry_run=True) if dry_run else r for r in config.rules]
-    settings = config.handler
-    records = RecordLog(settings.records) if settings.records else None
-    handler = Handler(h, rules, own_cgroup=settings.own_cgroup, restore=settings.restore,
-                      kmsg="" if settings.kmsg else None, proc_events=settings.proc_events,
-                      priorities=config.priorities)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, config_path, config, records)
+    daemon = _Daemon(config_path, config, h, dry_run=dry_run)
+    return await daemon.run()
 
-    def on_record(record: Record) -> None:
-        if records is not None:
+
+class _Daemon:
+    def __init__(self, path: str, config: Config, hierarchy: Hierarchy, *,
+                 dry_run: bool) -> None:
+        from ._handler import Handler
+
+        self.path, self.config, self.dry_run = path, config, dry_run
+        settings = config.handler
+        self.records = RecordLog(settings.records) if settings.records else None
+        self.handler = Handler(hierarchy, self._rules(config), own_cgroup=settings.own_cgroup,
+                               restore=settings.restore,
+                               kmsg="" if settings.kmsg else None,
+                               proc_events=settings.proc_events, priorities=config.priorities)
+        self.metrics = None
+        if config.metrics is not None:
+            from ._metrics import Metrics
+
+            self.metrics = Metrics(lambda: self.handler.statistics().watched)
+
+    def _rules(self, config: Config) -> list[Rule]:
+        return [attrs.evolve(r, dry_run=True) if self.dry_run else r for r in config.rules]
+
+    def _status(self) -> str:
+        rules = self.config.rules
+        return (f"{len(rules)} rule(s) on {len({r.domain for r in rules})} domain(s)"
+                + (" (dry run)" if self.dry_run else ""))
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            if self.records is not None:  # a path it cannot write is said now, not at OOM
+                self.records = _open_log(self.records.path)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            async with self.handler:
+                self.handler.add_listener(self.on_record)
+                for line in self.handler.setup:
+                    log.info("cgoom: %s", line)
+                if self.metrics is not None:
+                    assert self.config.metrics is not None
+                    m = self.config.metrics
+                    self.metrics.start(m.address, m.port)
+                    log.info("cgoom: metrics on http://%s:%d/metrics", m.address, m.port)
+                log.info("cgoom: running %s from %s", self._status(),
+                         ", ".join(self.config.sources))
+                notify("READY=1", f"STATUS={self._status()}")
+                interval = watchdog_interval()
+                if interval is not None:
+                    watchdog = loop.create_task(_watchdog(interval))
+                await stop.wait()
+                notify("STOPPING=1")
+                log.info("cgoom: stopping")
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.records is not None:
+                self.records.close()
+        return 0
+
+    def on_record(self, record: Record) -> None:
+        if self.records is not None:
             try:
-                records.write(record)
+                self.records.write(record)
             except OSError as exc:
-                log.error("cgoom: cannot append to the record log %s: %s", records.path, exc)
+                log.error("cgoom: cannot append to the record log %s: %s", self.records.path,
+                          exc)
+        if self.metrics is not None:
+            policy = self.handler.policies.get(getattr(record, "rule", ""))
+            self.metrics.record(record, None if policy is None else policy.name)
 
-    watchdog: asyncio.Task[None] | None = None
+    def reload(self) -> None:
+        """SIGHUP: reopen the record log, load the file again and apply it, or keep the
+        running configuration and say why."""
+        notify(*reloading())
+        if self.records is not None:
+            try:
+                self.records.reopen()
+            except OSError as exc:
+                log.error("cgoom: cannot reopen the record log %s: %s", self.records.path,
+                          exc)
+        try:
+            fresh = load_config(self.path)
+            changes = self._apply(fresh)
+        except CgoomError as exc:
+            what = ("cannot be used" if isinstance(exc, ConfigError)
+                    else "was not applied")
+            log.error("cgoom: reload: the configuration %s; the running one is kept: %s",
+                      what, exc)
+            if self.metrics is not None:
+                self.metrics.reloaded(False)
+        else:
+            if changes:
+                log.info("cgoom: reload: applied: %s", "; ".join(changes))
+            else:
+                log.info("cgoom: reload: the configuration is unchanged")
+            if self.metrics is not None:
+                self.metrics.reloaded(True)
+        notify("READY=1", f"STATUS={self._status()}")
+
+    def _apply(self, fresh: Config) -> list[str]:
+        """Apply ``fresh`` to the running daemon, all or nothing."""
+        old, new = self.config.handler, fresh.handler
+        fixed = [f"[handler] {a.name}: {getattr(old, a.name)!r} -> {getattr(new, a.name)!r}"
+                 for a in attrs.fields(type(old))
+                 if a.name != "records" and getattr(old, a.name) != getattr(new, a.name)]
+        if fresh.metrics != self.config.metrics:
+            fixed.append(f"[metrics]: {self.config.metrics} -> {fresh.metrics}")
+        if fixed:
+            raise CgoomError("these changes need cgoom started again: " + "; ".join(fixed))
+        records = self.records
+        if new.records != old.records and new.records is not None:
+            records = _open_log(new.records)  # before anything changes
+        try:
+            changes = self.handler.reconfigure(self._rules(fresh), priorities=fresh.priorities)
+        except CgoomError:
+            if records is not self.records and records is not None:
+                records.close()
+            raise
+        if new.records != old.records:
+            if self.records is not None:
+                self.records.close()
+            self.records = records if new.records is not None else None
+            changes.append(f"record log: {old.records or '(none)'} -> "
+                           f"{new.records or '(none)'}")
+        self.config = fresh
+        return changes
+
+
+def _open_log(path: str) -> RecordLog:
+    records = RecordLog(path)
     try:
-        async with handler:
-            handler.add_listener(on_record)
-            for line in handler.setup:
-                log.info("cgoom: %s", line)
-            status = (f"{len(rules)} rule(s) on {len({r.domain for r in rules})} domain(s)"
-                      + (" (dry run)" if dry_run else ""))
-            log.info("cgoom: running %s from %s", status, ", ".join(config.sources))
-            notify("READY=1", f"STATUS={status}")
-            interval = watchdog_interval()
-            if interval is not None:
-                watchdog = loop.create_task(_watchdog(interval))
-            await stop.wait()
-            notify("STOPPING=1")
-            log.info("cgoom: stopping")
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-        if records is not None:
-            records.close()
-    return 0
+        records.reopen()
+    except OSError as exc:
+        raise CgoomError(f"cannot open the record log {path}: {exc.strerror}") from exc
+    return records
 
 
 async def _watchdog(interval: float) -> None:
@@ -88,24 +193,3 @@ async def _watchdog(interval: float) -> None:
     while True:
         notify("WATCHDOG=1")
         await asyncio.sleep(interval)
-
-
-def _reload(path: str, running: Config, records: RecordLog | None) -> None:
-    notify(*reloading())
-    if records is not None:
-        try:
-            records.reopen()
-        except OSError as exc:
-            log.error("cgoom: cannot reopen the record log %s: %s", records.path, exc)
-    try:
-        fresh = load_config(path)
-    except ConfigError as exc:
-        log.error("cgoom: reload: the configuration cannot be used; the running one is "
-                  "kept: %s", exc)
-    else:
-        if fresh.describe() != running.describe():
-            log.warning("cgoom: reload: %s changed; restart cgoom to apply it (a reload "
-                        "that keeps cooldowns and history is not built yet)", path)
-        else:
-            log.info("cgoom: reload: the configuration is unchanged")
-    notify("READY=1")

@@ -58,8 +58,8 @@ from ._netlink import ProcConnector, ProcessFork, ProcEvent, load, now_ns
 from ._parse import format_size
 from ._plugins import adecide, load_policy, start_policy_worker, validate_policy
 from ._policy import Decision, Policy, Victim
-from ._rules import Rule, RuleState
-from ._snapshot import Snapshotter, UsageHistory, policy_fields, process_now
+from ._rules import Rule, RuleState, setup_changes
+from ._snapshot import Snapshotter, UsageHistory, check_patterns, policy_fields, process_now
 from ._taskstats import ExitStats, MemoryStall, delay_accounting, family_id
 from ._tripwire import DomainTripwire, Tripwires
 from ._watcher import Watcher
@@ -103,6 +103,8 @@ class HandlerStatistics:
     in_flight: int
     #: Records waiting for ``async for``.
     queued: int
+    #: Cgroups the handler's watcher follows now.
+    watched: int = 0
 
 
 class _KillWatch:
@@ -274,6 +276,60 @@ class Handler:
 
     def __repr__(self) -> str:
         return f"<Handler {', '.join(r.name for r in self.rules)}>"
+
+    # --- reconfiguration -----------------------------------------------------------------
+
+    def reconfigure(self, rules: Iterable[Rule], *,
+                    priorities: Iterable[tuple[str, int]] | None = None) -> list[str]:
+        """Apply new versions of the rules (and new ``priorities``, when given) to the
+        running handler, keeping its state: cooldowns, debounce counts, the growth history
+        and any incident in flight (which finishes under the version it started with; the
+        next incident uses the new one). Returns what changed, one sentence each.
+
+        All or nothing: the same rule names must come back, each with the same set-up
+        (:data:`cgoom._rules.SETUP_FIELDS`: domain, triggers other than ``on``, tripwires,
+        early triggers); otherwise :class:`~cgoom.InvalidValue` says which rule and field
+        need a restart, and nothing is applied. Policies are loaded and validated before
+        anything changes."""
+        new = tuple(rules)
+        old = {r.name: r for r in self.rules}
+        names = [r.name for r in new]
+        if len(set(names)) != len(names):
+            raise InvalidValue(f"rule names must be unique: {names}", value=repr(names))
+        problems = []
+        if set(names) != set(old):
+            added, removed = sorted(set(names) - set(old)), sorted(set(old) - set(names))
+            problems += ([f"rule(s) added: {', '.join(added)}"] if added else []) + (
+                [f"rule(s) removed: {', '.join(removed)}"] if removed else [])
+        problems += [f"rule {r.name!r}: {change}" for r in new if r.name in old
+                     for change in setup_changes(old[r.name], r)]
+        if problems:
+            raise InvalidValue("these changes need cgoom started again (the set-up they "
+                               "change is made once, at start): " + "; ".join(problems),
+                               value=repr(names))
+        checked = None if priorities is None else check_patterns(tuple(priorities))
+        policies = {r.name: (self.policies[r.name] if r.policy == old[r.name].policy
+                             and r.policy_args == old[r.name].policy_args
+                             else self._policy(r)) for r in new}
+        if (self._processes is None and self._watcher is not None
+                and not all(r.dry_run or r.action in ("notify", "freeze", "reclaim")
+                            for r in new)):
+            self._processes = Pidfds(self.hierarchy)
+        changed = []
+        for rule in new:
+            before = old[rule.name]
+            if rule != before:
+                fields = [a.name for a in attrs.fields(Rule)
+                          if getattr(rule, a.name) != getattr(before, a.name)]
+                changed.append(f"rule {rule.name!r}: {', '.join(fields)} changed")
+            self._states[rule.name].rule = rule
+        if checked is not None and checked != self._snapshotter.priorities:
+            changed.append(f"priorities: {len(checked)} pattern(s), were "
+                           f"{len(self._snapshotter.priorities)}")
+            self._snapshotter.priorities = checked
+        self.rules = new
+        self.policies = policies
+        return changed
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -475,8 +531,9 @@ class Handler:
         return item
 
     def statistics(self) -> HandlerStatistics:
+        watched = 0 if self._watcher is None else self._watcher.statistics().cgroups
         return HandlerStatistics(in_flight=len(self._tasks), queued=self._queue.qsize(),
-                                 **self._counts)
+                                 watched=watched, **self._counts)
 
     # --- events ------------------------------------------------------------------------
 
@@ -560,6 +617,9 @@ class Handler:
         return False
 
     def _start(self, rule: Rule, trigger: str, notified: float) -> None:
+        # The current version of the rule (timers and polls may hold an older one when the
+        # handler was reconfigured; only its set-up fields, unchanged, are read from those).
+        rule = self._states[rule.name].rule
         self._busy[rule.domain] = rule.name
         self._windows[rule.domain] = _Window()
         task = asyncio.get_running_loop().create_task(self._incident(rule, trigger, notified))
@@ -763,7 +823,7 @@ class Handler:
         self._windows.pop(rule.domain, None)
         for other in self.rules:  # the domain's tripwires, whichever rule's incident it was
             if (other.machine or other.usage_above is not None) and other.domain == rule.domain:
-                self._schedule_arm(other, other.cooldown if other is rule else 0.0)
+                self._schedule_arm(other, other.cooldown if other.name == rule.name else 0.0)
         assert record is not None
         record = attrs.evolve(record, folded=folded)
         self._counts["incidents"] += 1

@@ -197,6 +197,19 @@ class Rule:
         return self.available_below is not None
 
 
+#: The fields a rule's set-up depends on: the watches, PSI triggers, tripwires and the
+#: memory.high and memory.oom.group it writes. :meth:`Handler.reconfigure` swaps every other
+#: field in a running handler; a change to one of these needs the handler started again.
+SETUP_FIELDS = ("domain", "pressure", "pressure_scope", "available_below", "poll_below",
+                "usage_above", "high_below_max", "oom_group_leaves")
+
+
+def setup_changes(old: Rule, new: Rule) -> list[str]:
+    """The set-up fields that differ between two versions of a rule, as ``field: a -> b``."""
+    return [f"{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}"
+            for name in SETUP_FIELDS if getattr(old, name) != getattr(new, name)]
+
+
 class RuleState:
     """A rule's memory between events: recent counts, the cooldown, the incident in
     flight. ``observe`` is called with each delta of the domain's memory.events."""

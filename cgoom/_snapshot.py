@@ -138,7 +138,7 @@ class UsageHistory:
         return (usage - first[1]) / (now - first[0]) if now > first[0] else None
 
 
-def _check_patterns(priorities: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+def check_patterns(priorities: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
     checked = []
     for i, item in enumerate(priorities):
         if not (isinstance(item, tuple | list) and len(item) == 2
@@ -183,7 +183,7 @@ class Snapshotter:
         history: UsageHistory | None = None,
     ) -> None:
         self.hierarchy = hierarchy
-        self.priorities = _check_patterns(priorities)
+        self.priorities = check_patterns(priorities)
         self.history = history if history is not None else UsageHistory(
             growth_window, max_cgroups=max_cgroups, clock=clock)
         self._wall_clock = wall_clock

@@ -771,3 +771,30 @@ def test_a_psi_rule_that_loses_its_trigger_says_so(tree: FakeCgroupTree,
                             own_cgroup="/")
     handler._on_event(cgoom.PressureTriggerEnded("/t", trigger, "the cgroup was removed", 1.0))
     assert "rule 'p' no longer has its PSI trigger: the cgroup was removed" in caplog.text
+
+
+async def test_reconfigure_is_all_or_nothing(tree: FakeCgroupTree) -> None:
+    """A running handler takes new decision fields and priorities in place (the rule state
+    object is kept); an added rule, a moved domain or a policy that does not load is
+    refused before anything changes, naming the rule and the reason."""
+    tree.add("t/a", procs=[100], memory_current=10 * M)
+    tree.add_process(100, rss=10 * M)
+    rule = cgoom.Rule("t", "t", dry_run=True)
+    async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/", kmsg=None,
+                                  proc_events=False,
+                                  processes=FakeProcesses(tree)) as handler:
+        state = handler._states["t"]
+        changed = handler.reconfigure([cgoom.Rule("t", "t", dry_run=True, cooldown=9)],
+                                      priorities=[("t/a", 5)])
+        assert changed == ["rule 't': cooldown changed", "priorities: 1 pattern(s), were 0"]
+        assert handler._states["t"] is state and state.rule.cooldown == 9
+        for rules, message in (
+                ([cgoom.Rule("t", "t"), cgoom.Rule("u", "t")], r"rule\(s\) added: u"),
+                ([cgoom.Rule("t", "/u")], r"rule 't': domain: '/t' -> '/u'"),
+                ([cgoom.Rule("t", "t", usage_above=0.9)],
+                 r"rule 't': usage_above: None -> 0.9"),
+                ([cgoom.Rule("t", "t", policy="no-such-policy")], "no-such-policy")):
+            with pytest.raises(cgoom.CgoomError, match=message):
+                handler.reconfigure(rules, priorities=[("t/a", 1)])
+            assert handler.rules[0].cooldown == 9
+            assert handler._snapshotter.priorities == (("t/a", 5),)
