@@ -370,7 +370,10 @@ class Handler:
         else:
             self._connector = None
         try:
-            for rule in self.rules:
+            # Early triggers (memory.high below memory.max) before tripwires: a tripwire
+            # keeps the memory.high it finds as its own level and puts it back on release,
+            # so it must find the early trigger's, not the other way round.
+            for rule in sorted(self.rules, key=lambda r: r.machine or r.usage_above is not None):
                 await self._prepare(rule)
         except BaseException:
             await self.aclose()

@@ -798,3 +798,18 @@ async def test_reconfigure_is_all_or_nothing(tree: FakeCgroupTree) -> None:
                 handler.reconfigure(rules, priorities=[("t/a", 1)])
             assert handler.rules[0].cooldown == 9
             assert handler._snapshotter.priorities == (("t/a", 5),)
+
+
+async def test_an_early_trigger_and_a_tripwire_on_one_cgroup(machine: FakeCgroupTree) -> None:
+    """A machine rule listed before a rule with an early trigger on a top-level cgroup: the
+    early trigger is set first, so the tripwire finds it (and leaves it as that cgroup's own
+    tripwire) instead of being overwritten by it and, on release, writing "max" over it."""
+    db = machine.hierarchy.cgroup("db")
+    db.set_memory_max(200 * M)
+    rules = [cgoom.Rule("m", "/", available_below=0.1, dry_run=True),
+             cgoom.Rule("db", "db", high_below_max=0.1, dry_run=True)]
+    async with cgoom.open_handler(machine.hierarchy, *rules, own_cgroup="/", kmsg=None,
+                                  proc_events=False) as handler:
+        assert high(db) == 180 * M, handler.setup
+        assert high(machine.hierarchy.cgroup("hog")) != "max"  # the others are armed
+    assert high(db) == "max"
