@@ -79,9 +79,7 @@ class _Daemon:
                 self.records = _open_log(self.records.path)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             async with self.handler:
-                self.handler.add_listener(self.on_record)
-                for line in self.handler.setup:
-                    log.info("cgoom: %s", line)
+                self.handler.add_listener(self.on_record)  # set-up lines: logged by it
                 if self.metrics is not None:
                     assert self.config.metrics is not None
                     m = self.config.metrics

@@ -378,6 +378,8 @@ class Handler:
         except BaseException:
             await self.aclose()
             raise
+        for line in self.setup:
+            log.info("cgoom handler set-up: %s", line)
         return self
 
     async def _open_exit_stats(self) -> None:
@@ -430,8 +432,9 @@ class Handler:
                     await worker.run(lambda: domain.set_memory_high(target))
                     self._undo.append((domain.path, "memory.high", str(old)))
                     self.setup.append(f"{rule.name}: memory.high of {rule.domain} set to "
-                                      f"{target} ({rule.high_below_max:.0%} below memory.max "
-                                      f"{limit}; was {old})")
+                                      f"{format_size(target)} ({rule.high_below_max:.0%} "
+                                      f"below memory.max {format_size(limit)}; was "
+                                      f"{old if old == 'max' else format_size(old)})")
         if rule.oom_group_leaves:
             paths = self._paths.get(rule.domain, set())
             parents = {parent_path(p) for p in paths if p != "/"}
@@ -448,8 +451,6 @@ class Handler:
                               f"cgroup(s) of {rule.domain}")
         if rule.machine or rule.usage_above is not None:
             await self._arm(rule, announce=True)
-        for line in self.setup:
-            log.info("cgoom handler set-up: %s", line)
 
     async def _unprepare(self) -> None:
         worker = self._snapshotter.start()

@@ -179,7 +179,8 @@ class TestEarlyTrigger:
             assert inversion.cgroup("t").memory_high() == 283115520  # 90% of 300M
             assert all(inversion.cgroup(f"t/{n}").memory_oom_group()
                        for n in ("db", "web", "batch"))
-            assert "memory.high of /t set to 283115520 (10% below memory.max" in handler.setup[0]
+            assert ("memory.high of /t set to 270.0M (10% below memory.max 300.0M"
+                    in handler.setup[0])
             assert handler.setup[1] == "r: memory.oom.group=1 on 3 leaf cgroup(s) of /t"
         assert inversion.cgroup("t").memory_high() == "max"
         assert not any(inversion.cgroup(f"t/{n}").memory_oom_group()
