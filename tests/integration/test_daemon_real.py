@@ -1,11 +1,12 @@
 """`cgoom run` on the real kernel: the daemon, started from a configuration file, handles
-the priority inversion (issue #10's first acceptance case, without metrics yet): batch is
-killed whole, db and web live on, one JSON record lands in the log, sd_notify says READY
-and STOPPING on a socket the test provides, and SIGTERM puts memory.high back."""
+the priority inversion (issue #10's acceptance): batch is killed whole, db and web live on,
+the record lands in the log, the metrics endpoint counts the kill; a reload with a broken
+file keeps the running configuration, one with web's priority lowered changes the next
+decision; sd_notify messages arrive in order on a socket the test provides; SIGTERM puts
+memory.high back."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -28,9 +30,46 @@ Spawn = Callable[[cgoom.Cgroup, str], Any]
 M = 1 << 20
 
 
+class Notifications:
+    """The sd_notify datagrams the daemon sends to a socket the test provides, all kept in
+    order; ``next()`` returns the next one that is not a watchdog ping."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.server.bind(path)
+        self.server.settimeout(90)  # pyroute2 takes 8-10 s to import in the emulated VM
+        self.seen: list[str] = []
+
+    def next(self) -> str:
+        while True:
+            message = self.server.recv(4096).decode()
+            self.seen.append(message.splitlines()[0])
+            if message != "WATCHDOG=1":
+                return message
+
+
+def metric(port: int, prefix: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return "\n".join(line for line in text.splitlines() if line.startswith(prefix))
+
+
+def records_in(path: str) -> list[cgoom.IncidentRecord]:
+    if not os.path.exists(path):
+        return []
+    return [r for r in cgoom.read_records(path) if isinstance(r, cgoom.IncidentRecord)]
+
+
 def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spawn,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Priorities from the file's patterns (no xattrs): batch dies first; the metrics count
+    the kill; SIGHUP with a broken file keeps the running configuration; SIGHUP with web's
+    priority below batch's changes the next decision (web dies, not batch); sd_notify says
+    READY, WATCHDOG, RELOADING/READY, STOPPING in that order; SIGTERM puts memory.high back."""
     parent, kids = inversion(box, early=False)
+    for kid in kids.values():
+        kid.set_priority(None)
     spawn(kids["db"], holding_hog(140))
     spawn(kids["web"], holding_hog(50))
     wait_until(lambda: kids["db"].memory_current() > 135 * M
@@ -38,45 +77,71 @@ def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spaw
     work = tempfile.mkdtemp(prefix="cgoom-daemon-")
     records = os.path.join(work, "records.jsonl")
     config = os.path.join(work, "cgoom.toml")
-    with open(config, "w") as f:
-        f.write(f'[handler]\nrecords = "{records}"\n\n[[rule]]\nname = "inversion"\n'
-                f'domain = "{parent.path}"\non = ["high"]\nhigh_below_max = 0.1\n'
-                "oom_group_leaves = true\nconfirm_timeout = 20\n")
-    notify_path = os.path.join(work, "notify")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(notify_path)
-    server.settimeout(90)  # pyroute2 takes 8-10 s to import in the emulated VM
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rel = parent.path.lstrip("/")
+
+    def write(db: int, web: int, batch: int) -> None:
+        with open(config, "w") as f:
+            f.write(f'[handler]\nrecords = "{records}"\n\n[metrics]\nport = {port}\n\n'
+                    f'[priorities]\n"{rel}/db" = {db}\n"{rel}/web" = {web}\n'
+                    f'"{rel}/batch" = {batch}\n\n[[rule]]\nname = "inversion"\n'
+                    f'domain = "{parent.path}"\non = ["high"]\nhigh_below_max = 0.1\n'
+                    "oom_group_leaves = true\nconfirm_timeout = 20\ncooldown = 1.0\n")
+
+    write(db=100, web=50, batch=0)
+    notes = Notifications(os.path.join(work, "notify"))
     daemon = subprocess.Popen([sys.executable, "-m", "cgoom.cli", "run", "--config", config],
-                              env={**os.environ, "NOTIFY_SOCKET": notify_path},
+                              env={**os.environ, "NOTIFY_SOCKET": notes.path,
+                                   "WATCHDOG_USEC": "2000000"},
                               stderr=subprocess.PIPE, text=True)
     try:
         started = time.monotonic()
-        ready = server.recv(4096).decode()
+        ready = notes.next()
         ready_s = time.monotonic() - started
         assert ready.startswith("READY=1"), ready
         assert parent.memory_high() == 270 * M
         spawn(kids["batch"], python_cmd(GROW))
-        wait_until(lambda: os.path.exists(records) and os.path.getsize(records) > 0, 60,
-                   "a record in the log")
+        wait_until(lambda: len(records_in(records)) >= 1, 60, "the first record")
+        kills = metric(port, "cgoom_kills_total")
+        with open(config, "a") as f:
+            f.write("[[rule]\n")  # broken
+        daemon.send_signal(signal.SIGHUP)
+        assert notes.next().startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert notes.next().startswith("READY=1")
+        write(db=100, web=0, batch=50)  # web is now the least important
+        daemon.send_signal(signal.SIGHUP)
+        assert notes.next().startswith("RELOADING=1")
+        assert notes.next().startswith("READY=1")
+        assert 'cgoom_reloads_total{result="applied"} 1.0' in metric(port, "cgoom_reloads")
+        wait_until(lambda: not kids["batch"].cgroup_procs(), 30, "batch's processes gone")
+        spawn(kids["batch"], python_cmd(GROW))
+        wait_until(lambda: len(records_in(records)) >= 2, 60, "the second record")
         daemon.send_signal(signal.SIGTERM)
-        assert server.recv(4096) == b"STOPPING=1"
+        assert notes.next() == "STOPPING=1"
         assert daemon.wait(30) == 0
     finally:
         if daemon.poll() is None:
             daemon.kill()
         stderr = daemon.communicate()[1]
-        server.close()
-    with open(records) as f:
-        lines = f.read().splitlines()
-    assert len(lines) == 1, lines
-    record = cgoom.record_from_json(lines[0])
-    assert isinstance(record, cgoom.IncidentRecord)
-    assert record.victim is not None and record.victim.cgroup == kids["batch"].path, stderr
-    assert kids["db"].cgroup_procs() and kids["web"].cgroup_procs()
+        notes.server.close()
+    first, second = records_in(records)[:2]
+    assert first.victim is not None and first.victim.cgroup == kids["batch"].path, stderr
+    assert second.victim is not None and second.victim.cgroup == kids["web"].path, stderr
+    assert 'rule="inversion"} 1.0' in kills and 'action="kill-cgroup"' in kills, kills
+    assert "the configuration cannot be used; the running one is kept" in stderr, stderr
+    assert "reload: applied: priorities: 3 pattern(s), were 3" in stderr, stderr
+    assert kids["db"].cgroup_procs()
     assert parent.memory_events().oom_kill == 0
     assert parent.memory_high() == "max"  # put back on SIGTERM
-    t = record.timings
+    order = [m.split("=")[0] for m in notes.seen]
+    assert order[0] == "READY" and order[-1] == "STOPPING" and "WATCHDOG" in order, order
+    assert [m for m in order if m != "WATCHDOG"] == ["READY", "RELOADING", "READY",
+                                                     "RELOADING", "READY", "STOPPING"], order
+    t, t2 = first.timings, second.timings
     with capsys.disabled():
         print(f"\n[figures] cgoom run: READY after {ready_s:.1f} s (VM); onset to kill "
-              f"{t.kill_ms:.1f} ms, notification to empty {t.confirmed_ms:.1f} ms; "
-              f"{json.loads(lines[0])['trigger']}")
+              f"{t.kill_ms:.1f} ms, notification to empty {t.confirmed_ms:.1f} ms; after "
+              f"the reload (web's priority 0): web killed, onset to kill {t2.kill_ms:.1f} "
+              f"ms; metrics: {kills.splitlines()[0]}; sd_notify: {' '.join(order)}")
