@@ -24,9 +24,12 @@ import attrs
 from ._config import Config, ConfigError, load_config
 from ._errors import CgoomError
 from ._hierarchy import Hierarchy
+from ._incident import IncidentRecord
+from ._kmsg import KernelOomKill
 from ._recordlog import Record, RecordLog
 from ._rules import Rule
 from ._sdnotify import notify, reloading, watchdog_interval
+from ._stall import StallWatchdog
 
 log = logging.getLogger("cgoom")
 
@@ -54,6 +57,7 @@ class _Daemon:
                                restore=settings.restore,
                                kmsg="" if settings.kmsg else None,
                                proc_events=settings.proc_events, priorities=config.priorities)
+        self.stall: StallWatchdog | None = None
         self.metrics = None
         if config.metrics is not None:
             from ._metrics import Metrics
@@ -85,6 +89,13 @@ class _Daemon:
                     m = self.config.metrics
                     self.metrics.start(m.address, m.port)
                     log.info("cgoom: metrics on http://%s:%d/metrics", m.address, m.port)
+                timeout = self.config.handler.stall_timeout
+                if timeout is not None:
+                    self.stall = StallWatchdog(self.handler, timeout, self.on_stall_record)
+                    await self.stall.start()
+                    log.info("cgoom: stall watchdog armed: acts on the last ranking of %s "
+                             "when the event loop has not run for %g s",
+                             ", ".join(self.stall.eligible()) or "(no killing rule)", timeout)
                 log.info("cgoom: running %s from %s", self._status(),
                          ", ".join(self.config.sources))
                 notify("READY=1", f"STATUS={self._status()}")
@@ -94,6 +105,8 @@ class _Daemon:
                 await stop.wait()
                 notify("STOPPING=1")
                 log.info("cgoom: stopping")
+                if self.stall is not None:
+                    await self.stall.close()
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -117,6 +130,14 @@ class _Daemon:
         if self.metrics is not None:
             policy = self.handler.policies.get(getattr(record, "rule", ""))
             self.metrics.record(record, None if policy is None else policy.name)
+        if self.stall is not None and not isinstance(record, KernelOomKill):
+            self.stall.stale()  # an incident changed the domain: rank again
+
+    def on_stall_record(self, record: IncidentRecord) -> None:
+        """From the stall watchdog's thread (the loop is stalled)."""
+        if self.metrics is not None:
+            self.metrics.stall_kills.inc()
+        self.on_record(record)
 
     def reload(self) -> None:
         """SIGHUP: reopen the record log, load the file again and apply it, or keep the
@@ -139,6 +160,8 @@ class _Daemon:
             if self.metrics is not None:
                 self.metrics.reloaded(False)
         else:
+            if self.stall is not None:
+                self.stall.stale()
             if changes:
                 log.info("cgoom: reload: applied: %s", "; ".join(changes))
             else:

@@ -48,6 +48,7 @@ from ._events import (
     PressureTriggerEnded,
     Resynchronized,
     SustainedPressure,
+    counters,
 )
 from ._fs import OsFS
 from ._hierarchy import Hierarchy
@@ -62,6 +63,7 @@ from ._rules import Rule, RuleState, setup_changes
 from ._snapshot import Snapshotter, UsageHistory, check_patterns, policy_fields, process_now
 from ._taskstats import ExitStats, MemoryStall, delay_accounting, family_id
 from ._tripwire import DomainTripwire, Tripwires
+from ._types import MemoryEvents
 from ._watcher import Watcher
 
 log = logging.getLogger("cgoom")
@@ -956,6 +958,51 @@ class Handler:
             memory_before=before, memory_after=after, started_at=started_at,
             available_before=available_before, available_after=self._available(),
             kernel_kills=tuple(window.kills), kernel_oom_kills=window.oom_kill)
+
+    async def rank(self, name: str) -> Decision:
+        """What rule ``name``'s policy would decide now, acting on nothing: a snapshot of
+        its domain in the snapshotter's thread and a guarded decision (the stall
+        watchdog's ranking; also an operator's "whom now?")."""
+        rule = self._states[name].rule
+        policy = self.policies[name]
+        snaps = await self._snapshotter.asnapshot(
+            rule.domain, fields=policy_fields(policy), paths=sorted(self._paths[rule.domain]))
+        incident = Incident.create(rule.domain, "a ranking: nothing is acted on",
+                                   own_cgroup=self.own_cgroup)
+        return await adecide(policy, incident, snaps, budget=rule.budget)
+
+    def stall_check(self, name: str) -> str | None:
+        """From any thread, the loop being stalled: why rule ``name``'s trigger holds now,
+        read from the kernel's files, or ``None`` (see cgoom._stall). memory.events: the
+        counters of ``on`` rose past what the loop last handled by ``threshold``; machine:
+        MemAvailable below the reserve; usage: usage at the level. PSI is not judged."""
+        rule = self._states[name].rule
+        cgroup = self.hierarchy.cgroup(rule.domain)
+        try:
+            if rule.on and self._watcher is not None:
+                last = self._watcher._last.get((rule.domain, "memory.events"))
+                now = cgroup.memory_events()
+                if isinstance(last, MemoryEvents):
+                    old, new = counters(last), counters(now)
+                    rise = {k: new.get(k, 0) - old.get(k, 0) for k in sorted(rule.on)}
+                    if sum(max(v, 0) for v in rise.values()) >= rule.threshold:
+                        return (f"{rule.domain} memory.events rose unhandled: "
+                                + ", ".join(f"{k} +{v}" for k, v in rise.items() if v > 0))
+            if rule.machine:
+                info = read_meminfo(self.hierarchy)
+                reserve = self._tripwires[name].reserve_bytes(info)
+                if info.available < reserve:
+                    return (f"MemAvailable {format_size(info.available)} < "
+                            f"{rule.available_below:.0%} of MemTotal {format_size(info.total)}")
+            if rule.usage_above is not None:
+                level = self._usage_wires[name].level
+                usage = cgroup.memory_current()
+                if level is not None and usage >= level:
+                    return (f"usage {format_size(usage)} >= {rule.usage_above:.0%} of "
+                            f"memory.max ({format_size(level)})")
+        except (CgoomError, OSError) as exc:
+            log.warning("cgoom stall watchdog: %s: %s", name, exc)
+        return None
 
     def _short(self, rule: Rule, before: int | None) -> bool:
         """After a victim is gone: is memory still short, so the next victim is needed? A

@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import types
 import typing
 from collections.abc import Iterator
@@ -98,12 +99,14 @@ def record_to_json(record: Record) -> str:
 class RecordLog:
     """Appends records to ``path`` as JSON lines (a handler listener:
     ``handler.add_listener(log.write)``). Each line is written with one ``write`` call on a
-    file opened ``O_APPEND``, and flushed."""
+    file opened ``O_APPEND``, and flushed. Any thread may write (the stall watchdog writes
+    from its own)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._file: IO[str] | None = None
         self._identity: tuple[int, int] | None = None
+        self._lock = threading.RLock()
 
     def _open(self) -> IO[str]:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -114,26 +117,30 @@ class RecordLog:
 
     def reopen(self) -> None:
         """Close and open the path again (after the file was rotated)."""
-        self.close()
-        self._open()
+        with self._lock:
+            self.close()
+            self._open()
 
     def write(self, record: Record) -> None:
-        file = self._file
-        try:
-            st = os.stat(self.path)
-            moved = (st.st_dev, st.st_ino) != self._identity
-        except FileNotFoundError:
-            moved = True
-        if file is None or moved:
-            self.close()
-            file = self._open()
-        file.write(record_to_json(record) + "\n")
-        file.flush()
+        line = record_to_json(record) + "\n"
+        with self._lock:
+            file = self._file
+            try:
+                st = os.stat(self.path)
+                moved = (st.st_dev, st.st_ino) != self._identity
+            except FileNotFoundError:
+                moved = True
+            if file is None or moved:
+                self.close()
+                file = self._open()
+            file.write(line)
+            file.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 def read_records(path: str) -> Iterator[Record]:

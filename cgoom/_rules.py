@@ -23,6 +23,7 @@ per domain: events meanwhile are folded into it.
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, cast
 
@@ -222,6 +223,17 @@ class RuleState:
         self.busy = False
         self.rest_until = float("-inf")
         self.folded = 0
+        #: Guards ``busy`` against the stall watchdog's thread (``claim``).
+        self._lock = threading.Lock()
+
+    def claim(self) -> bool:
+        """From another thread (the stall watchdog): take the rule as if an incident began,
+        unless one is in flight; ``finished`` ends it."""
+        with self._lock:
+            if self.busy:
+                return False
+            self.busy, self.folded = True, 0
+            return True
 
     def observe(self, delta: Mapping[str, int], now: float) -> bool:
         """Count the rule's events in ``delta``; ``True`` when an incident should start now
@@ -233,38 +245,41 @@ class RuleState:
         if now - self._run_last > self.rule.window:
             self._run_start = now  # a gap: a new run of events begins
         self._run_last = now
-        if self.busy:
-            self.folded += count
-            return False
-        self._recent.append((now, count))
-        while self._recent and self._recent[0][0] < now - self.rule.window:
-            self._recent.popleft()
-        if now < self.rest_until:
-            return False
-        if sum(n for _, n in self._recent) < self.rule.threshold:
-            return False
-        if now - self._run_start < self.rule.sustained:
-            return False
-        self._recent.clear()
-        self.busy, self.folded = True, 0
-        return True
+        with self._lock:
+            if self.busy:
+                self.folded += count
+                return False
+            self._recent.append((now, count))
+            while self._recent and self._recent[0][0] < now - self.rule.window:
+                self._recent.popleft()
+            if now < self.rest_until:
+                return False
+            if sum(n for _, n in self._recent) < self.rule.threshold:
+                return False
+            if now - self._run_start < self.rule.sustained:
+                return False
+            self._recent.clear()
+            self.busy, self.folded = True, 0
+            return True
 
     def signal(self, now: float) -> bool:
         """A trigger that needs no counting (PSI, the machine's memory) fired: ``True`` when
         an incident should start now; folded into the one in flight otherwise."""
-        if self.busy:
-            self.folded += 1
-            return False
-        if now < self.rest_until:
-            return False
-        self._recent.clear()
-        self.busy, self.folded = True, 0
-        return True
+        with self._lock:
+            if self.busy:
+                self.folded += 1
+                return False
+            if now < self.rest_until:
+                return False
+            self._recent.clear()
+            self.busy, self.folded = True, 0
+            return True
 
     def finished(self, now: float) -> int:
         """The incident ended: rest for the cooldown. Returns how many events were folded."""
-        self.busy = False
-        self.rest_until = now + self.rule.cooldown
-        self._run_start = self._run_last = float("-inf")
-        folded, self.folded = self.folded, 0
-        return folded
+        with self._lock:
+            self.busy = False
+            self.rest_until = now + self.rule.cooldown
+            self._run_start = self._run_last = float("-inf")
+            folded, self.folded = self.folded, 0
+            return folded

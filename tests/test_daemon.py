@@ -106,7 +106,7 @@ async def test_a_reload_applies_priorities_and_keeps_the_cooldown(
     config = tmp_path / "cgoom.toml"
     port = free_port()
     head = (f'[handler]\nown_cgroup = "/"\nrecords = "{records}"\nkmsg = false\n'
-            f'proc_events = false\n[metrics]\nport = {port}\n')
+            f'proc_events = false\nstall_timeout = 5\n[metrics]\nport = {port}\n')
     rule = '[[rule]]\nname = "t"\ndomain = "t"\ncooldown = 1.0\n'
     config.write_text(head + '[priorities]\n"t/db" = 100\n"t/batch" = 0\n' + rule)
     caplog.set_level("INFO", "cgoom")
@@ -117,6 +117,9 @@ async def test_a_reload_applies_priorities_and_keeps_the_cooldown(
             if "running 1 rule(s)" in caplog.text:
                 break
             await asyncio.sleep(0.01)
+        # A dry run: the stall watchdog acts for no rule, and says so.
+        assert "stall watchdog armed: acts on the last ranking of (no killing rule)" \
+            in caplog.text
         tree.memory_event("t", "high")
         first = json.loads((await wait_lines(records, 1))[0])
         assert first["decision"]["victims"][0]["cgroup"] == "/t/batch"
