@@ -21,11 +21,13 @@ import signal
 
 import attrs
 
+from . import _journal
 from ._config import Config, ConfigError, load_config
 from ._errors import CgoomError
 from ._hierarchy import Hierarchy
 from ._incident import IncidentRecord
 from ._kmsg import KernelOomKill
+from ._privileges import limits
 from ._recordlog import Record, RecordLog
 from ._rules import Rule
 from ._sdnotify import notify, reloading, watchdog_interval
@@ -41,6 +43,8 @@ async def run(config_path: str, *, dry_run: bool = False,
     config = load_config(config_path)
     h = hierarchy if hierarchy is not None else Hierarchy.discover()
     h.require_memory()
+    for line in limits(h, config.rules):
+        log.warning("cgoom: not allowed here: %s", line)
     daemon = _Daemon(config_path, config, h, dry_run=dry_run)
     return await daemon.run()
 
@@ -58,6 +62,9 @@ class _Daemon:
                                kmsg="" if settings.kmsg else None,
                                proc_events=settings.proc_events, priorities=config.priorities)
         self.stall: StallWatchdog | None = None
+        # stderr is the journal: each record also goes there with its fields.
+        self.journal = _journal.Journal(_journal.JOURNAL_SOCKET) \
+            if _journal.stderr_is_journal() else None
         self.metrics = None
         if config.metrics is not None:
             from ._metrics import Metrics
@@ -96,6 +103,9 @@ class _Daemon:
                     log.info("cgoom: stall watchdog armed: acts on the last ranking of %s "
                              "when the event loop has not run for %g s",
                              ", ".join(self.stall.eligible()) or "(no killing rule)", timeout)
+                if self.journal is not None:
+                    log.info("cgoom: stderr is the journal: each record also goes there with "
+                             "its fields (MESSAGE_ID=%s)", _journal.INCIDENT_MESSAGE_ID)
                 log.info("cgoom: running %s from %s", self._status(),
                          ", ".join(self.config.sources))
                 notify("READY=1", f"STATUS={self._status()}")
@@ -118,9 +128,13 @@ class _Daemon:
                 self.metrics.close()
             if self.records is not None:
                 self.records.close()
+            if self.journal is not None:
+                self.journal.close()
         return 0
 
     def on_record(self, record: Record) -> None:
+        if self.journal is not None:
+            self.journal.send(_journal.record_fields(record))
         if self.records is not None:
             try:
                 self.records.write(record)

@@ -36,7 +36,7 @@ from ._actions import (
 )
 from ._candidates import Incident, parent_path
 from ._cgroup import OVERLIMIT_XATTR, if_supported
-from ._errors import CgoomError, InvalidValue
+from ._errors import CgoomError, InvalidValue, PermissionDenied
 from ._events import (
     CgroupCreated,
     CgroupRemoved,
@@ -431,12 +431,25 @@ class Handler:
                 if old == "max" or old > target:
                     # The write reclaims down to the new value in the writer's context:
                     # in the worker thread, never on the loop.
-                    await worker.run(lambda: domain.set_memory_high(target))
+                    try:
+                        await worker.run(lambda: domain.set_memory_high(target))
+                    except PermissionDenied as exc:
+                        # Unprivileged, the delegated root's own files stay root's: the
+                        # rule still fires on memory.events, without cgoom's margin.
+                        self.setup.append(
+                            f"{rule.name}: memory.high of {rule.domain} was not set "
+                            f"({exc}); the rule fires on the domain's own memory.high or "
+                            "memory.max: set MemoryHigh= on its unit, or give cgoom the "
+                            "file")
+                        return await self._prepare_rest(rule)
                     self._undo.append((domain.path, "memory.high", str(old)))
                     self.setup.append(f"{rule.name}: memory.high of {rule.domain} set to "
                                       f"{format_size(target)} ({rule.high_below_max:.0%} "
                                       f"below memory.max {format_size(limit)}; was "
                                       f"{old if old == 'max' else format_size(old)})")
+        await self._prepare_rest(rule)
+
+    async def _prepare_rest(self, rule: Rule) -> None:
         if rule.oom_group_leaves:
             paths = self._paths.get(rule.domain, set())
             parents = {parent_path(p) for p in paths if p != "/"}
