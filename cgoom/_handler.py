@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
 import itertools
 import logging
@@ -36,7 +37,7 @@ from ._actions import (
 )
 from ._candidates import Incident, parent_path
 from ._cgroup import OVERLIMIT_XATTR, if_supported
-from ._errors import CgoomError, InvalidValue, PermissionDenied
+from ._errors import CgoomError, CgroupGone, InvalidValue, PermissionDenied
 from ._events import (
     CgroupCreated,
     CgroupRemoved,
@@ -464,8 +465,29 @@ class Handler:
                     self.setup.append(f"{rule.name}: memory.oom.group of {path}: {exc}")
             self.setup.append(f"{rule.name}: memory.oom.group=1 on {len(leaves)} leaf "
                               f"cgroup(s) of {rule.domain}")
+        if rule.oom_group:
+            matching = [p for p in sorted(self._paths.get(rule.domain, ()))
+                        if _matches(p, rule.oom_group)]
+            for path in matching:
+                self._set_oom_group(rule, path)
+            self.setup.append(f"{rule.name}: memory.oom.group=1 on {len(matching)} cgroup(s) "
+                              f"matching {', '.join(rule.oom_group)}, and on those that "
+                              "appear")
         if rule.machine or rule.usage_above is not None:
             await self._arm(rule, announce=True)
+
+    def _set_oom_group(self, rule: Rule, path: str) -> None:
+        """memory.oom.group=1 on ``path`` (a direct write: it does no reclaim), undone on
+        stop; a cgroup gone meanwhile is fine."""
+        cgroup = self.hierarchy.cgroup(path)
+        try:
+            if not cgroup.memory_oom_group():
+                cgroup.set_memory_oom_group(True)
+                self._undo.append((path, "memory.oom.group", "0"))
+        except CgroupGone:
+            pass
+        except CgoomError as exc:
+            log.warning("cgoom handler: %s: memory.oom.group of %s: %s", rule.name, path, exc)
 
     async def _unprepare(self) -> None:
         worker = self._snapshotter.start()
@@ -566,6 +588,9 @@ class Handler:
                 for rule in self.rules:  # a new top-level workload needs its tripwire
                     if rule.machine and parent_path(event.cgroup) == rule.domain:
                         self._schedule_arm(rule)
+                    if (rule.oom_group and _inside(event.cgroup, rule.domain)
+                            and _matches(event.cgroup, rule.oom_group)):
+                        self._set_oom_group(rule, event.cgroup)  # a new pod: whole
             return
         if isinstance(event, Resynchronized):
             self._refilter()
@@ -1265,6 +1290,11 @@ class Handler:
                                 f"{rule.confirm_timeout} s"), kill_at, None
         return attrs.evolve(result, detail=result.detail + "; exited (pidfd readable)",
                             confirmed_ms=(gone_at - kill_at) * 1000), kill_at, gone_at
+
+
+def _matches(path: str, patterns: Iterable[str]) -> bool:
+    rel = path.lstrip("/")
+    return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
 
 
 def _inside(path: str, domain: str) -> bool:

@@ -103,6 +103,16 @@ def _args(value: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(dict(value).items()))
 
 
+def _patterns(value: str | Iterable[str]) -> tuple[str, ...]:
+    patterns = (value,) if isinstance(value, str) else tuple(value)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.strip("/"):
+            raise InvalidValue(f"oom_group pattern {pattern!r}: a glob of cgroup paths below "
+                               "the mount, e.g. 'kubepods.slice/*/*-pod*.slice'",
+                               value=repr(pattern))
+    return tuple(p.strip("/") for p in patterns)
+
+
 @attrs.frozen
 class Rule:
     """When ``domain`` shows ``threshold`` of the ``on`` events within ``window`` seconds,
@@ -169,6 +179,11 @@ class Rule:
     #: operator's choice (with ``min_freed``, or a machine rule), never a guess.
     max_victims: int = attrs.field(default=1, validator=[attrs.validators.instance_of(int),
                                                          _positive])
+    #: Glob patterns of cgroup paths below the mount (as ``[priorities]``): the domain's
+    #: cgroups that match get memory.oom.group=1 at start and as they appear, so each is a
+    #: unit that dies whole, by cgoom or the kernel: Kubernetes pods, whose containers the
+    #: kubelet leaves separate (docs/kubernetes.md).
+    oom_group: tuple[str, ...] = attrs.field(factory=tuple, converter=_patterns)
 
     def __attrs_post_init__(self) -> None:
         other = (self.pressure is not None or self.available_below is not None
@@ -202,7 +217,7 @@ class Rule:
 #: memory.high and memory.oom.group it writes. :meth:`Handler.reconfigure` swaps every other
 #: field in a running handler; a change to one of these needs the handler started again.
 SETUP_FIELDS = ("domain", "pressure", "pressure_scope", "available_below", "poll_below",
-                "usage_above", "high_below_max", "oom_group_leaves")
+                "usage_above", "high_below_max", "oom_group_leaves", "oom_group")
 
 
 def setup_changes(old: Rule, new: Rule) -> list[str]:

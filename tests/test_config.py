@@ -92,3 +92,14 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad = write(tmp_path / "bad.toml", '[[rule]]\nname = "r"\ndomain = "t"\nwindow = -1\n')
     assert main(["check-config", bad]) == 2
     assert f"cgoom: {bad}, line 4: rule 'r'" in capsys.readouterr().err
+
+
+def test_the_reference_names_every_key() -> None:
+    """docs/configuration.md, checked against the code: every key of [handler], [metrics]
+    and [[rule]] is named there (in backticks), so the reference cannot fall behind."""
+    from cgoom._config import HANDLER_TYPES, METRICS_TYPES, RULE_KEYS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    missing = [k for k in sorted({*HANDLER_TYPES, *METRICS_TYPES, *RULE_KEYS})
+               if f"`{k}`" not in text]
+    assert missing == [], f"docs/configuration.md does not name {missing}"

@@ -74,6 +74,13 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert "rule 'workload' on /workload.slice" in out and "[dry run]" in out
         assert "dry run: nothing was killed" in out and '{"actions":' in out
         assert "machine: memory.high tripwires on 1 of 1 child(ren) of /" in out
+    if page.name == "kubernetes.md":
+        out = capsys.readouterr().out
+        assert "memory.oom.group=1 on 3 cgroup(s) matching" in out
+        assert out.splitlines()[1:] == [
+            "kubepods-besteffort-podaa11.slice whole QoS besteffort",
+            "kubepods-burstable-podbb22.slice whole QoS burstable",
+            "kubepods-podcc33.slice whole QoS guaranteed"]
     if page.name == "configuration.md":
         assert "rule 'machine' on /: triggers MemAvailable < 10%" in capsys.readouterr().out
     if page.name == "cgroups.md":

@@ -813,3 +813,35 @@ async def test_an_early_trigger_and_a_tripwire_on_one_cgroup(machine: FakeCgroup
         assert high(db) == 180 * M, handler.setup
         assert high(machine.hierarchy.cgroup("hog")) != "max"  # the others are armed
     assert high(db) == "max"
+
+
+async def test_oom_group_patterns_make_pods_units_as_they_appear(tree: FakeCgroupTree) -> None:
+    """kubernetes-qos may only choose units; the kubelet leaves pods without
+    memory.oom.group, so a rule's oom_group patterns set it at start and on each pod that
+    appears (not on containers), and put it back on stop."""
+    pod = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice"
+    tree.add(pod.format("a") + "/ctr", procs=[10], memory_current=50 * M)
+    tree.set(pod.format("a"), "memory.current", f"{50 * M}\n")
+    rule = cgoom.Rule("pods", "kubepods.slice", policy="kubernetes-qos", dry_run=True,
+                      oom_group="kubepods.slice/*/kubepods-*-pod*.slice")
+    async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/", kmsg=None,
+                                  proc_events=False) as handler:
+        assert tree.cgroup(pod.format("a")).memory_oom_group()
+        tree.add(pod.format("b") + "/ctr", procs=[20], memory_current=80 * M)
+        tree.set(pod.format("b"), "memory.current", f"{80 * M}\n")
+        await wait_until(lambda: tree.cgroup(pod.format("b")).memory_oom_group(), 5,
+                         "the new pod's memory.oom.group")
+        assert not tree.cgroup(pod.format("b") + "/ctr").memory_oom_group()
+        tree.memory_event("kubepods.slice", "oom")
+        record = await first_record(handler)
+        assert [v.cgroup for v in record.decision.victims] == [
+            "/" + pod.format("b"), "/" + pod.format("a")], record.explain()
+        assert record.decision.policy == "kubernetes-qos"
+    assert not tree.cgroup(pod.format("a")).memory_oom_group()
+    assert not tree.cgroup(pod.format("b")).memory_oom_group()
+
+
+def test_oom_group_patterns_are_checked() -> None:
+    with pytest.raises(cgoom.InvalidValue, match="oom_group pattern '/': a glob"):
+        cgoom.Rule("r", "t", oom_group=["/"])
+    assert cgoom.Rule("r", "t", oom_group="/a/*").oom_group == ("a/*",)

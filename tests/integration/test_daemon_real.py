@@ -145,3 +145,102 @@ def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spaw
               f"{t.kill_ms:.1f} ms, notification to empty {t.confirmed_ms:.1f} ms; after "
               f"the reload (web's priority 0): web killed, onset to kill {t2.kill_ms:.1f} "
               f"ms; metrics: {kills.splitlines()[0]}; sd_notify: {' '.join(order)}")
+
+
+NOBODY = 65534
+
+
+def interpreter_for(uid: int) -> str:
+    """A Python 3.11+ that ``uid`` may run: this one, unless it lives under a directory only
+    root may enter (pyenv under /root), else the system's. Fails, never skips, without one."""
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        try:
+            probe = subprocess.run([candidate, "-c", "import sys; assert sys.version_info >= "
+                                    "(3, 11)"], user=uid, group=uid, capture_output=True)
+        except OSError:  # it may not even be executed
+            continue
+        if probe.returncode == 0:
+            return candidate
+    raise AssertionError(f"no Python 3.11+ that uid {uid} may run ({sys.executable} is "
+                         "under a directory only root may enter, /usr/bin/python3 absent "
+                         "or older)")
+
+
+def delegate(cgroup: cgoom.Cgroup, uid: int) -> None:
+    """Hand ``cgroup`` to ``uid`` as systemd's Delegate=yes does: its directory and the files
+    /sys/kernel/cgroup/delegate names; its descendants whole."""
+    with open("/sys/kernel/cgroup/delegate") as f:
+        files = f.read().split()
+    os.chown(cgroup.dir, uid, uid)
+    for name in files:
+        path = os.path.join(cgroup.dir, name)
+        if os.path.exists(path):
+            os.chown(path, uid, uid)
+    for child in cgroup.walk():
+        if child.path != cgroup.path:
+            os.chown(child.dir, uid, uid)
+            for name in os.listdir(child.dir):
+                os.chown(os.path.join(child.dir, name), uid, uid)
+
+
+def test_cgoom_run_unprivileged_in_a_delegated_subtree(box: cgoom.Cgroup, spawn: Spawn,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       ) -> None:
+    """As nobody, in a subtree delegated to it (root set memory.max 300M and memory.high
+    270M on its root, as a unit's MemoryMax=/MemoryHigh= would): it starts, says what it may
+    not do there, and handles the priority inversion inside the subtree: batch killed whole
+    through cgroup.kill (the processes are root's: no signal of its own could reach them),
+    db and web alive, the kernel's OOM killer idle."""
+    parent, kids = inversion(box, early=True)
+    spawn(kids["db"], holding_hog(140))
+    spawn(kids["web"], holding_hog(50))
+    wait_until(lambda: kids["db"].memory_current() > 135 * M
+               and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
+    delegate(parent, NOBODY)
+    python = interpreter_for(NOBODY)
+    work = tempfile.mkdtemp(prefix="cgoom-unpriv-")
+    os.chmod(work, 0o755)
+    os.chown(work, NOBODY, NOBODY)
+    records = os.path.join(work, "records.jsonl")
+    config = os.path.join(work, "cgoom.toml")
+    with open(config, "w") as f:
+        f.write(f'[handler]\nrecords = "{records}"\n\n[[rule]]\nname = "mine"\n'
+                f'domain = "{parent.path}"\non = ["high"]\nhigh_below_max = 0.1\n'
+                "oom_group_leaves = true\nconfirm_timeout = 20\n")
+    notes = Notifications(os.path.join(work, "notify"))
+    os.chmod(notes.path, 0o777)
+    here = os.getcwd()  # the checkout under test: its cgoom, the venv's dependencies
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    daemon = subprocess.Popen(
+        [python, "-m", "cgoom.cli", "run", "--config", config], user=NOBODY, group=NOBODY,
+        env={"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notes.path,
+             "PYTHONPATH": os.pathsep.join([here, *site])},
+        cwd=work, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = notes.next()
+        assert ready.startswith("READY=1"), ready
+        spawn(kids["batch"], python_cmd(GROW))
+        wait_until(lambda: len(records_in(records)) >= 1, 60, "a record")
+        daemon.send_signal(signal.SIGTERM)
+        assert notes.next() == "STOPPING=1"
+        assert daemon.wait(30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        stderr = daemon.communicate()[1]
+        notes.server.close()
+    record = records_in(records)[0]
+    assert record.victim is not None and record.victim.cgroup == kids["batch"].path, stderr
+    assert kids["db"].cgroup_procs() and kids["web"].cgroup_procs()
+    assert parent.memory_events().oom_kill == 0
+    said = [line for line in stderr.splitlines() if "not allowed here" in line
+            or "not followed" in line or "not recorded" in line]
+    assert any("signals only its own user's processes (uid 65534" in s for s in said), stderr
+    assert any(f"cannot write memory.high of {parent.path}" in s for s in said), stderr
+    assert any("trusted.* xattrs" in s for s in said), stderr
+    assert any("the process connector is not followed" in s for s in said), stderr
+    t = record.timings
+    with capsys.disabled():
+        print(f"\n[figures] cgoom run as nobody in a delegated subtree ({python}): batch "
+              f"killed, onset to kill {t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms; "
+              "it said:\n  " + "\n  ".join(said))
