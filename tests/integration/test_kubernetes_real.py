@@ -28,10 +28,10 @@ async def test_kubernetes_qos_kills_the_besteffort_pod_whole(
     kubepods = box.create_child("kubepods.slice")
     kubepods.enable_controllers("memory", "pids")
     pods, containers = {}, {}
-    for qos in ("besteffort", "burstable"):
+    for qos, uid in (("besteffort", "0be5_aa11"), ("burstable", "0b05_bb22")):  # hex, as uids
         tier = kubepods.create_child(f"kubepods-{qos}.slice")
         tier.enable_controllers("memory", "pids")
-        pod = tier.create_child(f"kubepods-{qos}-pod{qos[:2]}11.slice")
+        pod = tier.create_child(f"kubepods-{qos}-pod{uid}.slice")
         pod.enable_controllers("memory", "pids")
         pods[qos] = pod
         for name in ("pause", "app"):
@@ -56,6 +56,8 @@ async def test_kubernetes_qos_kills_the_besteffort_pod_whole(
     victim = record.victim
     assert victim is not None and victim.cgroup == pods["besteffort"].path, record.explain()
     assert victim.action == "kill-cgroup"
+    assert [v.cgroup for v in record.decision.victims] == [pods["besteffort"].path,
+                                                          pods["burstable"].path]
     assert not pods["besteffort"].cgroup_events().populated  # pause and app: both gone
     assert containers["burstable", "pause"].cgroup_procs()
     assert containers["burstable", "app"].cgroup_procs()
