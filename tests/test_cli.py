@@ -173,3 +173,16 @@ def test_set_priority_and_preferences(lab: FakeCgroupTree,
     assert main(["--mount", lab.mount, "status", "lab", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[1]["priority"] == "invalid"
+
+
+def test_cgoom_run_imports_asyncio_without_tls() -> None:
+    """In a fresh interpreter, as `cgoom run` starts: asyncio comes without ssl (libcrypto
+    stays out of the daemon), and ssl itself can still be imported afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cgoom.cli import _asyncio_without_tls\n_asyncio_without_tls()\n"
+            "import asyncio.sslproto\nassert asyncio.sslproto.ssl is None\n"
+            "assert 'ssl' not in sys.modules\nimport ssl\nprint(ssl.HAS_TLSv1_3 in (True, False))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "True", run.stderr

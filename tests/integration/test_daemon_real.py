@@ -7,7 +7,9 @@ memory.high back."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -209,15 +211,29 @@ def test_cgoom_run_unprivileged_in_a_delegated_subtree(box: cgoom.Cgroup, spawn:
                 "oom_group_leaves = true\nconfirm_timeout = 20\n")
     notes = Notifications(os.path.join(work, "notify"))
     os.chmod(notes.path, 0o777)
-    here = os.getcwd()  # the checkout under test: its cgoom, the venv's dependencies
-    site = [p for p in sys.path if p.endswith("site-packages")]
+    # nobody may not enter the checkout (a clone in a 0700 temporary directory, say): cgoom
+    # and its dependencies are copied where it may read them.
+    lib = os.path.join(work, "lib")
+    for name in ("cgoom", "attr", "attrs", "cachetools", "pyroute2"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations, name
+        shutil.copytree(spec.submodule_search_locations[0], os.path.join(lib, name),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    os.chmod(lib, 0o755)
+    for top, dirs, files in os.walk(lib):
+        for entry in dirs + files:
+            os.chmod(os.path.join(top, entry), 0o755 if entry in dirs else 0o644)
     daemon = subprocess.Popen(
         [python, "-m", "cgoom.cli", "run", "--config", config], user=NOBODY, group=NOBODY,
-        env={"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notes.path,
-             "PYTHONPATH": os.pathsep.join([here, *site])},
+        env={"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notes.path, "PYTHONPATH": lib},
         cwd=work, stderr=subprocess.PIPE, text=True)
     try:
-        ready = notes.next()
+        try:
+            ready = notes.next()
+        except TimeoutError:
+            daemon.kill()
+            raise AssertionError(f"no READY from the daemon: {daemon.communicate()[1]}") \
+                from None
         assert ready.startswith("READY=1"), ready
         spawn(kids["batch"], python_cmd(GROW))
         wait_until(lambda: len(records_in(records)) >= 1, 60, "a record")
