@@ -68,6 +68,10 @@ if TYPE_CHECKING:
     from ._events import SustainedPressure as SustainedPressure
     from ._events import SwapEventsChanged as SwapEventsChanged
     from ._events import WatchFailed as WatchFailed
+    from ._firstchance import Answer as Answer
+    from ._firstchance import FirstChance as FirstChance
+    from ._firstchance import FirstChanceOutcome as FirstChanceOutcome
+    from ._firstchance import Notice as Notice
     from ._handler import Handler as Handler
     from ._handler import HandlerStatistics as HandlerStatistics
     from ._handler import open_handler as open_handler
@@ -122,6 +126,10 @@ _LAZY: dict[str, str] = {
     "ActionResult": "_actions",
     "Pidfds": "_actions",
     "ProcessControl": "_actions",
+    "Answer": "_firstchance",
+    "FirstChance": "_firstchance",
+    "FirstChanceOutcome": "_firstchance",
+    "Notice": "_firstchance",
     "Handler": "_handler",
     "HandlerStatistics": "_handler",
     "open_handler": "_handler",

@@ -51,6 +51,16 @@ from ._events import (
     SustainedPressure,
     counters,
 )
+from ._firstchance import (
+    Answer,
+    FirstChance,
+    FirstChanceHandler,
+    FirstChanceOutcome,
+    Notice,
+    Registration,
+    Registry,
+    threshold_of,
+)
 from ._fs import OsFS
 from ._hierarchy import Hierarchy
 from ._incident import IncidentRecord, Timings
@@ -267,6 +277,9 @@ class Handler:
         self._counts = {"incidents": 0, "kills": 0, "kernel_kills": 0, "dry_runs": 0,
                         "fallbacks": 0, "tripwire_trips": 0, "polls": 0, "errors": 0}
         self._closed = False
+        self._first = Registry()
+        #: First-chance handlers cut off at their deadline, left to finish on their own.
+        self._abandoned: set[asyncio.Future[Answer | None]] = set()
 
     @staticmethod
     def _policy(rule: Rule) -> Policy:
@@ -932,12 +945,128 @@ class Handler:
         except (OSError, CgoomError):
             return None
 
+    # --- the workloads' first chance ----------------------------------------------------
+
+    def register(self, cgroup: str, handler: FirstChanceHandler, *,
+                 deadline: float) -> Callable[[], None]:
+        """Give ``cgroup``'s workload the first chance: when a rule with ``first_chance``
+        fires on a domain holding it, ``await handler(notice)`` is called with a
+        :class:`cgoom.Notice` (a reclaim target in bytes) and has ``deadline`` seconds
+        (at most the rule's ``first_chance``) to free memory before cgoom acts. Returns
+        the function that unregisters it. Handlers run on the loop: one that blocks it
+        blocks cgoom (keep them short, or await); one that hangs, raises or answers garbage
+        is cut off at its deadline and recorded."""
+        return self._first.register(cgroup, handler, deadline)
+
+    async def _first_chance(self, rule: Rule, regs: list[Registration]) -> FirstChanceOutcome:
+        """Tell ``regs``, then wait until the domain's usage is below the threshold (polled
+        every 50 ms: a drop in usage raises no event), every handler has answered (then a
+        moment for the kernel to count what they freed), or the last deadline passed."""
+        loop = asyncio.get_running_loop()
+        domain = self.hierarchy.cgroup(rule.domain)
+
+        def usage_now() -> int | None:
+            try:
+                return if_supported(domain.memory_current)
+            except CgoomError:
+                return None
+
+        try:
+            high, limit = if_supported(domain.memory_high), if_supported(domain.memory_max)
+        except CgoomError:
+            high = limit = None
+        threshold = threshold_of(high, limit, rule.high_below_max)
+        before = usage_now()
+        target = max(before - threshold, 0) if before is not None and threshold else 0
+        assert rule.first_chance is not None
+        started = loop.time()
+        told: dict[int, FirstChance] = {}
+
+        async def ask(reg: Registration, seconds: float) -> None:
+            notice = Notice(rule.domain, reg.cgroup, "oom", before, threshold, target, seconds)
+            asked = loop.time()
+            try:
+                task = asyncio.ensure_future(reg.handler(notice))
+            except Exception as exc:  # not a coroutine function, or raised at once
+                told[reg.key] = FirstChance(reg.cgroup, seconds, _said("error", exc), None, 0.0)
+                return
+            # Not wait_for: it waits for a cancelled handler to finish, and one that
+            # swallows CancelledError would hold the action back.
+            done, _ = await asyncio.wait({task}, timeout=seconds)
+            ms = (loop.time() - asked) * 1000
+            if not done:
+                task.cancel()
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned.discard)
+                told[reg.key] = FirstChance(reg.cgroup, seconds, "no answer", None, ms)
+                return
+            if task.cancelled() or task.exception() is not None:
+                failure = (task.exception() if not task.cancelled()
+                           else asyncio.CancelledError())
+                told[reg.key] = FirstChance(reg.cgroup, seconds, _said("error", failure), None,
+                                            ms)
+                return
+            answer = task.result()
+            answer = Answer() if answer is None else answer
+            if not isinstance(answer, Answer) or answer.status not in ("done", "cannot"):
+                told[reg.key] = FirstChance(reg.cgroup, seconds,
+                                            f"garbage: {answer!r}"[:200], None, ms)
+                return
+            freed = answer.freed if isinstance(answer.freed, int) and not isinstance(
+                answer.freed, bool) and answer.freed >= 0 else None
+            told[reg.key] = FirstChance(reg.cgroup, seconds, answer.status, freed, ms)
+
+        deadlines = {r.key: min(r.deadline, rule.first_chance) for r in regs}
+        asks = [loop.create_task(ask(r, deadlines[r.key])) for r in regs]
+        end = started + max(deadlines.values())
+        recovered, settled = False, False
+        while True:
+            usage = usage_now()
+            if threshold is not None and usage is not None and usage <= threshold:
+                recovered = True
+                break
+            if all(a.done() for a in asks):
+                if settled:
+                    break
+                settled = True
+                await asyncio.sleep(0.1)
+                continue
+            if loop.time() >= end:
+                break
+            await asyncio.sleep(min(0.05, max(end - loop.time(), 0.0)))
+        for a in asks:  # each ends at its own deadline; these only wrap the handlers
+            a.cancel()
+        await asyncio.gather(*asks, return_exceptions=True)
+        results = tuple(told.get(r.key, FirstChance(r.cgroup, deadlines[r.key], "no answer",
+                                                    None, None)) for r in regs)
+        return FirstChanceOutcome(results, threshold, before, usage_now(), recovered,
+                                  (loop.time() - started) * 1000)
+
     async def _handle(self, rule: Rule, trigger: str, notified: float) -> IncidentRecord:
         assert self._watcher is not None
         started_at = time.time()
         available_before = self._available()
         domain = self.hierarchy.cgroup(rule.domain)
         policy = self.policies[rule.name]
+        chance = None
+        regs = self._first.inside(rule.domain) if rule.first_chance and not rule.dry_run \
+            else []
+        if regs:
+            chance = await self._first_chance(rule, regs)
+            if chance.recovered:
+                ms = 1000.0
+                return IncidentRecord(
+                    id=f"{int(started_at)}-{next(self._ids)}", rule=rule.name,
+                    domain=rule.domain, trigger=trigger, folded=0, dry_run=False,
+                    decision=Decision("none", (), ("the workloads' first chance was enough: "
+                                                   "nothing was killed",)),
+                    candidates=(), actions=(),
+                    timings=Timings(notified=notified,
+                                    snapshot_ms=(time.monotonic() - notified) * ms,
+                                    decision_ms=0.0),
+                    memory_before=chance.usage_before, memory_after=chance.usage_after,
+                    started_at=started_at, available_before=available_before,
+                    available_after=self._available(), first_chance=chance)
         paths = sorted(self._paths[rule.domain])
         if len(paths) <= INLINE_SNAPSHOT_CGROUPS:
             # A few file reads cost less than the hop to the snapshot thread and back
@@ -995,7 +1124,8 @@ class Handler:
             candidates=tuple(snaps.values()), actions=tuple(actions), timings=timings,
             memory_before=before, memory_after=after, started_at=started_at,
             available_before=available_before, available_after=self._available(),
-            kernel_kills=tuple(window.kills), kernel_oom_kills=window.oom_kill)
+            kernel_kills=tuple(window.kills), kernel_oom_kills=window.oom_kill,
+            first_chance=chance)
 
     async def rank(self, name: str) -> Decision:
         """What rule ``name``'s policy would decide now, acting on nothing: a snapshot of
@@ -1290,6 +1420,10 @@ class Handler:
                                 f"{rule.confirm_timeout} s"), kill_at, None
         return attrs.evolve(result, detail=result.detail + "; exited (pidfd readable)",
                             confirmed_ms=(gone_at - kill_at) * 1000), kill_at, gone_at
+
+
+def _said(what: str, exc: BaseException | None) -> str:
+    return f"{what}: {type(exc).__name__}: {exc}"[:200]
 
 
 def _matches(path: str, patterns: Iterable[str]) -> bool:

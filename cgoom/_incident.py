@@ -14,6 +14,7 @@ import attrs
 
 from ._actions import ActionResult
 from ._candidates import CgroupSnapshot
+from ._firstchance import FirstChanceOutcome
 from ._kmsg import KernelOomKill
 from ._parse import format_size
 from ._policy import Decision
@@ -60,6 +61,9 @@ class IncidentRecord:
     #: and the domain's memory.events ``oom_kill`` delta (counted even without the log).
     kernel_kills: tuple[KernelOomKill, ...] = ()
     kernel_oom_kills: int = 0
+    #: The workloads' first chance before cgoom acted (a rule's ``first_chance``): who was
+    #: told, what each answered, what memory did meanwhile.
+    first_chance: FirstChanceOutcome | None = None
 
     @property
     def victim(self) -> ActionResult | None:
@@ -76,6 +80,8 @@ class IncidentRecord:
         lines = [f"incident {self.id}: rule {self.rule!r} on {self.domain}: {self.trigger}"
                  + (f" (+{self.folded} folded)" if self.folded else "")
                  + (" [dry run]" if self.dry_run else "")]
+        if self.first_chance is not None:  # it came first
+            lines.append(f"  {self.first_chance.summary()}")
         lines.append(f"  policy {self.decision.policy}: {len(self.decision.victims)} "
                      f"victim(s) ranked of {len(self.candidates)} cgroup(s)")
         lines += [f"  note: {n}" for n in self.decision.notes]

@@ -184,6 +184,12 @@ class Rule:
     #: unit that dies whole, by cgoom or the kernel: Kubernetes pods, whose containers the
     #: kubelet leaves separate (docs/kubernetes.md).
     oom_group: tuple[str, ...] = attrs.field(factory=tuple, converter=_patterns)
+    #: The workloads' first chance: before acting, tell the handlers registered for cgroups
+    #: of the domain (``Handler.register``) and wait up to this many seconds (or their own
+    #: shorter deadline) for its usage to fall back below the threshold; act only if it
+    #: does not (``None``: off). Not in a dry run.
+    first_chance: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive))
 
     def __attrs_post_init__(self) -> None:
         other = (self.pressure is not None or self.available_below is not None

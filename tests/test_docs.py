@@ -74,6 +74,11 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert "rule 'workload' on /workload.slice" in out and "[dry run]" in out
         assert "dry run: nothing was killed" in out and '{"actions":' in out
         assert "machine: memory.high tripwires on 1 of 1 child(ren) of /" in out
+    if page.name == "first-chance.md":
+        out = capsys.readouterr().out
+        assert "told: /workload.slice/batch, free 13 MiB within 1 s" in out
+        assert "first chance (/workload.slice/batch: done, freed 70.0M after" in out
+        assert "nothing more was done" in out and "killed: None" in out
     if page.name == "kubernetes.md":
         out = capsys.readouterr().out
         assert "memory.oom.group=1 on 3 cgroup(s) matching" in out
