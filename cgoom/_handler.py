@@ -455,43 +455,39 @@ class Handler:
                             f"({exc}); the rule fires on the domain's own memory.high or "
                             "memory.max: set MemoryHigh= on its unit, or give cgoom the "
                             "file")
-                        return await self._prepare_rest(rule)
-                    self._undo.append((domain.path, "memory.high", str(old)))
-                    self.setup.append(f"{rule.name}: memory.high of {rule.domain} set to "
-                                      f"{format_size(target)} ({rule.high_below_max:.0%} "
-                                      f"below memory.max {format_size(limit)}; was "
-                                      f"{old if old == 'max' else format_size(old)})")
-        await self._prepare_rest(rule)
-
-    async def _prepare_rest(self, rule: Rule) -> None:
+                    else:
+                        self._undo.append((domain.path, "memory.high", str(old)))
+                        self.setup.append(
+                            f"{rule.name}: memory.high of {rule.domain} set to "
+                            f"{format_size(target)} ({rule.high_below_max:.0%} below "
+                            f"memory.max {format_size(limit)}; was "
+                            f"{old if old == 'max' else format_size(old)})")
         if rule.oom_group_leaves:
             paths = self._paths.get(rule.domain, set())
             parents = {parent_path(p) for p in paths if p != "/"}
             leaves = sorted(paths - parents)
             for path in leaves:
-                leaf = self.hierarchy.cgroup(path)
-                try:
-                    if not leaf.memory_oom_group():
-                        leaf.set_memory_oom_group(True)
-                        self._undo.append((path, "memory.oom.group", "0"))
-                except CgoomError as exc:
-                    self.setup.append(f"{rule.name}: memory.oom.group of {path}: {exc}")
+                problem = self._set_oom_group(path)
+                if problem is not None:
+                    self.setup.append(f"{rule.name}: {problem}")
             self.setup.append(f"{rule.name}: memory.oom.group=1 on {len(leaves)} leaf "
                               f"cgroup(s) of {rule.domain}")
         if rule.oom_group:
             matching = [p for p in sorted(self._paths.get(rule.domain, ()))
                         if _matches(p, rule.oom_group)]
             for path in matching:
-                self._set_oom_group(rule, path)
+                problem = self._set_oom_group(path)
+                if problem is not None:
+                    self.setup.append(f"{rule.name}: {problem}")
             self.setup.append(f"{rule.name}: memory.oom.group=1 on {len(matching)} cgroup(s) "
                               f"matching {', '.join(rule.oom_group)}, and on those that "
                               "appear")
         if rule.machine or rule.usage_above is not None:
             await self._arm(rule, announce=True)
 
-    def _set_oom_group(self, rule: Rule, path: str) -> None:
+    def _set_oom_group(self, path: str) -> str | None:
         """memory.oom.group=1 on ``path`` (a direct write: it does no reclaim), undone on
-        stop; a cgroup gone meanwhile is fine."""
+        stop; a cgroup gone meanwhile is fine. Returns what went wrong, or ``None``."""
         cgroup = self.hierarchy.cgroup(path)
         try:
             if not cgroup.memory_oom_group():
@@ -500,7 +496,8 @@ class Handler:
         except CgroupGone:
             pass
         except CgoomError as exc:
-            log.warning("cgoom handler: %s: memory.oom.group of %s: %s", rule.name, path, exc)
+            return f"memory.oom.group of {path}: {exc}"
+        return None
 
     async def _unprepare(self) -> None:
         worker = self._snapshotter.start()
@@ -603,7 +600,9 @@ class Handler:
                         self._schedule_arm(rule)
                     if (rule.oom_group and _inside(event.cgroup, rule.domain)
                             and _matches(event.cgroup, rule.oom_group)):
-                        self._set_oom_group(rule, event.cgroup)  # a new pod: whole
+                        problem = self._set_oom_group(event.cgroup)  # a new pod: whole
+                        if problem is not None:
+                            log.warning("cgoom handler: %s: %s", rule.name, problem)
             return
         if isinstance(event, Resynchronized):
             self._refilter()
@@ -1148,7 +1147,7 @@ class Handler:
         cgroup = self.hierarchy.cgroup(rule.domain)
         try:
             if rule.on and self._watcher is not None:
-                last = self._watcher._last.get((rule.domain, "memory.events"))
+                last = self._watcher.last(rule.domain, "memory.events")
                 now = cgroup.memory_events()
                 if isinstance(last, MemoryEvents):
                     old, new = counters(last), counters(now)

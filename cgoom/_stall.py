@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._actions import ActionResult, Pidfds, kill_cgroup, kill_process
+from ._actions import ActionResult, Pidfds, ProcessControl, kill_cgroup, kill_process
 from ._candidates import CgroupSnapshot, Incident
 from ._errors import CgoomError
 from ._incident import IncidentRecord, Timings
@@ -247,7 +247,7 @@ class StallWatchdog:
                     processes.close(h)
                 continue
             kill_at = time.monotonic()
-            gone_at = self._wait_gone(handler, victim.cgroup, handles if handles else None,
+            gone_at = self._wait_gone(handler, victim.cgroup, handles, processes,
                                       whole=victim.whole, seconds=rule.confirm_timeout)
             for h in handles:
                 processes.close(h)
@@ -270,12 +270,13 @@ class StallWatchdog:
             memory_before=before, memory_after=after, started_at=started_at)
 
     @staticmethod
-    def _wait_gone(handler: Handler, cgroup: str, handles: list[int] | None, *, whole: bool,
+    def _wait_gone(handler: Handler, cgroup: str, handles: list[int],
+                   processes: ProcessControl, *, whole: bool,
                    seconds: float) -> float | None:
         """In the thread, the loop being stalled: the pidfds readable, or the cgroup
         unpopulated (polled every 10 ms for this one action)."""
         deadline = time.monotonic() + seconds
-        if handles and isinstance(handler._processes or Pidfds, Pidfds):
+        if handles and isinstance(processes, Pidfds):  # real pidfds: readable when gone
             poller = select.poll()
             for h in handles:
                 poller.register(h, select.POLLIN)

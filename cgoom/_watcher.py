@@ -341,6 +341,11 @@ class Watcher:
         """The cgroups followed now, sorted."""
         return sorted(self._tracked)
 
+    def last(self, path: str, name: str) -> object | None:
+        """The record of ``name`` (e.g. ``memory.events``) of ``path`` as the watcher last
+        read it, or ``None``: what the loop has handled. Any thread may ask."""
+        return self._last.get((path, name))
+
     def untracked(self) -> dict[str, str]:
         """The cgroups that could not be watched, with the reason (each was reported by a
         :class:`WatchFailed` event); retried when watches are freed and at each resync."""

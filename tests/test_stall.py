@@ -178,6 +178,12 @@ async def test_without_a_fresh_decision_the_ranking_is_used_and_rechecked(
         await handler.aclose()
 
 
-def test_the_watchdog_thread_is_named_and_stops() -> None:
-    names = {t.name for t in threading.enumerate()}
-    assert "cgoom-stall-watchdog" not in names  # none left over by the tests above
+async def test_the_watchdog_thread_is_named_and_stops(inversion: FakeCgroupTree) -> None:
+    handler, watchdog = await started(inversion, cgoom.Rule("t", "t"), [])
+    try:
+        names = {t.name for t in threading.enumerate()}
+        assert "cgoom-stall-watchdog" in names
+    finally:
+        await watchdog.close()
+        await handler.aclose()
+    assert "cgoom-stall-watchdog" not in {t.name for t in threading.enumerate()}

@@ -51,6 +51,22 @@ class Notifications:
                 return message
 
 
+def stop(daemon: subprocess.Popen[str], notes: Notifications) -> None:
+    """SIGTERM: STOPPING=1, then a clean exit."""
+    daemon.send_signal(signal.SIGTERM)
+    assert notes.next() == "STOPPING=1"
+    assert daemon.wait(30) == 0
+
+
+def cleanup(daemon: subprocess.Popen[str], notes: Notifications) -> str:
+    """Whatever happened: the daemon gone, the socket closed; its stderr."""
+    if daemon.poll() is None:
+        daemon.kill()
+    stderr: str = daemon.communicate()[1]
+    notes.server.close()
+    return stderr
+
+
 def metric(port: int, prefix: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -120,14 +136,9 @@ def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spaw
         wait_until(lambda: not kids["batch"].cgroup_procs(), 30, "batch's processes gone")
         spawn(kids["batch"], python_cmd(GROW))
         wait_until(lambda: len(records_in(records)) >= 2, 60, "the second record")
-        daemon.send_signal(signal.SIGTERM)
-        assert notes.next() == "STOPPING=1"
-        assert daemon.wait(30) == 0
+        stop(daemon, notes)
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        stderr = daemon.communicate()[1]
-        notes.server.close()
+        stderr = cleanup(daemon, notes)
     first, second = records_in(records)[:2]
     assert first.victim is not None and first.victim.cgroup == kids["batch"].path, stderr
     assert second.victim is not None and second.victim.cgroup == kids["web"].path, stderr
@@ -237,14 +248,9 @@ def test_cgoom_run_unprivileged_in_a_delegated_subtree(box: cgoom.Cgroup, spawn:
         assert ready.startswith("READY=1"), ready
         spawn(kids["batch"], python_cmd(GROW))
         wait_until(lambda: len(records_in(records)) >= 1, 60, "a record")
-        daemon.send_signal(signal.SIGTERM)
-        assert notes.next() == "STOPPING=1"
-        assert daemon.wait(30) == 0
+        stop(daemon, notes)
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        stderr = daemon.communicate()[1]
-        notes.server.close()
+        stderr = cleanup(daemon, notes)
     record = records_in(records)[0]
     assert record.victim is not None and record.victim.cgroup == kids["batch"].path, stderr
     assert kids["db"].cgroup_procs() and kids["web"].cgroup_procs()
