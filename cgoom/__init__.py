@@ -106,6 +106,9 @@ if TYPE_CHECKING:
     from ._recordlog import read_records as read_records
     from ._recordlog import record_from_json as record_from_json
     from ._rules import Rule as Rule
+    from ._server import NoticeServer as NoticeServer
+    from ._server import ServerStatistics as ServerStatistics
+    from ._server import open_notice_server as open_notice_server
     from ._snapshot import FIELDS as FIELDS
     from ._snapshot import Snapshotter as Snapshotter
     from ._snapshot import UsageHistory as UsageHistory
@@ -181,6 +184,9 @@ _LAZY: dict[str, str] = {
     "select_process": "_policy",
     "swap": "_policy",
     "units": "_policy",
+    "NoticeServer": "_server",
+    "ServerStatistics": "_server",
+    "open_notice_server": "_server",
     "Protection": "_protect",
     "protect_self": "_protect",
     "FIELDS": "_snapshot",

@@ -11,6 +11,7 @@ threads. At incident time the loop does no blocking I/O except the kill itself (
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fnmatch
 import functools
@@ -35,7 +36,7 @@ from ._actions import (
     terminate_cgroup,
     terminate_process,
 )
-from ._candidates import Incident, parent_path
+from ._candidates import CgroupSnapshot, Incident, normalize_path, parent_path
 from ._cgroup import OVERLIMIT_XATTR, if_supported
 from ._errors import CgoomError, CgroupGone, InvalidValue, PermissionDenied
 from ._events import (
@@ -56,9 +57,12 @@ from ._firstchance import (
     FirstChance,
     FirstChanceHandler,
     FirstChanceOutcome,
+    Gone,
+    Levels,
     Notice,
     Registration,
     Registry,
+    level_of,
     threshold_of,
 )
 from ._fs import OsFS
@@ -86,6 +90,9 @@ RecordListener = Callable[[Record], object]
 #: Domains of at most this many cgroups are snapshotted on the loop's thread (about 0.1 ms a
 #: cgroup); larger ones in the snapshotter's thread, so the loop never stalls on them.
 INLINE_SNAPSHOT_CGROUPS = 64
+#: While a domain's level is raised, its usage is read this often (seconds) to see it
+#: recover: a fall in usage raises no kernel event. Only while raised.
+SETTLE_EVERY = 1.0
 
 
 #: An adaptive poll (``Rule.poll_below``) sleeps the time memory would take to fall to the
@@ -212,7 +219,8 @@ class Handler:
     exit with its signal and to kill a fork racing a whole kill (default: on the real
     filesystem; it needs root; ``handler.setup`` says when it could not be used).
     ``priorities``: ``(pattern, priority)`` pairs for cgroups without a priority xattr
-    (:class:`cgoom.Snapshotter`).
+    (:class:`cgoom.Snapshotter`). ``notice_interval``: a registration hears the same level
+    at most once in this many seconds (:meth:`register`).
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
@@ -220,7 +228,8 @@ class Handler:
                  history: UsageHistory | None = None, max_queued: int = 1000,
                  restore: bool = True, kmsg: str | None = "",
                  proc_events: bool | None = None,
-                 priorities: Iterable[tuple[str, int]] = ()) -> None:
+                 priorities: Iterable[tuple[str, int]] = (),
+                 notice_interval: float = 10.0) -> None:
         self.hierarchy = hierarchy
         self.rules = tuple(rules)
         if not self.rules:
@@ -277,7 +286,16 @@ class Handler:
         self._counts = {"incidents": 0, "kills": 0, "kernel_kills": 0, "dry_runs": 0,
                         "fallbacks": 0, "tripwire_trips": 0, "polls": 0, "errors": 0}
         self._closed = False
-        self._first = Registry()
+        self._first = Registry(notice_interval)
+        #: Each domain's level (raised at once, cleared with hysteresis), and the timers
+        #: that look for its recovery while it is raised.
+        self._levels: dict[str, Levels] = {}
+        self._settling: dict[str, asyncio.TimerHandle] = {}
+        #: Cgroups declared background-killable by their workloads, with a count per
+        #: declaration (a client that goes takes its declarations with it).
+        self._killable: collections.Counter[str] = collections.Counter()
+        #: Level notices in flight (their handlers are cut off after ``notice_interval``).
+        self._telling: set[asyncio.Future[Answer | None]] = set()
         #: First-chance handlers cut off at their deadline, left to finish on their own.
         self._abandoned: set[asyncio.Future[Answer | None]] = set()
 
@@ -542,8 +560,10 @@ class Handler:
         if self._closed:
             return
         self._closed = True
-        for timer in self._timers.values():
+        for timer in [*self._timers.values(), *self._settling.values()]:
             timer.cancel()
+        for telling in list(self._telling):
+            telling.cancel()
         for poll in self._polling.values():
             poll.cancel()
         if self._tasks:
@@ -616,8 +636,9 @@ class Handler:
             return
         if isinstance(event, PressureTriggered | PressureSustained):
             for rule in self.rules:
-                if self._pressure_of(rule, event):
-                    self._signal(rule, str(event), event.time)
+                if self._pressure_of(rule, event) and not self._signal(
+                        rule, str(event), event.time) and rule.domain not in self._busy:
+                    self._announce(rule.domain, "low")  # pressure, not yet an incident
             return
         if isinstance(event, PressureTriggerEnded):
             for rule in self.rules:
@@ -648,6 +669,9 @@ class Handler:
                 continue
             if self._states[rule.name].observe(event.delta, event.time):
                 self._start(rule, str(event), event.time)
+        level = level_of(event.delta)
+        if level is not None and event.cgroup not in self._busy and event.cgroup in self._paths:
+            self._announce(event.cgroup, level)
 
     @staticmethod
     def _pressure_of(rule: Rule, event: PressureTriggered | PressureSustained) -> bool:
@@ -947,15 +971,129 @@ class Handler:
     # --- the workloads' first chance ----------------------------------------------------
 
     def register(self, cgroup: str, handler: FirstChanceHandler, *,
-                 deadline: float) -> Callable[[], None]:
-        """Give ``cgroup``'s workload the first chance: when a rule with ``first_chance``
-        fires on a domain holding it, ``await handler(notice)`` is called with a
-        :class:`cgoom.Notice` (a reclaim target in bytes) and has ``deadline`` seconds
-        (at most the rule's ``first_chance``) to free memory before cgoom acts. Returns
-        the function that unregisters it. Handlers run on the loop: one that blocks it
-        blocks cgoom (keep them short, or await); one that hangs, raises or answers garbage
-        is cut off at its deadline and recorded."""
-        return self._first.register(cgroup, handler, deadline)
+                 deadline: float | None = None,
+                 levels: Iterable[str] = ("low", "critical", "oom")) -> Callable[[], None]:
+        """Tell ``cgroup``'s workload about its domain's memory: ``await
+        handler(notice)`` is called with a :class:`cgoom.Notice` (a level and a reclaim
+        target in bytes) when the domain holding ``cgroup`` reaches one of ``levels``
+        (``low``, ``critical``: each at most once per ``notice_interval``; the answer is
+        not awaited past it). With a ``deadline``, the workload also has the first chance:
+        when a rule with ``first_chance`` fires, it is told (level ``oom``) and has
+        ``deadline`` seconds (at most the rule's ``first_chance``) to free memory before
+        cgoom acts. Returns the function that unregisters it. Handlers run on the loop: one
+        that blocks it blocks cgoom (keep them short, or await); one that hangs, raises or
+        answers garbage is cut off at its deadline and recorded."""
+        return self._first.register(cgroup, handler, deadline, levels)
+
+    def declare_killable(self, cgroup: str) -> Callable[[], None]:
+        """Declare ``cgroup`` background-killable (its workload saved its state: Maemo's
+        model) until the returned function is called: policies see it as they see the
+        ``user.cgoom.killable`` xattr (killable-first picks it first; priority prefers it
+        among equals). Nothing is written to the cgroup."""
+        path = normalize_path(cgroup)
+        self._killable[path] += 1
+        done = False
+
+        def clear() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._killable[path] -= 1
+                if self._killable[path] <= 0:
+                    del self._killable[path]
+
+        return clear
+
+    def _declared(self, snaps: dict[str, CgroupSnapshot]) -> dict[str, CgroupSnapshot]:
+        if not self._killable:
+            return snaps
+        return {path: attrs.evolve(s, killable=True)
+                if path in self._killable and not s.killable else s
+                for path, s in snaps.items()}
+
+    def _domain_numbers(self, domain: str, high_below_max: float | None,
+                        ) -> tuple[int | None, int | None, int]:
+        """The domain's usage, its threshold and the reclaim target, read now."""
+        cgroup = self.hierarchy.cgroup(domain)
+        try:
+            usage = if_supported(cgroup.memory_current)
+            high, limit = if_supported(cgroup.memory_high), if_supported(cgroup.memory_max)
+        except CgoomError:
+            return None, None, 0
+        threshold = threshold_of(high, limit, high_below_max)
+        target = max(usage - threshold, 0) if usage is not None and threshold else 0
+        return usage, threshold, target
+
+    def _high_below_max(self, domain: str) -> float | None:
+        return next((r.high_below_max for r in self.rules
+                     if r.domain == domain and r.high_below_max is not None), None)
+
+    def _announce(self, domain: str, level: str) -> None:
+        """``domain`` reached ``level``: tell the registrations below it that asked for it
+        (each within its rate limit), unless the level was already raised; then look for
+        its recovery every second while it stays raised."""
+        regs = self._first.inside(domain)
+        if not regs:
+            return
+        state = self._levels.setdefault(domain, Levels())
+        if not state.raise_to(level):
+            return
+        usage, threshold, target = self._domain_numbers(domain, self._high_below_max(domain))
+        now = time.monotonic()
+        for reg in regs:
+            if self._first.due(reg, level, now):
+                self._tell(reg, Notice(domain, reg.cgroup, level,  # type: ignore[arg-type]
+                                       usage, threshold, target, None))
+        self._settle_later(domain)
+
+    def _tell(self, reg: Registration, notice: Notice) -> None:
+        """A notice that takes no answer: the handler runs on its own, cut off after
+        ``notice_interval``."""
+        try:
+            task = asyncio.ensure_future(reg.handler(notice))
+        except Exception:
+            log.warning("cgoom handler: the notice handler for %s failed", reg.cgroup,
+                        exc_info=True)
+            return
+        self._telling.add(task)
+        timer = asyncio.get_running_loop().call_later(self._first.interval, task.cancel)
+
+        def done(task: asyncio.Future[Answer | None]) -> None:
+            self._telling.discard(task)
+            timer.cancel()
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("cgoom handler: the notice handler for %s raised %r", reg.cgroup,
+                            task.exception())
+
+        task.add_done_callback(done)
+
+    def _settle_later(self, domain: str) -> None:
+        if domain in self._settling or self._closed:
+            return
+
+        def check() -> None:
+            self._settling.pop(domain, None)
+            state = self._levels.get(domain)
+            if state is None or state.level is None or self._closed:
+                return
+            if domain in self._busy:  # an incident is on it; look again later
+                self._settle_later(domain)
+                return
+            usage, threshold, _ = self._domain_numbers(domain, self._high_below_max(domain))
+            if state.settle(usage, threshold):
+                log.info("cgoom handler: %s: memory came back (usage %s, below %s): level "
+                         "cleared", domain, format_size(usage or 0),
+                         format_size(threshold or 0))
+            else:
+                self._settle_later(domain)
+
+        self._settling[domain] = asyncio.get_running_loop().call_later(SETTLE_EVERY, check)
+
+    def _forget(self, task: asyncio.Future[Answer | None]) -> None:
+        """An abandoned handler ended: whatever it raised is no one's concern now."""
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     async def _first_chance(self, rule: Rule, regs: list[Registration]) -> FirstChanceOutcome:
         """Tell ``regs``, then wait until the domain's usage is below the threshold (polled
@@ -996,14 +1134,14 @@ class Handler:
             if not done:
                 task.cancel()
                 self._abandoned.add(task)
-                task.add_done_callback(self._abandoned.discard)
+                task.add_done_callback(self._forget)
                 told[reg.key] = FirstChance(reg.cgroup, seconds, "no answer", None, ms)
                 return
             if task.cancelled() or task.exception() is not None:
                 failure = (task.exception() if not task.cancelled()
                            else asyncio.CancelledError())
-                told[reg.key] = FirstChance(reg.cgroup, seconds, _said("error", failure), None,
-                                            ms)
+                said = str(failure) if isinstance(failure, Gone) else _said("error", failure)
+                told[reg.key] = FirstChance(reg.cgroup, seconds, said, None, ms)
                 return
             answer = task.result()
             answer = Answer() if answer is None else answer
@@ -1015,7 +1153,8 @@ class Handler:
                 answer.freed, bool) and answer.freed >= 0 else None
             told[reg.key] = FirstChance(reg.cgroup, seconds, answer.status, freed, ms)
 
-        deadlines = {r.key: min(r.deadline, rule.first_chance) for r in regs}
+        deadlines = {r.key: min(r.deadline or rule.first_chance, rule.first_chance)
+                     for r in regs}
         asks = [loop.create_task(ask(r, deadlines[r.key])) for r in regs]
         end = started + max(deadlines.values())
         recovered, settled = False, False
@@ -1048,8 +1187,18 @@ class Handler:
         domain = self.hierarchy.cgroup(rule.domain)
         policy = self.policies[rule.name]
         chance = None
-        regs = self._first.inside(rule.domain) if rule.first_chance and not rule.dry_run \
-            else []
+        everyone = [] if rule.dry_run else self._first.inside(rule.domain)
+        regs = [r for r in everyone if r.deadline is not None] if rule.first_chance else []
+        if everyone:
+            self._levels.setdefault(rule.domain, Levels()).raise_to("oom")
+            self._settle_later(rule.domain)
+            # Those without a first chance hear that cgoom is about to act (no answer).
+            usage, threshold, target = self._domain_numbers(rule.domain, rule.high_below_max)
+            now = time.monotonic()
+            for reg in everyone:
+                if reg not in regs and self._first.due(reg, "oom", now):
+                    self._tell(reg, Notice(rule.domain, reg.cgroup, "oom", usage, threshold,
+                                           target, None))
         if regs:
             chance = await self._first_chance(rule, regs)
             if chance.recovered:
@@ -1075,6 +1224,7 @@ class Handler:
         else:
             snaps = await self._snapshotter.asnapshot(rule.domain,
                                                       fields=policy_fields(policy), paths=paths)
+        snaps = self._declared(snaps)
         snapshot_done = time.monotonic()
         # The domain's usage as the snapshot just read it (no second read of the file).
         before = snaps[rule.domain].usage if rule.domain in snaps else None
@@ -1134,6 +1284,7 @@ class Handler:
         policy = self.policies[name]
         snaps = await self._snapshotter.asnapshot(
             rule.domain, fields=policy_fields(policy), paths=sorted(self._paths[rule.domain]))
+        snaps = self._declared(snaps)
         incident = Incident.create(rule.domain, "a ranking: nothing is acted on",
                                    own_cgroup=self.own_cgroup)
         return await adecide(policy, incident, snaps, budget=rule.budget)
@@ -1451,11 +1602,12 @@ def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
                  own_cgroup: str | None = None, processes: ProcessControl | None = None,
                  history: UsageHistory | None = None, restore: bool = True,
                  kmsg: str | None = "", proc_events: bool | None = None,
-                 priorities: Iterable[tuple[str, int]] = ()) -> Handler:
+                 priorities: Iterable[tuple[str, int]] = (),
+                 notice_interval: float = 10.0) -> Handler:
     """A :class:`Handler` for ``rules``, to use as
     ``async with cgoom.open_handler(h, cgoom.Rule("batch", "workload.slice")) as handler:``.
     """
     return Handler(hierarchy if hierarchy is not None else Hierarchy.discover(), rules,
                    own_cgroup=own_cgroup, processes=processes, history=history,
                    restore=restore, kmsg=kmsg, proc_events=proc_events,
-                   priorities=priorities)
+                   priorities=priorities, notice_interval=notice_interval)

@@ -345,9 +345,11 @@ def swap(*, whole: bool | None = True) -> RankBy:
 @attrs.frozen
 class PriorityPolicy:
     """Google's cgroup OOM handler: descend from the cgroup that ran out of memory; at each
-    level take the child with the lowest priority; among equals, one whose limit was raised
-    temporarily (overlimit) first, then ``prefer`` before none before ``avoid``, then the
-    largest usage (the one that frees most), then the path. Stop at a unit (a leaf, or a
+    level take the child with the lowest priority; among equals, one declared
+    background-killable (its state saved: ``user.cgoom.killable`` or a client's
+    declaration) first, then one whose limit was raised temporarily (overlimit), then
+    ``prefer`` before none before ``avoid``, then the largest usage (the one that frees
+    most), then the path. Stop at a unit (a leaf, or a
     ``memory.oom.group`` cgroup, which dies whole); inside a leaf, one process.
 
     With every priority equal it reduces to "free the most memory", level by level. The
@@ -370,12 +372,12 @@ class PriorityPolicy:
         chosen = units(incident, candidates)
         depth = len([p for p in incident.cgroup.split("/") if p])
 
-        Key = tuple[int, int, int, int, str]
+        Key = tuple[int, int, int, int, int, str]
         chains: dict[str, tuple[Key, ...]] = {}
 
         def key(s: CgroupSnapshot) -> Key:
-            return (s.priority, 0 if s.overlimit else 1, -preference_rank(s), -(s.usage or 0),
-                    s.path)
+            return (s.priority, 0 if s.killable else 1, 0 if s.overlimit else 1,
+                    -preference_rank(s), -(s.usage or 0), s.path)
 
         def path_chain(path: str) -> tuple[Key, ...]:
             # The keys of ``path`` and its ancestors below the incident's cgroup, top down:
@@ -404,7 +406,8 @@ class PriorityPolicy:
         chosen.sort(key=chain)
         victims = []
         for s in chosen:
-            reason = (f"priority {s.priority}{', overlimit' if s.overlimit else ''}"
+            reason = (f"priority {s.priority}{', background-killable' if s.killable else ''}"
+                      f"{', overlimit' if s.overlimit else ''}"
                       f"{_preference_note(s)}, usage {_size(s.usage)}; lowest priority first, "
                       f"level by level from {incident.cgroup}")
             victim = make_victim(s, float(-s.priority), reason, self.whole)

@@ -199,6 +199,7 @@ class StallWatchdog:
         policy = handler.policies[name]
         try:
             snaps = handler._snapshotter.snapshot(rule.domain, fields=policy_fields(policy))
+            snaps = handler._declared(snaps)
             incident = Incident.create(rule.domain, trigger, own_cgroup=handler.own_cgroup)
             decision = decide(policy, incident, snaps, budget=rule.budget)
         except (CgoomError, OSError) as exc:

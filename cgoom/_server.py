@@ -1,0 +1,395 @@
+"""cgoom's end of the notice socket: a Unix stream socket on the handler's event loop that
+turns each client's registrations into :meth:`Handler.register` and
+:meth:`Handler.declare_killable` calls, and carries notices and answers both ways
+(protocol: :mod:`cgoom._protocol`; docs/notices.md). Also the systemd memory pressure
+protocol's socket (:class:`PressureSocket`): a consumer of ``$MEMORY_PRESSURE_WATCH``
+connects and is woken with a byte when its domain reaches the configured level.
+
+Who may register for what is decided by the peer's credentials (``SO_PEERCRED``, taken
+by the kernel when the client connected): root, for any cgroup; anyone else for the cgroup
+its process lives in, or a cgroup whose directory its user owns (a delegated subtree,
+systemd's ``Delegate=yes``). Never someone else's.
+
+A client can do nothing that delays an action or the loop for long:
+
+- a line longer than :data:`~cgoom._protocol.MAX_LINE` ends its connection;
+- it is read at most ``max_rate`` messages a second (then the kernel's socket buffer
+  fills and the client waits: backpressure, not a busy loop);
+- ``max_errors`` bad messages end its connection;
+- it is never written to with more than ``max_buffered`` bytes queued: one that stops
+  reading is dropped, and its first chance ends then (``error: stopped reading``);
+- one that goes mid-incident ends its first chance at once (``error: disconnected``);
+- at most ``max_clients`` connections at a time; more are closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._candidates import normalize_path
+from ._errors import CgoomError
+from ._firstchance import Answer, Gone, Notice
+from ._protocol import (
+    LEVELS,
+    MAX_LINE,
+    ProtocolError,
+    Register,
+    Reply,
+    SetKillable,
+    Unregister,
+    encode,
+    parse_request,
+)
+
+if TYPE_CHECKING:
+    from ._handler import Handler
+    from ._hierarchy import Hierarchy
+
+log = logging.getLogger("cgoom.notices")
+
+
+class Refused(Exception):
+    """A client may not register for that cgroup; the text says why."""
+
+
+@attrs.frozen
+class Peer:
+    """The credentials the kernel took when the client connected (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Peer:
+        # struct ucred { pid_t pid; uid_t uid; gid_t gid; } (socket(7), unix(7))
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return cls(pid, uid, gid)
+
+
+def authorize(hierarchy: Hierarchy, peer: Peer, requested: str | None,
+              domains: tuple[str, ...]) -> str:
+    """The cgroup ``peer`` may register for when it asks for ``requested`` (``None``: its
+    own), or :class:`Refused`. It must lie in one of ``domains`` (else it would hear
+    nothing)."""
+    own: str | None = None
+    try:
+        own = hierarchy.own_cgroup(peer.pid).path
+    except (CgoomError, OSError):
+        if requested is None:
+            raise Refused(f"cannot tell the cgroup of process {peer.pid} (it went?); name "
+                          "the cgroup") from None
+    path = normalize_path(requested) if requested is not None else own
+    assert path is not None
+    cgroup = hierarchy.cgroup(path)
+    try:
+        owner = hierarchy.fs.stat(cgroup.dir).st_uid
+    except OSError:
+        raise Refused(f"cgroup {path}: no such cgroup") from None
+    if peer.uid != 0 and path != own and owner != peer.uid:
+        raise Refused(f"cgroup {path}: not yours: uid {peer.uid} may register for its own "
+                      f"cgroup ({own or 'unknown'}) or one its user owns (delegated); "
+                      f"{path} belongs to uid {owner}")
+    if not any(path == d or d == "/" or path.startswith(d.rstrip("/") + "/")
+               for d in domains):
+        raise Refused(f"cgroup {path}: in no rule's domain ({', '.join(domains)}): it "
+                      "would hear nothing")
+    return path
+
+
+@attrs.frozen
+class ServerStatistics:
+    """What the notice socket has seen: clients connected now and in all, registrations
+    now, clients refused (over ``max_clients``) and dropped (too long a line, too many
+    errors, stopped reading), bad messages, notices written."""
+
+    clients: int
+    connected: int
+    registrations: int
+    refused: int
+    dropped: int
+    bad_messages: int
+    notices: int
+
+
+class _Client:
+    """One connection: its credentials, what it registered, what it has not answered."""
+
+    def __init__(self, server: NoticeServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, peer: Peer) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.registered: dict[str, Callable[[], None]] = {}
+        self.killable: dict[str, Callable[[], None]] = {}
+        self.pending: dict[int, asyncio.Future[Answer]] = {}
+        self.closed = False
+        self.why = "disconnected"
+
+    def send(self, data: bytes) -> bool:
+        """Queue ``data``; ``False`` (and the client dropped) when it has stopped reading."""
+        if self.closed:
+            return False
+        transport = self.writer.transport
+        if transport.is_closing():
+            self.close("disconnected")
+            return False
+        if transport.get_write_buffer_size() + len(data) > self.server.max_buffered:
+            self.server._dropped += 1
+            self.close("stopped reading")
+            return False
+        transport.write(data)
+        return True
+
+    def close(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed, self.why = True, why
+        for undo in [*self.registered.values(), *self.killable.values()]:
+            undo()
+        self.registered.clear()
+        self.killable.clear()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(Gone(why))
+        self.pending.clear()
+        self.writer.transport.abort()
+
+    async def on_notice(self, notice: Notice) -> Answer | None:
+        """The handler registered for this client's cgroups: write the notice; for a first
+        chance, wait for the answer (the engine cuts it off at the deadline)."""
+        nid = next(self.server._ids)
+        if not self.send(encode("notice", id=nid, level=notice.level, domain=notice.domain,
+                                cgroup=notice.cgroup, usage=notice.usage,
+                                threshold=notice.threshold,
+                                reclaim_target=notice.reclaim_target,
+                                deadline=notice.deadline)):
+            raise Gone(self.why)
+        self.server._notices += 1
+        if notice.deadline is None:
+            return None
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.pending[nid] = future
+        try:
+            return await future
+        finally:
+            self.pending.pop(nid, None)
+
+
+class NoticeServer:
+    """The notice socket at ``path`` for ``handler`` (use :func:`open_notice_server`).
+    ``mode``: the socket's permissions (0o666: anyone may connect; what they may register
+    for is decided by their credentials)."""
+
+    def __init__(self, handler: Handler, path: str, *, mode: int = 0o666,
+                 max_clients: int = 4096, max_rate: float = 100.0, max_errors: int = 20,
+                 max_buffered: int = 4 * MAX_LINE) -> None:
+        self.handler = handler
+        self.path = path
+        self.mode = mode
+        self.max_clients = max_clients
+        self.max_rate = max_rate
+        self.max_errors = max_errors
+        self.max_buffered = max_buffered
+        self._server: asyncio.Server | None = None
+        self._clients: set[_Client] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._connected = self._refused = self._dropped = self._bad = self._notices = 0
+
+    def __repr__(self) -> str:
+        return f"<NoticeServer {self.path} clients={len(self._clients)}>"
+
+    async def start(self) -> None:
+        _remove_stale(self.path)
+        self._server = await asyncio.start_unix_server(self._serve, self.path,
+                                                       limit=MAX_LINE)
+        os.chmod(self.path, self.mode)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for client in list(self._clients):
+            client.close("cgoom stopped")
+        if self._tasks:  # each ends on its own once its connection is aborted
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            clients=len(self._clients), connected=self._connected,
+            registrations=sum(len(c.registered) for c in self._clients),
+            refused=self._refused, dropped=self._dropped, bad_messages=self._bad,
+            notices=self._notices)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._converse(reader, writer)
+        except asyncio.CancelledError:
+            # Cancelled only when stopping; asyncio's stream callback would log it.
+            pass
+        finally:
+            self._tasks.discard(task)
+
+    async def _converse(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if len(self._clients) >= self.max_clients or sock is None:
+            self._refused += 1
+            writer.transport.abort()
+            return
+        try:
+            peer = Peer.of(sock)
+        except OSError:
+            writer.transport.abort()
+            return
+        client = _Client(self, reader, writer, peer)
+        self._clients.add(client)
+        self._connected += 1
+        errors = 0
+        budget, refilled = self.max_rate, time.monotonic()
+        try:
+            while not client.closed:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than MAX_LINE
+                    self._dropped += 1
+                    client.send(encode("error", to=None, error=f"a line longer than "
+                                       f"{MAX_LINE} bytes: connection closed"))
+                    client.close("sent too long a line")
+                    break
+                except ConnectionError:
+                    break
+                if not line:
+                    break
+                try:
+                    self._handle(client, parse_request(line))
+                except (ProtocolError, Refused) as exc:
+                    self._bad += isinstance(exc, ProtocolError)
+                    errors += 1
+                    client.send(encode("error", to=_op_of(line), error=str(exc)))
+                    if errors >= self.max_errors:
+                        self._dropped += 1
+                        client.send(encode("error", to=None, error=f"{errors} bad messages: "
+                                           "connection closed"))
+                        client.close("sent too many bad messages")
+                        break
+                # The rate limit: a token per message, max_rate a second.
+                now = time.monotonic()
+                budget = min(self.max_rate, budget + (now - refilled) * self.max_rate) - 1
+                refilled = now
+                if budget < 0:
+                    await asyncio.sleep(-budget / self.max_rate)
+        finally:
+            self._clients.discard(client)
+            client.close(client.why if client.closed else "disconnected")
+
+    def _handle(self, client: _Client, request: object) -> None:
+        domains = tuple(sorted({r.domain for r in self.handler.rules}))
+        if isinstance(request, Register):
+            path = authorize(self.handler.hierarchy, client.peer, request.cgroup, domains)
+            old = client.registered.pop(path, None)
+            if old is not None:
+                old()
+            client.registered[path] = self.handler.register(
+                path, client.on_notice, deadline=request.deadline, levels=request.levels)
+            if request.killable is not None:
+                self._set_killable(client, path, request.killable)
+            client.send(encode("registered", to="register", cgroup=path,
+                               deadline=request.deadline,
+                               levels=[x for x in LEVELS if x in request.levels],
+                               killable=path in client.killable))
+        elif isinstance(request, SetKillable):
+            path = authorize(self.handler.hierarchy, client.peer, request.cgroup, domains)
+            self._set_killable(client, path, request.value)
+            client.send(encode("ok", to="killable", cgroup=path, killable=request.value))
+        elif isinstance(request, Reply):
+            future = client.pending.get(request.notice)
+            if future is None:
+                raise ProtocolError(f"notice {request.notice}: no such notice awaits an "
+                                    "answer (answered, past its deadline, or never sent)")
+            if not future.done():
+                future.set_result(Answer(request.status, request.freed))
+            client.send(encode("ok", to="answer", notice=request.notice))
+        elif isinstance(request, Unregister):
+            path = authorize(self.handler.hierarchy, client.peer, request.cgroup, domains)
+            undo = client.registered.pop(path, None)
+            if undo is None:
+                raise ProtocolError(f"cgroup {path}: not registered on this connection")
+            undo()
+            clear = client.killable.pop(path, None)
+            if clear is not None:
+                clear()
+            client.send(encode("ok", to="unregister", cgroup=path))
+
+    def _set_killable(self, client: _Client, path: str, value: bool) -> None:
+        if value and path not in client.killable:
+            client.killable[path] = self.handler.declare_killable(path)
+        elif not value:
+            clear = client.killable.pop(path, None)
+            if clear is not None:
+                clear()
+
+
+def _op_of(line: bytes) -> str | None:
+    with contextlib.suppress(Exception):
+        op = json.loads(line).get("op")
+        return op if isinstance(op, str) else None
+    return None
+
+
+def _remove_stale(path: str) -> None:
+    """A socket left by a cgoom that died goes; anything else at ``path`` is an error."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise CgoomError(f"{path} exists and is not a socket: will not replace it",
+                         path=path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a stale socket
+    else:
+        raise CgoomError(f"{path}: another process serves this socket", path=path)
+    finally:
+        probe.close()
+
+
+@contextlib.asynccontextmanager
+async def open_notice_server(handler: Handler, path: str, **options: float,
+                             ) -> AsyncIterator[NoticeServer]:
+    """Serve the notice protocol for ``handler`` at ``path`` (a Unix stream socket) while
+    the block runs; ``options``: :class:`NoticeServer`'s limits."""
+    server = NoticeServer(handler, path, **options)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.aclose()

@@ -1,0 +1,396 @@
+"""Notices and the notice socket on the fake cgroupfs (issue #11): levels with hysteresis
+and a rate limit per registration; the protocol's parsing; who may register for what
+(SO_PEERCRED); the async and blocking clients end to end (a first chance answered over the
+socket, background-killable declared over it); hostile clients (garbage, too long a line,
+a flood, one that stops reading, one that goes mid-incident) delay nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+import cgoom
+import cgoom._handler
+from cgoom import client as notices
+from cgoom._firstchance import Gone, Levels, Registry, level_of
+from cgoom._protocol import MAX_LINE, ProtocolError, Register, Reply, parse_request
+from cgoom._server import Peer, Refused, authorize
+from cgoom.testing import FakeCgroupTree, FakeProcesses
+
+M = 1 << 20
+
+
+@pytest.fixture
+def domain(tree: FakeCgroupTree) -> FakeCgroupTree:
+    """/t: memory.max 300M, memory.high 270M, usage 270M; db (priority 100), web and batch
+    (priority 0: batch the bigger)."""
+    for name, pid, prio, usage in (("db", 100, 100, 140), ("web", 200, 0, 40),
+                                   ("batch", 300, 0, 90)):
+        c = tree.add(f"t/{name}", procs=[pid], memory_current=usage * M)
+        c.set_priority(prio)
+        c.set_memory_oom_group(True)
+        tree.add_process(pid, name=name, rss=usage * M)
+    tree.hierarchy.cgroup("t").set_memory_max(300 * M)
+    tree.hierarchy.cgroup("t").set_memory_high(270 * M)
+    tree.set("t", "memory.current", f"{270 * M}\n")
+    return tree
+
+
+def handler_for(tree: FakeCgroupTree, **rule: object) -> cgoom.Handler:
+    options: dict[str, object] = {"on": "high", "first_chance": 2.0, **rule}
+    return cgoom.open_handler(tree.hierarchy, cgoom.Rule("t", "t", **options),  # type: ignore[arg-type]
+                              own_cgroup="/", kmsg=None, proc_events=False,
+                              processes=FakeProcesses(tree), notice_interval=0.5)
+
+
+@pytest.fixture
+def sock_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer.
+    return os.path.join(str(tmp_path_factory.mktemp("n")), "n.sock")
+
+
+async def until(predicate: object, seconds: float = 5.0) -> None:
+    end = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
+# --- pure parts ----------------------------------------------------------------------------
+
+
+def test_levels_rise_at_once_and_clear_with_hysteresis() -> None:
+    levels = Levels()
+    assert levels.raise_to("low") and not levels.raise_to("low")
+    assert levels.raise_to("critical") and not levels.raise_to("low")
+    assert not levels.settle(250 * M, 240 * M)  # still above the threshold
+    assert not levels.settle(None, 240 * M)  # usage unknown: stays
+    assert levels.settle(239 * M, 240 * M) and levels.level is None
+    assert levels.raise_to("low")
+    assert level_of({"high": 3}) == "low"
+    assert level_of({"high": 3, "max": 1}) == "critical"
+    assert level_of({"oom_kill": 1}) == "critical"
+    assert level_of({"low": 5}) is None
+
+
+def test_the_rate_limit_is_per_registration_and_level() -> None:
+    registry = Registry(interval=10.0)
+
+    async def h(notice: cgoom.Notice) -> None:
+        return None
+
+    registry.register("/t/a", h, None, levels=("low", "critical"))
+    registry.register("/t/b", h, None, levels=("critical",))
+    a, b = registry.inside("/t")
+    assert registry.due(a, "low", 0.0) and not registry.due(b, "low", 0.0)
+    assert not registry.due(a, "low", 5.0)  # within the interval
+    assert registry.due(a, "critical", 5.0)  # more urgent: at once
+    assert not registry.due(a, "low", 12.0)  # critical was heard 7 s ago
+    assert registry.due(a, "low", 15.1)
+    assert not registry.due(a, "oom", 20.0)  # not asked for
+    with pytest.raises(cgoom.InvalidValue, match="some of low, critical, oom"):
+        registry.register("/t", h, None, levels=("urgent",))
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    (b"not json\n", "not a JSON object on one line"),
+    (b"[1]\n", "not a JSON object: list"),
+    (b'{"op":"register"}\n', "protocol version None"),
+    (b'{"v":2,"op":"register"}\n', "protocol version 2"),
+    (b'{"v":1,"op":"kill"}\n', "op 'kill': one of register"),
+    (b'{"v":1,"op":"register","deadline":0}\n', "deadline 0: seconds above 0"),
+    (b'{"v":1,"op":"register","deadline":true}\n', "deadline True"),
+    (b'{"v":1,"op":"register","deadline":1e999}\n', "deadline inf"),
+    (b'{"v":1,"op":"register","levels":["panic"]}\n', "levels"),
+    (b'{"v":1,"op":"register","cgroup":"../etc"}\n', "cgroup '../etc'"),
+    (b'{"v":1,"op":"register","cgroup":7}\n', "cgroup 7"),
+    (b'{"v":1,"op":"answer","notice":"1","status":"done"}\n', "notice '1'"),
+    (b'{"v":1,"op":"answer","notice":1,"status":"maybe"}\n', "status 'maybe'"),
+    (b'{"v":1,"op":"answer","notice":1,"status":"done","freed":-1}\n', "freed -1"),
+    (b'{"v":1,"op":"killable"}\n', "killable needs 'value'"),
+    (b"\xff\xfe\n", "not a JSON object on one line"),
+])
+def test_bad_requests_say_what_is_wrong(line: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error.replace("(", r"\(").replace("[", r"\[")):
+        parse_request(line)
+
+
+def test_good_requests_parse() -> None:
+    assert parse_request(b'{"v":1,"op":"register","deadline":2,"levels":["oom"]}') == \
+        Register(None, 2.0, frozenset({"oom"}), None)
+    assert parse_request(b'{"v":1,"op":"answer","notice":3,"status":"cannot"}') == \
+        Reply(3, "cannot", None)
+
+
+def test_who_may_register_for_what(domain: FakeCgroupTree) -> None:
+    h, domains = domain.hierarchy, ("/t",)
+    domain.chown("t/web", 1000)
+    domain.add_process(4242, name="app")
+    domain.fs.note_cgroup(4242, domain.cgroup("t/batch").dir)
+    assert authorize(h, Peer(4242, 1001, 1001), None, domains) == "/t/batch"  # its own
+    assert authorize(h, Peer(4242, 1001, 1001), "t/batch", domains) == "/t/batch"
+    assert authorize(h, Peer(9, 1000, 1000), "t/web", domains) == "/t/web"  # delegated
+    assert authorize(h, Peer(9, 0, 0), "t/db", domains) == "/t/db"  # root
+    with pytest.raises(Refused, match=r"t/db: not yours: uid 1000 .* belongs to uid 0"):
+        authorize(h, Peer(9, 1000, 1000), "t/db", domains)
+    with pytest.raises(Refused, match="cannot tell the cgroup of process 9"):
+        authorize(h, Peer(9, 1000, 1000), None, domains)
+    with pytest.raises(Refused, match="no such cgroup"):
+        authorize(h, Peer(9, 0, 0), "t/gone", domains)
+    with pytest.raises(Refused, match="in no rule's domain"):
+        authorize(h, Peer(9, 0, 0), "/", domains)
+
+
+# --- levels in the engine ------------------------------------------------------------------
+
+
+async def test_levels_reach_registrations_with_a_reclaim_target(
+        domain: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cgoom._handler, "SETTLE_EVERY", 0.05)
+    heard: list[cgoom.Notice] = []
+
+    async def note(notice: cgoom.Notice) -> None:
+        heard.append(notice)
+
+    # The rule acts only after 100 high events within 10 s: these are levels.
+    async with handler_for(domain, threshold=100, window=10.0) as handler:
+        handler.register("t/batch", note, levels=("low", "critical"))
+        domain.memory_event("t", "high")
+        await until(lambda: len(heard) == 1)
+        assert heard[0].level == "low" and heard[0].deadline is None
+        assert heard[0].usage == 270 * M and heard[0].threshold == int(270 * M * 0.95)
+        assert heard[0].reclaim_target == 270 * M - int(270 * M * 0.95)
+        domain.memory_event("t", "max")  # a charge hit memory.max: more urgent, at once
+        await until(lambda: len(heard) == 2)
+        assert heard[1].level == "critical"
+        domain.set("t", "memory.current", f"{200 * M}\n")  # recovered: the level clears
+        await until(lambda: handler._levels["/t"].level is None)
+        await asyncio.sleep(0.6)  # past the rate limit
+        domain.set("t", "memory.current", f"{270 * M}\n")
+        domain.memory_event("t", "high")
+        await until(lambda: len(heard) == 3)
+        assert heard[2].level == "low"
+    assert handler.statistics().incidents == 0
+
+
+async def test_a_level_is_not_repeated_while_it_stays_raised(domain: FakeCgroupTree) -> None:
+    heard: list[cgoom.Notice] = []
+
+    async def note(notice: cgoom.Notice) -> None:
+        heard.append(notice)
+
+    async with handler_for(domain, threshold=100, window=10.0) as handler:
+        handler.register("t/batch", note)
+        for _ in range(5):
+            domain.memory_event("t", "high")
+            await asyncio.sleep(0.05)
+        await until(lambda: len(heard) >= 1)
+        await asyncio.sleep(0.2)
+    assert [n.level for n in heard] == ["low"]
+
+
+# --- the socket ----------------------------------------------------------------------------
+
+
+async def test_a_client_frees_memory_over_the_socket_and_nothing_is_killed(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path) as server, \
+            notices.connect(sock_path) as client:
+        reply = await client.register("t/batch", deadline=1.0)
+        assert reply["cgroup"] == "/t/batch" and reply["deadline"] == 1.0
+
+        async def app() -> None:
+            async for notice in client:
+                assert notice.level == "oom" and notice.deadline == 1.0
+                assert notice.reclaim_target > 0
+                domain.set("t", "memory.current", f"{200 * M}\n")  # it dropped its cache
+                await client.answer(notice, "done", freed=70 * M)
+                return
+
+        task = asyncio.create_task(app())
+        domain.memory_event("t", "high")
+        record = await asyncio.wait_for(handler.__anext__(), 5)
+        await task
+        assert server.statistics().notices == 1
+    assert isinstance(record, cgoom.IncidentRecord) and record.victim is None
+    assert record.first_chance is not None and record.first_chance.recovered
+    (told,) = record.first_chance.told
+    assert (told.cgroup, told.answer, told.freed) == ("/t/batch", "done", 70 * M)
+
+
+async def test_a_client_that_ignores_its_notice_is_killed_at_its_deadline(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path), \
+            notices.connect(sock_path) as client:
+        await client.register("t/batch", deadline=0.3)
+        started = time.monotonic()
+        domain.memory_event("t", "high")
+        record = await asyncio.wait_for(handler.__anext__(), 5)
+        took = time.monotonic() - started
+    assert isinstance(record, cgoom.IncidentRecord) and record.victim.cgroup == "/t/batch"
+    assert record.first_chance is not None
+    assert record.first_chance.told[0].answer == "no answer"
+    assert 0.3 <= took < 2.0
+
+
+async def test_a_client_that_goes_mid_incident_delays_nothing(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path) as server:
+        async with notices.connect(sock_path) as client:
+            await client.register("t/batch", deadline=5.0)
+            domain.memory_event("t", "high")
+            async for _notice in client:
+                break  # told: it leaves without answering
+        started = time.monotonic()
+        record = await asyncio.wait_for(handler.__anext__(), 5)
+        assert time.monotonic() - started < 2.0  # not the 5 s deadline
+        assert server.statistics().registrations == 0
+    assert isinstance(record, cgoom.IncidentRecord) and record.victim.cgroup == "/t/batch"
+    assert record.first_chance is not None
+    assert record.first_chance.told[0].answer == "disconnected"
+
+
+async def test_a_client_that_stops_reading_is_dropped(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    async with handler_for(domain, threshold=1000, window=60.0) as handler, \
+            cgoom.open_notice_server(handler, sock_path, max_buffered=4096) as server:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        raw.connect(sock_path)
+        raw.sendall(b'{"v":1,"op":"register","cgroup":"t/batch"}\n')
+        await until(lambda: server.statistics().registrations == 1)
+        # Notices it never reads: the kernel's buffers fill, then cgoom's, then it is
+        # dropped; the loop never waits on it.
+        reg = handler._first.inside("/t")[0]
+        sent, why = 0, None
+        for sent in range(100_000):  # noqa: B007
+            try:
+                await reg.handler(cgoom.Notice("/t", "/t/batch", "low", 0, 0, 0, None))
+            except Gone as exc:
+                why = str(exc)
+                break
+        assert why == "stopped reading" and 0 < sent < 100_000
+        assert server.statistics().dropped == 1
+        assert server.statistics().registrations == 0
+        raw.close()
+
+
+async def test_garbage_a_long_line_and_a_flood_end_nothing_but_that_client(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path, max_errors=5,
+                                     max_rate=50.0) as server:
+        reader, writer = await asyncio.open_unix_connection(sock_path)
+        writer.write(b"garbage\n" * 5)
+        replies = [await reader.readline() for _ in range(6)]
+        assert b"not a JSON object" in replies[0]
+        assert b"5 bad messages: connection closed" in replies[5]
+        assert await reader.read() == b""
+        writer.close()
+        reader, writer = await asyncio.open_unix_connection(sock_path, limit=4 * MAX_LINE)
+        writer.write(b"{" + b" " * MAX_LINE + b"}\n")
+        assert b"longer than" in await reader.readline()
+        assert await reader.read() == b""
+        writer.close()
+        # A flood of valid requests is read at max_rate: the loop stays free meanwhile.
+        reader, writer = await asyncio.open_unix_connection(sock_path)
+        writer.write(b'{"v":1,"op":"register","cgroup":"t/web"}\n' * 100)
+        ticks = 0
+        started = time.monotonic()
+        while server.statistics().registrations != 1 or ticks < 10:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        got = 0
+        while got < 100:
+            got += (await reader.readline()).startswith(b'{"v":1,"op":"registered"')
+        assert time.monotonic() - started >= 0.8  # a burst of 50, then 50 more at 50/s
+        writer.close()
+        # And the handler still works for a well-behaved client.
+        async with notices.connect(sock_path) as client:
+            await client.register("t/batch", deadline=0.2)
+            domain.memory_event("t", "high")
+            record = await asyncio.wait_for(handler.__anext__(), 5)
+    assert isinstance(record, cgoom.IncidentRecord) and record.victim.cgroup == "/t/batch"
+    assert server.statistics().dropped == 2 and server.statistics().bad_messages == 5
+
+
+async def test_background_killable_over_the_socket_is_chosen_first(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    # web (40M) and batch (90M) have equal priority: batch, the bigger, would go; web
+    # declares itself background-killable and goes instead. When it clears it, batch.
+    async with handler_for(domain, first_chance=None, cooldown=0.0) as handler, \
+            cgoom.open_notice_server(handler, sock_path), \
+            notices.connect(sock_path) as client:
+        await client.register("t/web", killable=True)
+        domain.memory_event("t", "high")
+        record = await asyncio.wait_for(handler.__anext__(), 5)
+        assert isinstance(record, cgoom.IncidentRecord) and record.victim.cgroup == "/t/web"
+        assert "background-killable" in record.decision.victims[0].reason
+        assert (await handler.rank("t")).first is not None
+        await client.set_killable(False, "t/web")
+        decision = await handler.rank("t")
+    assert decision.first is not None and decision.first.cgroup == "/t/batch"
+
+
+async def test_refusals_come_back_as_errors(domain: FakeCgroupTree, sock_path: str) -> None:
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path), \
+            notices.connect(sock_path) as client:
+        with pytest.raises(notices.NoticeError, match="no such cgroup"):
+            await client.register("t/nope")
+        with pytest.raises(notices.NoticeError, match="no such notice awaits an answer"):
+            await client.answer(99)
+        with pytest.raises(notices.NoticeError, match="not registered on this connection"):
+            await client.unregister("t/db")
+        assert (await client.register("t/db"))["cgroup"] == "/t/db"
+
+
+async def test_the_blocking_client(domain: FakeCgroupTree, sock_path: str) -> None:
+    got: list[notices.Notice] = []
+    ready = threading.Event()
+
+    def app() -> None:
+        with notices.Client(sock_path) as client:
+            client.register("t/batch", deadline=1.0)
+            ready.set()
+            notice = client.wait(timeout=5)
+            assert notice is not None
+            got.append(notice)
+            domain.set("t", "memory.current", f"{200 * M}\n")
+            client.answer(notice, freed=1 << 20)
+
+    async with handler_for(domain) as handler, cgoom.open_notice_server(handler, sock_path):
+        thread = threading.Thread(target=app)
+        thread.start()
+        await asyncio.get_running_loop().run_in_executor(None, ready.wait, 5)
+        domain.memory_event("t", "high")
+        record = await asyncio.wait_for(handler.__anext__(), 5)
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
+    assert [n.level for n in got] == ["oom"]
+    assert isinstance(record, cgoom.IncidentRecord) and record.victim is None
+
+
+def test_nothing_to_connect_to_is_a_clear_error(tmp_path: object) -> None:
+    with pytest.raises(notices.NoticeError, match="cannot reach cgoom at /nonexistent/s"):
+        notices.Client("/nonexistent/s")
+
+
+async def test_a_second_server_on_a_live_socket_is_refused(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    async with handler_for(domain) as handler, cgoom.open_notice_server(handler, sock_path):
+        with pytest.raises(cgoom.CgoomError, match="another process serves this socket"):
+            async with cgoom.open_notice_server(handler, sock_path):
+                pass
+    os.close(os.open(sock_path, os.O_CREAT | os.O_WRONLY))
+    async with handler_for(domain) as handler:
+        with pytest.raises(cgoom.CgoomError, match="exists and is not a socket"):
+            async with cgoom.open_notice_server(handler, sock_path):
+                pass
