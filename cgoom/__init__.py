@@ -107,8 +107,10 @@ if TYPE_CHECKING:
     from ._recordlog import record_from_json as record_from_json
     from ._rules import Rule as Rule
     from ._server import NoticeServer as NoticeServer
+    from ._server import PressureSocket as PressureSocket
     from ._server import ServerStatistics as ServerStatistics
     from ._server import open_notice_server as open_notice_server
+    from ._server import open_pressure_socket as open_pressure_socket
     from ._snapshot import FIELDS as FIELDS
     from ._snapshot import Snapshotter as Snapshotter
     from ._snapshot import UsageHistory as UsageHistory
@@ -187,6 +189,8 @@ _LAZY: dict[str, str] = {
     "NoticeServer": "_server",
     "ServerStatistics": "_server",
     "open_notice_server": "_server",
+    "PressureSocket": "_server",
+    "open_pressure_socket": "_server",
     "Protection": "_protect",
     "protect_self": "_protect",
     "FIELDS": "_snapshot",

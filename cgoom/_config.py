@@ -6,6 +6,8 @@ Layout (docs/configuration.md; docs/cgoom.example.toml is the annotated example)
 
     [handler]            own_cgroup, records, restore, kmsg, proc_events, stall_timeout
     [metrics]            address, port: Prometheus metrics over HTTP (off without it)
+    [notices]            socket, pressure_socket, pressure_level, mode, interval: the
+                         notice socket for applications and systemd's pressure protocol
     [priorities]         "glob pattern" = priority, for cgroups without user.cgoom.priority
     [[rule]]             one per rule: the fields of cgoom.Rule, sizes as "64M", pressure
                          as a table {kind, percent, window, duration}
@@ -45,10 +47,15 @@ HANDLER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 METRICS_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "address": ((str,), "an IP address string, e.g. \"127.0.0.1\""),
     "port": ((int,), "a TCP port, 1-65535")}
+NOTICES_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "socket": _PATH, "pressure_socket": _PATH,
+    "pressure_level": ((str,), "one of \"low\", \"critical\", \"oom\""),
+    "mode": ((int,), "the sockets' permissions, e.g. 0o666"),
+    "interval": _SECONDS}
 HANDLER_KEYS = frozenset(HANDLER_TYPES)
 RULE_KEYS = frozenset(a.name for a in attrs.fields(Rule))
 PRESSURE_KEYS = frozenset({"kind", "percent", "window", "duration"})
-TOP_KEYS = frozenset({"handler", "metrics", "priorities", "rule"})
+TOP_KEYS = frozenset({"handler", "metrics", "notices", "priorities", "rule"})
 
 
 class ConfigError(InvalidValue):
@@ -81,6 +88,20 @@ class MetricsSettings:
 
 
 @attrs.frozen
+class NoticeSettings:
+    """``[notices]``: the notice socket for applications (``socket``: docs/notices.md),
+    systemd's memory pressure protocol (``pressure_socket``, woken at ``pressure_level``),
+    the sockets' ``mode``, and how often a registration may hear the same level
+    (``interval`` seconds)."""
+
+    socket: str | None = None
+    pressure_socket: str | None = None
+    pressure_level: str = "low"
+    mode: int = 0o666
+    interval: float = 10.0
+
+
+@attrs.frozen
 class Config:
     """A loaded configuration: ``sources`` are the files read, in order."""
 
@@ -89,6 +110,7 @@ class Config:
     handler: HandlerSettings
     sources: tuple[str, ...]
     metrics: MetricsSettings | None = None
+    notices: NoticeSettings = NoticeSettings()
 
     def describe(self) -> str:
         """The effective configuration, for ``cgoom check-config``."""
@@ -101,6 +123,10 @@ class Config:
         m = self.metrics
         lines.append(f"metrics: http://{m.address}:{m.port}/metrics" if m is not None
                      else "metrics: (off)")
+        n = self.notices
+        lines.append(f"notices: socket={n.socket or '(off)'} pressure_socket="
+                     f"{n.pressure_socket or '(off)'} (at {n.pressure_level}) "
+                     f"mode={n.mode:#o} interval={n.interval:g} s")
         for pattern, priority in self.priorities:
             lines.append(f"priority {priority:>6}  {pattern}")
         defaults = Rule("x", "/")
@@ -190,8 +216,8 @@ def _read(path: str) -> tuple[_Source, dict[str, Any]]:
     if unknown:
         name = sorted(unknown)[0]
         raise _error(source, f"unknown key {name!r}", f"the top level has "
-                     f"{', '.join(sorted(TOP_KEYS))} ([handler], [metrics], [priorities], "
-                     "[[rule]])",
+                     f"{', '.join(sorted(TOP_KEYS))} ([handler], [metrics], [notices], "
+                     "[priorities], [[rule]])",
                      key=name)
     return source, data
 
@@ -213,6 +239,8 @@ def load_config(path: str) -> Config:
     :class:`ConfigError` for anything wrong, naming the file, key, line and value."""
     handler: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
+    notices: dict[str, Any] = {}
+    notices_source: _Source | None = None
     metrics_source: _Source | None = None
     priorities: dict[str, int] = {}
     rules: dict[str, dict[str, Any]] = {}
@@ -225,6 +253,9 @@ def load_config(path: str) -> Config:
         _merge_table(source, "metrics", METRICS_TYPES, data.get("metrics", {}), metrics)
         if "metrics" in data:
             metrics_source = source
+        _merge_table(source, "notices", NOTICES_TYPES, data.get("notices", {}), notices)
+        if "notices" in data:
+            notices_source = source
         _merge_priorities(source, data.get("priorities", {}), priorities)
         raw_rules = data.get("rule", [])
         if not isinstance(raw_rules, list):
@@ -250,18 +281,23 @@ def load_config(path: str) -> Config:
             raise _error(metrics_source, "[metrics]", "metrics need a port (e.g. port = "
                          "9464); the address is 127.0.0.1 unless given", key="metrics")
         settings = MetricsSettings(**metrics)
+    level = notices.get("pressure_level", "low")
+    if level not in ("low", "critical", "oom") and notices_source is not None:
+        raise _error(notices_source, "[notices]", f"pressure_level = {level!r}: one of "
+                     "\"low\", \"critical\", \"oom\"", key="pressure_level")
     if not rules:
         raise ConfigError(f"{path}: no [[rule]]: the handler needs at least one rule",
                           path=path)
     built = tuple(_rule(origin[name][0], origin[name][1], raw) for name, raw in rules.items())
     return Config(rules=built, priorities=tuple(priorities.items()),
                   handler=HandlerSettings(**handler), sources=tuple(sources),
-                  metrics=settings)
+                  metrics=settings, notices=NoticeSettings(**notices))
 
 
 def _merge_table(source: _Source, table: str, types: Mapping[str, tuple[tuple[type, ...], str]],
                  raw: Any, into: dict[str, Any]) -> None:
-    """Check a ``[handler]``/``[metrics]`` table key by key, then merge it into ``into``."""
+    """Check a ``[handler]``/``[metrics]``/``[notices]`` table key by key, then merge it
+    into ``into``."""
     if not isinstance(raw, dict):
         raise _error(source, table, f"[{table}] is a table", key=table)
     for key, value in raw.items():
@@ -271,7 +307,8 @@ def _merge_table(source: _Source, table: str, types: Mapping[str, tuple[tuple[ty
         expected, description = types[key]
         number: Any = value
         if (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
-                or (key == "stall_timeout" and number <= 0)
+                or (key in ("stall_timeout", "interval") and number <= 0)
+                or (key == "mode" and not 0 <= number <= 0o777)
                 or (key == "port" and not 0 < number < 65536)):
             raise _error(source, f"[{table}] {key} = {value!r}", description,
                          key=key, table=table)

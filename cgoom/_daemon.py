@@ -1,6 +1,7 @@
 """``cgoom run``: the handler as a daemon, from a configuration file. Orchestration only:
 the configuration (``_config``), the engine (``_handler``), the record log (``_recordlog``),
-metrics (``_metrics``) and sd_notify (``_sdnotify``) do the work.
+metrics (``_metrics``), the notice sockets (``_server``) and sd_notify (``_sdnotify``) do
+the work.
 
 Signals: SIGTERM and SIGINT stop it cleanly (the handler puts back what it set, unless the
 configuration says ``restore = false``). SIGHUP reopens the record log (after rotation) and
@@ -8,8 +9,8 @@ loads the configuration again: a file that fails to load is reported and the run
 configuration kept; a loaded one is applied to the running handler without losing its state
 (cooldowns, debounce counts, growth history, the incident in flight:
 :meth:`Handler.reconfigure`), or, when it changes what is set up once at start (a rule's
-domain or triggers, rules added or removed, ``[handler]`` or ``[metrics]`` other than the
-record log), refused as a whole with the reason, the running one kept.
+domain or triggers, rules added or removed, ``[handler]``, ``[metrics]`` or ``[notices]``
+other than the record log), refused as a whole with the reason, the running one kept.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class _Daemon:
         self.handler = Handler(hierarchy, self._rules(config), own_cgroup=settings.own_cgroup,
                                restore=settings.restore,
                                kmsg="" if settings.kmsg else None,
-                               proc_events=settings.proc_events, priorities=config.priorities)
+                               proc_events=settings.proc_events, priorities=config.priorities,
+                               notice_interval=config.notices.interval)
         self.stall: StallWatchdog | None = None
         # stderr is the journal: each record also goes there with its fields.
         self.journal = _journal.Journal(_journal.JOURNAL_SOCKET) \
@@ -89,8 +91,9 @@ class _Daemon:
             if self.records is not None:  # a path it cannot write is said now, not at OOM
                 self.records = _open_log(self.records.path)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
-            async with self.handler:
+            async with self.handler, contextlib.AsyncExitStack() as sockets:
                 self.handler.add_listener(self.on_record)  # set-up lines: logged by it
+                await self._open_sockets(sockets)
                 if self.metrics is not None:
                     assert self.config.metrics is not None
                     m = self.config.metrics
@@ -131,6 +134,20 @@ class _Daemon:
             if self.journal is not None:
                 self.journal.close()
         return 0
+
+    async def _open_sockets(self, stack: contextlib.AsyncExitStack) -> None:
+        from ._server import open_notice_server, open_pressure_socket
+
+        n = self.config.notices
+        if n.socket is not None:
+            await stack.enter_async_context(open_notice_server(self.handler, n.socket,
+                                                               mode=n.mode))
+            log.info("cgoom: notices for applications on %s", n.socket)
+        if n.pressure_socket is not None:
+            await stack.enter_async_context(open_pressure_socket(
+                self.handler, n.pressure_socket, level=n.pressure_level, mode=n.mode))
+            log.info("cgoom: systemd's memory pressure protocol on %s (woken at %s)",
+                     n.pressure_socket, n.pressure_level)
 
     def on_record(self, record: Record) -> None:
         if self.journal is not None:
@@ -192,6 +209,8 @@ class _Daemon:
                  if a.name != "records" and getattr(old, a.name) != getattr(new, a.name)]
         if fresh.metrics != self.config.metrics:
             fixed.append(f"[metrics]: {self.config.metrics} -> {fresh.metrics}")
+        if fresh.notices != self.config.notices:
+            fixed.append(f"[notices]: {self.config.notices} -> {fresh.notices}")
         if fixed:
             raise CgoomError("these changes need cgoom started again: " + "; ".join(fixed))
         records = self.records

@@ -29,6 +29,9 @@ from ._parse import format_size
 #: The levels a registration may hear, least urgent first.
 LEVELS_ALL = frozenset({"low", "critical", "oom"})
 _RANK = {"low": 1, "critical": 2, "oom": 3}
+#: Each level and those more urgent than it.
+_AS_URGENT = {level: tuple(x for x in _RANK if _RANK[x] >= rank)
+              for level, rank in _RANK.items()}
 
 
 @attrs.frozen
@@ -114,6 +117,9 @@ class Registration:
     deadline: float | None
     key: int
     levels: frozenset[str] = LEVELS_ALL
+    #: Delivers a notice that takes no answer at once, on the loop, without a task (a
+    #: server's fan-out to many clients); ``None``: ``handler`` is run as a task.
+    tell: Callable[[Notice], None] | None = None
 
 
 class Registry:
@@ -128,7 +134,8 @@ class Registry:
         self.interval = interval
 
     def register(self, cgroup: str, handler: FirstChanceHandler, deadline: float | None,
-                 levels: Iterable[str] = LEVELS_ALL) -> Callable[[], None]:
+                 levels: Iterable[str] = LEVELS_ALL,
+                 tell: Callable[[Notice], None] | None = None) -> Callable[[], None]:
         if not callable(handler):
             raise InvalidValue(f"first-chance handler for {cgroup}: {handler!r} is not "
                                "callable (an async function taking a Notice)",
@@ -145,7 +152,7 @@ class Registry:
         key = next(self._keys)
         self._items[key] = Registration(normalize_path(cgroup), handler,
                                         None if deadline is None else float(deadline), key,
-                                        wanted)
+                                        wanted, tell)
 
         def unregister() -> None:
             self._items.pop(key, None)
@@ -168,11 +175,11 @@ class Registry:
         it, and it has not heard it, or anything more urgent, in the last ``interval``."""
         if level not in reg.levels:
             return False
-        rank = _RANK[level]
-        if any(now - self._heard.get((reg.key, other), -math.inf) < self.interval
-               for other in LEVELS_ALL if _RANK[other] >= rank):
-            return False
-        self._heard[(reg.key, level)] = now
+        heard = self._heard
+        for other in _AS_URGENT[level]:  # a loop, not any(): this runs per registration
+            if now - heard.get((reg.key, other), -math.inf) < self.interval:
+                return False
+        heard[(reg.key, level)] = now
         return True
 
 

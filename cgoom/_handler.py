@@ -972,7 +972,8 @@ class Handler:
 
     def register(self, cgroup: str, handler: FirstChanceHandler, *,
                  deadline: float | None = None,
-                 levels: Iterable[str] = ("low", "critical", "oom")) -> Callable[[], None]:
+                 levels: Iterable[str] = ("low", "critical", "oom"),
+                 tell: Callable[[Notice], None] | None = None) -> Callable[[], None]:
         """Tell ``cgroup``'s workload about its domain's memory: ``await
         handler(notice)`` is called with a :class:`cgoom.Notice` (a level and a reclaim
         target in bytes) when the domain holding ``cgroup`` reaches one of ``levels``
@@ -982,8 +983,10 @@ class Handler:
         ``deadline`` seconds (at most the rule's ``first_chance``) to free memory before
         cgoom acts. Returns the function that unregisters it. Handlers run on the loop: one
         that blocks it blocks cgoom (keep them short, or await); one that hangs, raises or
-        answers garbage is cut off at its deadline and recorded."""
-        return self._first.register(cgroup, handler, deadline, levels)
+        answers garbage is cut off at its deadline and recorded. ``tell``: a plain function
+        that delivers the notices taking no answer at once, without a task (a server
+        fanning out to many clients: :func:`cgoom.open_notice_server`)."""
+        return self._first.register(cgroup, handler, deadline, levels, tell)
 
     def declare_killable(self, cgroup: str) -> Callable[[], None]:
         """Declare ``cgroup`` background-killable (its workload saved its state: Maemo's
@@ -1047,8 +1050,14 @@ class Handler:
         self._settle_later(domain)
 
     def _tell(self, reg: Registration, notice: Notice) -> None:
-        """A notice that takes no answer: the handler runs on its own, cut off after
-        ``notice_interval``."""
+        """A notice that takes no answer: through ``reg.tell`` at once, or the handler
+        run on its own, cut off after ``notice_interval``."""
+        if reg.tell is not None:
+            try:
+                reg.tell(notice)
+            except Exception:
+                log.warning("cgoom handler: telling %s failed", reg.cgroup, exc_info=True)
+            return
         try:
             task = asyncio.ensure_future(reg.handler(notice))
         except Exception:

@@ -51,3 +51,11 @@ def test_handler_benchmark_json() -> None:
     assert result["domain_1000"]["candidates"] == 1000
     for row in result.values():
         assert row["p99_ms"] >= row["p50_ms"] > 0
+
+
+def test_notify_benchmark_json() -> None:
+    result = run(str(BENCH / "notify.py"), "--json", "--clients", "20", "--rounds", "3")
+    assert set(result) == {"clients", "rounds", "notice_p50_ms", "notice_p99_ms",
+                           "first_ms_p50"}
+    assert result["clients"] == 20 and result["rounds"] == 3
+    assert result["notice_p99_ms"] >= result["notice_p50_ms"] >= result["first_ms_p50"] > 0

@@ -3,6 +3,7 @@ an error naming the file, the key, its line, the value and the expected form."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_drop_ins_merge_in_name_order(tmp_path: Path) -> None:
     ('[[rule]]\nname = "r"\ndomain = "t"\ncoldown = 5\n',
      r"line 4: rule 'r': unknown key 'coldown': a rule has action, available_below, "),
     ('rules = 1\n',
-     r"line 1: unknown key 'rules': the top level has handler, metrics, priorities, rule"),
+     r"line 1: unknown key 'rules': the top level has handler, metrics, notices, priorities, rule"),
     ('[metrics]\nport = 70000\n', r"line 2: \[metrics\] port = 70000: a TCP port, 1-65535"),
     ('[metrics]\naddress = "::1"\n', r"cgoom.toml: \[metrics\]: metrics need a port"),
     ('[metrics]\nport = true\n', r"line 2: \[metrics\] port = True: a TCP port"),
@@ -95,11 +96,39 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_the_reference_names_every_key() -> None:
-    """docs/configuration.md, checked against the code: every key of [handler], [metrics]
-    and [[rule]] is named there (in backticks), so the reference cannot fall behind."""
-    from cgoom._config import HANDLER_TYPES, METRICS_TYPES, RULE_KEYS
+    """docs/configuration.md, checked against the code: every key of [handler], [metrics],
+    [notices] and [[rule]] is named there (in backticks), so the reference cannot fall
+    behind."""
+    from cgoom._config import HANDLER_TYPES, METRICS_TYPES, NOTICES_TYPES, RULE_KEYS
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    missing = [k for k in sorted({*HANDLER_TYPES, *METRICS_TYPES, *RULE_KEYS})
+    missing = [k for k in sorted({*HANDLER_TYPES, *METRICS_TYPES, *NOTICES_TYPES, *RULE_KEYS})
                if f"`{k}`" not in text]
     assert missing == [], f"docs/configuration.md does not name {missing}"
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("[notices]\npressure_level = 'urgent'\n", "pressure_level = 'urgent': one of"),
+    ("[notices]\nmode = 0o7777\n", "mode = 4095: the sockets' permissions"),
+    ("[notices]\ninterval = 0\n", "interval = 0: a number of seconds above 0"),
+    ("[notices]\nsockets = '/x'\n", "unknown key 'sockets'"),
+])
+def test_notices_mistakes_are_named(tmp_path: Path, text: str, error: str) -> None:
+    from cgoom._config import ConfigError, load_config
+
+    config = tmp_path / "cgoom.toml"
+    config.write_text(text + '[[rule]]\nname = "r"\ndomain = "t"\n')
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load_config(str(config))
+
+
+def test_notices_settings_load(tmp_path: Path) -> None:
+    from cgoom._config import load_config
+
+    config = tmp_path / "cgoom.toml"
+    config.write_text('[notices]\nsocket = "/run/cgoom/notices.sock"\npressure_level = '
+                      '"critical"\n[[rule]]\nname = "r"\ndomain = "t"\n')
+    loaded = load_config(str(config))
+    assert loaded.notices.socket == "/run/cgoom/notices.sock"
+    assert loaded.notices.pressure_level == "critical" and loaded.notices.mode == 0o666
+    assert "notices: socket=/run/cgoom/notices.sock" in loaded.describe()

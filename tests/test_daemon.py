@@ -179,3 +179,48 @@ def test_the_example_unit() -> None:
     assert Path(argv[0]).name == "cgoom"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "run" and args.config == "/etc/cgoom/cgoom.toml"
+
+
+def exists(*paths: str) -> bool:
+    return all(os.path.exists(p) for p in paths)
+
+
+def mode_of(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+async def test_the_daemon_serves_notices_and_pressure(
+        tree: FakeCgroupTree, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """[notices]: the daemon serves the notice socket and the pressure socket; a client
+    registered through it hears the domain's low level."""
+    from cgoom import client as notices
+
+    tree.add("t/batch", procs=[300], memory_current=100 * M)
+    tree.add_process(300, rss=100 * M)
+    tree.hierarchy.cgroup("t").set_memory_high(200 * M)
+    base = tmp_path_factory.mktemp("d")
+    config = base / "cgoom.toml"
+    sock, pressure = str(base / "n.sock"), str(base / "p.sock")
+    config.write_text(f'[handler]\nown_cgroup = "/"\nkmsg = false\nproc_events = false\n'
+                      f'[notices]\nsocket = "{sock}"\npressure_socket = "{pressure}"\n'
+                      'mode = 0o600\ninterval = 1.0\n'
+                      '[[rule]]\nname = "t"\ndomain = "t"\non = "max"\n')
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    daemon = asyncio.get_running_loop().create_task(
+        run(str(config), dry_run=True, hierarchy=tree.hierarchy))
+    try:
+        for _ in range(500):
+            if exists(sock, pressure):
+                break
+            await asyncio.sleep(0.01)
+        assert mode_of(sock) == 0o600
+        async with notices.connect(sock) as client:
+            assert (await client.register("t/batch"))["cgroup"] == "/t/batch"
+            tree.memory_event("t", "high")
+            notice = await asyncio.wait_for(client.notices().__anext__(), 5)
+        assert (notice.level, notice.cgroup, notice.domain) == ("low", "/t/batch", "/t")
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(daemon, 10) == 0
+    assert not exists(sock) and not exists(pressure)

@@ -394,3 +394,81 @@ async def test_a_second_server_on_a_live_socket_is_refused(
         with pytest.raises(cgoom.CgoomError, match="exists and is not a socket"):
             async with cgoom.open_notice_server(handler, sock_path):
                 pass
+
+
+# --- systemd's memory pressure protocol ------------------------------------------------------
+
+# What sd-event does with $MEMORY_PRESSURE_WATCH when it names a socket: connect, write
+# $MEMORY_PRESSURE_WRITE (base64) if set, then wait for POLLIN (sd-event.c,
+# sd_event_add_memory_pressure).
+CONSUMER = """
+import base64, os, select, socket, stat, sys, time
+watch = os.environ["MEMORY_PRESSURE_WATCH"]
+assert stat.S_ISSOCK(os.stat(watch).st_mode)
+sys.stdin.readline()  # the test has put it in its (fake) cgroup
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(watch)
+if os.environ.get("MEMORY_PRESSURE_WRITE"):
+    s.sendall(base64.b64decode(os.environ["MEMORY_PRESSURE_WRITE"]))
+print("waiting", flush=True)
+p = select.poll()
+p.register(s, select.POLLIN)
+print("woken" if p.poll(10_000) else "timeout", s.recv(100).decode().strip(), flush=True)
+"""
+
+
+async def test_a_poll_consumer_of_memory_pressure_watch_is_woken(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    import base64
+    import subprocess
+    import sys
+
+    async with handler_for(domain, threshold=100, window=10.0) as handler, \
+            cgoom.open_pressure_socket(handler, sock_path, level="low") as pressure:
+        # The consumer's cgroup, as the kernel would tell it from its pid.
+        env = {**os.environ, "MEMORY_PRESSURE_WATCH": sock_path,
+               "MEMORY_PRESSURE_WRITE": base64.b64encode(b"some 200000 2000000\0").decode()}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CONSUMER, env=env, stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE)
+        domain.add_process(proc.pid, name="consumer")
+        domain.fs.note_cgroup(proc.pid, domain.cgroup("t/web").dir)
+        assert proc.stdout is not None and proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        assert await proc.stdout.readline() == b"waiting\n"
+        await until(lambda: len(handler._first.inside("/t")) == 1)
+        domain.memory_event("t", "high")
+        said = await asyncio.wait_for(proc.stdout.readline(), 10)
+        await proc.wait()
+        assert pressure.woken == 1
+    assert said == b"woken low\n"
+
+
+async def test_a_pressure_watcher_outside_every_domain_is_turned_away(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    async with handler_for(domain) as handler, \
+            cgoom.open_pressure_socket(handler, sock_path):
+        domain.add_process(os.getpid(), name="me")  # in / : no rule's domain
+        reader, writer = await asyncio.open_unix_connection(sock_path)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+        writer.close()
+        assert len(handler._first) == 0
+    with pytest.raises(cgoom.CgoomError, match="pressure level 'urgent'"):
+        cgoom.PressureSocket(handler, sock_path, level="urgent")
+
+
+def test_a_notice_line_is_what_encode_would_write() -> None:
+    import json
+
+    from cgoom._protocol import encode
+    from cgoom._server import _Client
+
+    for notice in (cgoom.Notice("/t", '/t/odd "name"\\', "low", 5, None, 0, None),
+                   cgoom.Notice("/t", "/t/b", "oom", None, 10, 3, 1.5)):
+        line = _Client._line(7, notice)
+        assert line == encode("notice", id=7, level=notice.level, domain=notice.domain,
+                              cgroup=notice.cgroup, usage=notice.usage,
+                              threshold=notice.threshold,
+                              reclaim_target=notice.reclaim_target, deadline=notice.deadline)
+        assert json.loads(line)["cgroup"] == notice.cgroup

@@ -179,6 +179,22 @@ def interpreter_for(uid: int) -> str:
                          "or older)")
 
 
+def readable_lib(work: str) -> str:
+    """cgoom and its dependencies copied to ``work``/lib, where anyone may read them: another
+    user may not enter the checkout (a clone in a 0700 temporary directory, say)."""
+    lib = os.path.join(work, "lib")
+    for name in ("cgoom", "attr", "attrs", "cachetools", "pyroute2"):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.submodule_search_locations, name
+        shutil.copytree(spec.submodule_search_locations[0], os.path.join(lib, name),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    os.chmod(lib, 0o755)
+    for top, dirs, files in os.walk(lib):
+        for entry in dirs + files:
+            os.chmod(os.path.join(top, entry), 0o755 if entry in dirs else 0o644)
+    return lib
+
+
 def delegate(cgroup: cgoom.Cgroup, uid: int) -> None:
     """Hand ``cgroup`` to ``uid`` as systemd's Delegate=yes does: its directory and the files
     /sys/kernel/cgroup/delegate names; its descendants whole."""
@@ -222,18 +238,7 @@ def test_cgoom_run_unprivileged_in_a_delegated_subtree(box: cgoom.Cgroup, spawn:
                 "oom_group_leaves = true\nconfirm_timeout = 20\n")
     notes = Notifications(os.path.join(work, "notify"))
     os.chmod(notes.path, 0o777)
-    # nobody may not enter the checkout (a clone in a 0700 temporary directory, say): cgoom
-    # and its dependencies are copied where it may read them.
-    lib = os.path.join(work, "lib")
-    for name in ("cgoom", "attr", "attrs", "cachetools", "pyroute2"):
-        spec = importlib.util.find_spec(name)
-        assert spec is not None and spec.submodule_search_locations, name
-        shutil.copytree(spec.submodule_search_locations[0], os.path.join(lib, name),
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    os.chmod(lib, 0o755)
-    for top, dirs, files in os.walk(lib):
-        for entry in dirs + files:
-            os.chmod(os.path.join(top, entry), 0o755 if entry in dirs else 0o644)
+    lib = readable_lib(work)
     daemon = subprocess.Popen(
         [python, "-m", "cgoom.cli", "run", "--config", config], user=NOBODY, group=NOBODY,
         env={"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": notes.path, "PYTHONPATH": lib},
