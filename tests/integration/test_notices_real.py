@@ -93,6 +93,11 @@ def lines(path: str) -> list[dict[str, Any]]:
         return []
 
 
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def reply_of(out: str) -> dict[str, Any]:
     with open(out + ".reg") as f:
         reply: dict[str, Any] = json.load(f)
@@ -285,3 +290,66 @@ async def test_a_background_killable_workload_dies_before_a_bigger_one(
               f"before batch ({(sizes[kids['batch'].path] or 0) / M:.0f}M, same priority) "
               f"{record.timings.kill_ms:.1f} ms after the notification; reason: "
               f"{first.reason}")
+
+
+# What sd-event does with $MEMORY_PRESSURE_WATCH naming a socket (sd-event.c,
+# sd_event_add_memory_pressure): connect, write $MEMORY_PRESSURE_WRITE (base64) if set,
+# then wait in poll() for POLLIN. It prints when it was woken and what it read.
+CONSUMER = (
+    "import base64, os, select, socket, stat, time\n"
+    "watch = os.environ['MEMORY_PRESSURE_WATCH']\n"
+    "assert stat.S_ISSOCK(os.stat(watch).st_mode)\n"
+    "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+    "s.connect(watch)\n"
+    "s.sendall(base64.b64decode(os.environ['MEMORY_PRESSURE_WRITE']))\n"
+    "p = select.poll()\n"
+    "p.register(s, select.POLLIN)\n"
+    "open(os.environ['OUT'] + '.tmp', 'w').write('waiting')\n"
+    "os.rename(os.environ['OUT'] + '.tmp', os.environ['OUT'] + '.reg')\n"
+    "p.poll()\n"
+    "at = time.monotonic()\n"
+    "with open(os.environ['OUT'], 'w') as f:\n"
+    "    f.write(f'{at} {s.recv(100).decode().strip()}')\n"
+    "time.sleep(3600)\n"
+)
+
+
+async def test_a_memory_pressure_watch_consumer_is_woken(
+        box: cgoom.Cgroup, spawn: Spawn, capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+
+    parent, kids = inversion(box, early=True)
+    held(kids, spawn)
+    service = parent.create_child("service")  # a service with MemoryPressureWatch=
+    work = tempfile.mkdtemp(prefix="cgoom-n-")
+    path, out = os.path.join(work, "p.sock"), os.path.join(work, "service")
+    told: list[float] = []
+
+    async def note(notice: cgoom.Notice) -> None:
+        told.append(time.monotonic())
+
+    rule = cgoom.Rule("inversion", parent.path, on="high", window=1.0, sustained=30.0,
+                      confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler, \
+            cgoom.open_pressure_socket(handler, path, level="low") as pressure:
+        env = (f"MEMORY_PRESSURE_WATCH={path} OUT={out} MEMORY_PRESSURE_WRITE="
+               f"{base64.b64encode(b'some 200000 2000000').decode()} ")
+        spawn(service, "exec env " + env + python_cmd(CONSUMER))
+        await until(lambda: os.path.exists(out + ".reg"), 30, "the consumer to connect")
+        await until(lambda: len(handler._first.inside(parent.path)) == 1, 10,
+                    "its registration")
+        handler.register(kids["batch"].path, note, levels=("low",))
+        spawn(kids["batch"], python_cmd(
+            "import time\nheap = []\nwhile True:\n"
+            "    chunk = bytearray(4 << 20)\n"
+            "    for i in range(0, len(chunk), 4096): chunk[i] = 1\n"
+            "    heap.append(chunk)\n    time.sleep(0.1)\n"))
+        await until(lambda: os.path.exists(out), 60, "the consumer to be woken")
+        at, said = read_text(out).split()
+        woken = pressure.woken
+    assert said == "low" and woken == 1
+    assert told, "cgoom told nobody"
+    with capsys.disabled():
+        print(f"\n[figures] a $MEMORY_PRESSURE_WATCH consumer (poll() on the socket) in "
+              f"{service.path}: woken {(float(at) - told[0]) * 1000:.1f} ms after cgoom "
+              f"raised the domain's level to low")
