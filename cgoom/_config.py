@@ -51,6 +51,8 @@ NOTICES_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "socket": _PATH, "pressure_socket": _PATH,
     "pressure_level": ((str,), "one of \"low\", \"critical\", \"oom\""),
     "mode": ((int,), "the sockets' permissions, e.g. 0o666"),
+    "dbus": ((str,), "\"system\", \"session\" or a D-Bus address"),
+    "dbus_domain": _PATH,
     "interval": _SECONDS}
 HANDLER_KEYS = frozenset(HANDLER_TYPES)
 RULE_KEYS = frozenset(a.name for a in attrs.fields(Rule))
@@ -91,6 +93,7 @@ class MetricsSettings:
 class NoticeSettings:
     """``[notices]``: the notice socket for applications (``socket``: docs/notices.md),
     systemd's memory pressure protocol (``pressure_socket``, woken at ``pressure_level``),
+    low-memory-monitor's D-Bus signal (``dbus``: the bus; ``dbus_domain``: whose levels),
     the sockets' ``mode``, and how often a registration may hear the same level
     (``interval`` seconds)."""
 
@@ -99,6 +102,9 @@ class NoticeSettings:
     pressure_level: str = "low"
     mode: int = 0o666
     interval: float = 10.0
+    #: LowMemoryWarning on this bus (``None``: off), for ``dbus_domain``'s levels.
+    dbus: str | None = None
+    dbus_domain: str = "/"
 
 
 @attrs.frozen
@@ -126,7 +132,8 @@ class Config:
         n = self.notices
         lines.append(f"notices: socket={n.socket or '(off)'} pressure_socket="
                      f"{n.pressure_socket or '(off)'} (at {n.pressure_level}) "
-                     f"mode={n.mode:#o} interval={n.interval:g} s")
+                     f"mode={n.mode:#o} interval={n.interval:g} s dbus="
+                     + (f"{n.dbus} (levels of {n.dbus_domain})" if n.dbus else "(off)"))
         for pattern, priority in self.priorities:
             lines.append(f"priority {priority:>6}  {pattern}")
         defaults = Rule("x", "/")

@@ -148,6 +148,14 @@ class _Daemon:
                 self.handler, n.pressure_socket, level=n.pressure_level, mode=n.mode))
             log.info("cgoom: systemd's memory pressure protocol on %s (woken at %s)",
                      n.pressure_socket, n.pressure_level)
+        if n.dbus is not None:
+            from ._dbus import open_low_memory_monitor
+
+            monitor = await stack.enter_async_context(open_low_memory_monitor(
+                self.handler, n.dbus_domain, n.dbus))
+            log.info("cgoom: LowMemoryWarning on the %s bus for %s's levels%s", n.dbus,
+                     n.dbus_domain, "" if monitor.owns_name else
+                     " (without the name org.freedesktop.LowMemoryMonitor)")
 
     def on_record(self, record: Record) -> None:
         if self.journal is not None:

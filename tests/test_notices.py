@@ -472,3 +472,13 @@ def test_a_notice_line_is_what_encode_would_write() -> None:
                               threshold=notice.threshold,
                               reclaim_target=notice.reclaim_target, deadline=notice.deadline)
         assert json.loads(line)["cgroup"] == notice.cgroup
+
+
+async def test_dbus_warnings_need_a_domain_with_levels(domain: FakeCgroupTree) -> None:
+    from cgoom._dbus import WARNING, LowMemoryMonitor
+
+    assert WARNING == {"low": 50, "critical": 100, "oom": 255}  # low-memory-monitor's
+    async with handler_for(domain) as handler:
+        with pytest.raises(cgoom.CgoomError, match="D-Bus warnings for /elsewhere: in no "
+                                                   "rule's domain"):
+            await LowMemoryMonitor(handler, "/elsewhere", "session").start()

@@ -16,8 +16,8 @@ Usage::
                                      # VM; fails if any test skipped or none ran
     cgoom-vm run -- COMMAND...        # any command in the VM, e.g. cgoom status
 
-What it installs when missing (as root, with apt): qemu-system-x86, linux-image-amd64 and
-busybox-static;
+What it installs when missing (as root, with apt): qemu-system-x86, linux-image-amd64,
+busybox-static and dbus-daemon (the D-Bus test starts a bus of its own);
 into the running virtualenv, with pip: virtme-ng. Without root it says what to install.
 """
 
@@ -39,7 +39,9 @@ from collections.abc import Sequence
 #: qemu and a stock Debian kernel; virtme-ng's init needs a static busybox (the shared note's
 #: recipe omits it: without it virtme-run stops with "a statically linked busybox could not be
 #: found").
-APT_PACKAGES = ("qemu-system-x86", "linux-image-amd64", "busybox-static")
+APT_PACKAGES = ("qemu-system-x86", "linux-image-amd64", "busybox-static",
+                # The D-Bus test starts a bus of its own (tests/integration).
+                "dbus-daemon")
 KERNEL_GLOB = "/boot/vmlinuz-*-amd64"
 #: Environment variable the integration tests read: set, a missing cgroup v2 memory
 #: controller is a failure, not a skip (tests/integration/conftest.py).
@@ -68,7 +70,8 @@ def ensure_prerequisites() -> tuple[str, str]:
         )
     missing = [pkg for pkg, ok in (("qemu-system-x86", shutil.which("qemu-system-x86_64")),
                                    ("linux-image-amd64", _kernel()),
-                                   ("busybox-static", shutil.which("busybox"))) if not ok]
+                                   ("busybox-static", shutil.which("busybox")),
+                                   ("dbus-daemon", shutil.which("dbus-daemon"))) if not ok]
     if missing:
         if os.geteuid() != 0:
             raise VMError(

@@ -85,6 +85,12 @@ HOLD_KILLABLE = (  # argv: socket path, output file; holds 20M, declared backgro
 )
 
 
+GROW = ("import time\nheap = []\nwhile True:\n"  # about 40 MiB/s until killed
+        "    chunk = bytearray(4 << 20)\n"
+        "    for i in range(0, len(chunk), 4096): chunk[i] = 1\n"
+        "    heap.append(chunk)\n    time.sleep(0.1)\n")
+
+
 def lines(path: str) -> list[dict[str, Any]]:
     try:
         with open(path) as f:
@@ -127,15 +133,18 @@ async def test_a_low_notice_frees_memory_and_nothing_is_killed(
     path, out = os.path.join(work, "n.sock"), os.path.join(work, "batch")
     told: list[float] = []
 
-    async def note(notice: cgoom.Notice) -> None:
+    def mark(notice: cgoom.Notice) -> None:  # told at once (no task), first of all
         told.append(time.monotonic())
+
+    async def note(notice: cgoom.Notice) -> None:
+        mark(notice)
 
     # cgoom acts only when high events keep coming for 5 s: the workload has time to act.
     rule = cgoom.Rule("inversion", parent.path, on="high", window=1.0, sustained=5.0,
                       confirm_timeout=20)
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler, \
             cgoom.open_notice_server(handler, path):
-        handler.register(kids["batch"].path, note, levels=("low",))
+        handler.register(kids["batch"].path, note, levels=("low",), tell=mark)
         spawn(kids["batch"], "exec " + python_cmd(APP) + f" {path} {out} low")
         await until(lambda: os.path.exists(out + ".reg"), 30, "batch to register")
         assert reply_of(out)["cgroup"] == kids["batch"].path
@@ -271,11 +280,7 @@ async def test_a_background_killable_workload_dies_before_a_bigger_one(
         spawn(saved, "exec " + python_cmd(HOLD_KILLABLE) + f" {path} {out}")
         await until(lambda: os.path.exists(out + ".reg"), 30, "the declaration")
         assert reply_of(out)["killable"] is True
-        spawn(kids["batch"], python_cmd(
-            "import time\nheap = []\nwhile True:\n"
-            "    chunk = bytearray(4 << 20)\n"
-            "    for i in range(0, len(chunk), 4096): chunk[i] = 1\n"
-            "    heap.append(chunk)\n    time.sleep(0.1)\n"))
+        spawn(kids["batch"], python_cmd(GROW))
         record = await asyncio.wait_for(handler.__anext__(), 90)
     assert isinstance(record, cgoom.IncidentRecord)
     assert record.victim is not None and record.victim.cgroup == saved.path, record.explain()
@@ -325,28 +330,26 @@ async def test_a_memory_pressure_watch_consumer_is_woken(
     path, out = os.path.join(work, "p.sock"), os.path.join(work, "service")
     told: list[float] = []
 
-    async def note(notice: cgoom.Notice) -> None:
+    def mark(notice: cgoom.Notice) -> None:  # told at once (no task), first of all
         told.append(time.monotonic())
+
+    async def note(notice: cgoom.Notice) -> None:
+        mark(notice)
 
     rule = cgoom.Rule("inversion", parent.path, on="high", window=1.0, sustained=30.0,
                       confirm_timeout=20)
-    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler, \
-            cgoom.open_pressure_socket(handler, path, level="low") as pressure:
-        env = (f"MEMORY_PRESSURE_WATCH={path} OUT={out} MEMORY_PRESSURE_WRITE="
-               f"{base64.b64encode(b'some 200000 2000000').decode()} ")
-        spawn(service, "exec env " + env + python_cmd(CONSUMER))
-        await until(lambda: os.path.exists(out + ".reg"), 30, "the consumer to connect")
-        await until(lambda: len(handler._first.inside(parent.path)) == 1, 10,
-                    "its registration")
-        handler.register(kids["batch"].path, note, levels=("low",))
-        spawn(kids["batch"], python_cmd(
-            "import time\nheap = []\nwhile True:\n"
-            "    chunk = bytearray(4 << 20)\n"
-            "    for i in range(0, len(chunk), 4096): chunk[i] = 1\n"
-            "    heap.append(chunk)\n    time.sleep(0.1)\n"))
-        await until(lambda: os.path.exists(out), 60, "the consumer to be woken")
-        at, said = read_text(out).split()
-        woken = pressure.woken
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        handler.register(kids["batch"].path, note, levels=("low",), tell=mark)
+        async with cgoom.open_pressure_socket(handler, path, level="low") as pressure:
+            env = (f"MEMORY_PRESSURE_WATCH={path} OUT={out} MEMORY_PRESSURE_WRITE="
+                   f"{base64.b64encode(b'some 200000 2000000').decode()} ")
+            spawn(service, "exec env " + env + python_cmd(CONSUMER))
+            await until(lambda: os.path.exists(out + ".reg"), 30, "the consumer to connect")
+            await until(lambda: len(handler._first) == 2, 10, "its registration")
+            spawn(kids["batch"], python_cmd(GROW))
+            await until(lambda: os.path.exists(out), 60, "the consumer to be woken")
+            at, said = read_text(out).split()
+            woken = pressure.woken
     assert said == "low" and woken == 1
     assert told, "cgoom told nobody"
     with capsys.disabled():

@@ -1,0 +1,99 @@
+"""LowMemoryWarning on D-Bus on the real kernel (issue #11): a bus started for the test (a
+real dbus-daemon), a subscriber matching on low-memory-monitor's name as GLib's
+GMemoryMonitor does, and cgoom sending the inversion domain's levels there: batch grows
+into memory.high and the subscriber hears 50 ("low"). Prints how long after cgoom raised
+the level the signal arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import cgoom
+from cgoom._dbus import INTERFACE, NAME, open_low_memory_monitor
+
+from .conftest import python_cmd
+from .test_handler_real import inversion
+from .test_notices_real import GROW, held, until
+
+Spawn = Callable[[cgoom.Cgroup, str], Any]
+
+
+def start_bus(dbus_daemon: str, address: str) -> subprocess.Popen[str]:
+    """A session-style bus (anyone may own any name) at ``address``, just for the test."""
+    return subprocess.Popen([dbus_daemon, "--session", "--nofork", "--nopidfile",
+                             f"--address={address}", "--print-address"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+async def test_low_memory_warning_reaches_a_subscriber(
+        box: cgoom.Cgroup, spawn: Spawn, capsys: pytest.CaptureFixture[str]) -> None:
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    dbus_daemon = shutil.which("dbus-daemon")
+    assert dbus_daemon is not None, "dbus-daemon is missing (cgoom-vm installs it)"
+    parent, kids = inversion(box, early=True)
+    held(kids, spawn)
+    work = tempfile.mkdtemp(prefix="cgoom-dbus-")
+    address = f"unix:path={os.path.join(work, 'bus')}"
+    bus_daemon = start_bus(dbus_daemon, address)
+    subscriber = None
+    try:
+        assert bus_daemon.stdout is not None
+        printed = await asyncio.to_thread(bus_daemon.stdout.readline)
+        assert printed.startswith(address), printed
+        subscriber = await MessageBus(bus_address=address).connect()
+        heard: list[tuple[float, int]] = []
+
+        def on_message(message: Message) -> None:
+            if message.message_type == MessageType.SIGNAL and \
+                    message.member == "LowMemoryWarning":
+                heard.append((time.monotonic(), message.body[0]))
+
+        subscriber.add_message_handler(on_message)
+        # The match GLib's GMemoryMonitor makes: by the sender's well-known name.
+        reply = await subscriber.call(Message(
+            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+            body=[f"type='signal',sender='{NAME}',interface='{INTERFACE}',"
+                  "member='LowMemoryWarning'"]))
+        assert reply is not None and reply.message_type == MessageType.METHOD_RETURN
+        told: list[float] = []
+
+        def mark(notice: cgoom.Notice) -> None:  # told at once (no task), first of all
+            told.append(time.monotonic())
+
+        async def note(notice: cgoom.Notice) -> None:
+            mark(notice)
+
+        rule = cgoom.Rule("inversion", parent.path, on="high", window=1.0, sustained=30.0,
+                          confirm_timeout=20)
+        async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+            handler.register(kids["batch"].path, note, levels=("low",), tell=mark)
+            async with open_low_memory_monitor(handler, parent.path, address) as monitor:
+                assert monitor.owns_name
+                spawn(kids["batch"], python_cmd(GROW))
+                await until(lambda: bool(heard), 60, "LowMemoryWarning")
+                sent = monitor.sent
+    finally:
+        if subscriber is not None:
+            subscriber.disconnect()
+        bus_daemon.terminate()
+        await asyncio.to_thread(bus_daemon.wait, 10)
+        for stream in (bus_daemon.stdout, bus_daemon.stderr):
+            if stream is not None:
+                stream.close()
+    assert heard[0][1] == 50 and sent >= 1
+    with capsys.disabled():
+        print(f"\n[figures] D-Bus: LowMemoryWarning(50) reached a subscriber matching on "
+              f"{NAME} {(heard[0][0] - told[0]) * 1000:.1f} ms after cgoom raised "
+              f"{parent.path} to low")
