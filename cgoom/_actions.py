@@ -66,6 +66,9 @@ class ActionResult:
     pids: tuple[int, ...] = ()
     #: How long the killed processes had stalled on memory (taskstats, at their exit).
     stalls: tuple[MemoryStall, ...] = ()
+    #: A graceful action that came to SIGKILL: how long before it the SIGTERM went (the
+    #: grace the victim had).
+    graced_ms: float | None = None
 
 
 class ProcessControl(Protocol):

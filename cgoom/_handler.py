@@ -293,7 +293,7 @@ class Handler:
         self._settling: dict[str, asyncio.TimerHandle] = {}
         #: Cgroups declared background-killable by their workloads, with a count per
         #: declaration (a client that goes takes its declarations with it).
-        self._killable: collections.Counter[str] = collections.Counter()
+        self._killable: collections.Counter[tuple[str, int]] = collections.Counter()
         #: Level notices in flight (their handlers are cut off after ``notice_interval``).
         self._telling: set[asyncio.Future[Answer | None]] = set()
         #: First-chance handlers cut off at their deadline, left to finish on their own.
@@ -994,16 +994,25 @@ class Handler:
         ``user.cgoom.killable`` xattr (killable-first picks it first; priority prefers it
         among equals). Nothing is written to the cgroup."""
         path = normalize_path(cgroup)
-        self._killable[path] += 1
+        # Bound to this cgroup, not to its name: one removed and made again under the same
+        # path is another workload, which declared nothing.
+        directory = self.hierarchy.cgroup(path).dir
+        try:
+            inode = self.hierarchy.fs.stat(directory).st_ino
+        except OSError as exc:
+            raise CgroupGone(f"cannot declare {path} background-killable: {exc.strerror}",
+                             path=directory) from exc
+        key = (path, inode)
+        self._killable[key] += 1
         done = False
 
         def clear() -> None:
             nonlocal done
             if not done:
                 done = True
-                self._killable[path] -= 1
-                if self._killable[path] <= 0:
-                    del self._killable[path]
+                self._killable[key] -= 1
+                if self._killable[key] <= 0:
+                    del self._killable[key]
 
         return clear
 
@@ -1011,7 +1020,7 @@ class Handler:
         if not self._killable:
             return snaps
         return {path: attrs.evolve(s, killable=True)
-                if path in self._killable and not s.killable else s
+                if (path, s.inode) in self._killable and not s.killable else s
                 for path, s in snaps.items()}
 
     def _domain_numbers(self, domain: str, high_below_max: float | None,
@@ -1389,7 +1398,9 @@ class Handler:
                 return result, None, None
             killed, at, ended_at = await self._kill(rule, victim)
             return attrs.evolve(killed, detail=f"{result.detail}; still there after "
-                                f"{rule.grace} s: {killed.detail}"), at, ended_at
+                                f"{rule.grace} s: {killed.detail}",
+                                graced_ms=_since(sent_at, at) if result.ok else None,
+                                ), at, ended_at
         result, handle = terminate_process(self.hierarchy, victim, self._processes)
         if handle is None:
             return result, None, None
@@ -1400,7 +1411,7 @@ class Handler:
                                 "period", confirmed_ms=(exited - sent_at) * 1000), sent_at, exited
         killed, at, ended_at = await self._kill(rule, victim)
         return attrs.evolve(killed, detail=f"{result.detail}; still there after {rule.grace} "
-                            f"s: {killed.detail}"), at, ended_at
+                            f"s: {killed.detail}", graced_ms=_since(sent_at, at)), at, ended_at
 
     async def _raise(self, rule: Rule) -> ActionResult:
         """Google's "overlimit": when the machine has room, raise the domain's memory.max
@@ -1579,6 +1590,10 @@ class Handler:
                                 f"{rule.confirm_timeout} s"), kill_at, None
         return attrs.evolve(result, detail=result.detail + "; exited (pidfd readable)",
                             confirmed_ms=(gone_at - kill_at) * 1000), kill_at, gone_at
+
+
+def _since(start: float, end: float | None) -> float | None:
+    return None if end is None else (end - start) * 1000
 
 
 def _said(what: str, exc: BaseException | None) -> str:

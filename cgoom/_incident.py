@@ -74,6 +74,37 @@ class IncidentRecord:
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self), sort_keys=True, separators=(",", ":"))
 
+    def escalation(self) -> str | None:
+        """The steps from the first notice to the victim gone, one line, in milliseconds
+        from the notification: the workloads' first chance (with its reclaim target and
+        what they answered), then SIGTERM, the grace, SIGKILL and the end. ``None`` when
+        there was neither a first chance nor a graceful action."""
+        victim, t, chance = self.victim, self.timings, self.first_chance
+        graceful = victim is not None and (victim.action.startswith("terminate")
+                                           or victim.graced_ms is not None)
+        if chance is None and not graceful:
+            return None
+        steps = []
+        if chance is not None:
+            target = (max(chance.usage_before - chance.threshold, 0)
+                      if chance.usage_before is not None and chance.threshold else None)
+            answers = ", ".join(sorted({c.answer for c in chance.told}))
+            steps.append(f"notice to {len(chance.told)} workload(s)"
+                         + ("" if target is None else f" (free {format_size(target)})")
+                         + f" at 0 ms -> {answers} by {chance.waited_ms:.0f} ms"
+                         + (": memory came back" if chance.recovered else ""))
+        if victim is not None and t.kill_ms is not None:
+            if victim.graced_ms is not None:
+                steps.append(f"SIGTERM at {t.kill_ms - victim.graced_ms:.1f} ms -> SIGKILL "
+                             f"at {t.kill_ms:.1f} ms")
+            elif victim.action.startswith("terminate"):
+                steps.append(f"SIGTERM at {t.kill_ms:.1f} ms (ended within the grace)")
+            else:
+                steps.append(f"{victim.action} at {t.kill_ms:.1f} ms")
+        if t.confirmed_ms is not None:
+            steps.append(f"gone at {t.confirmed_ms:.1f} ms")
+        return " -> ".join(steps)
+
     def explain(self) -> str:
         """The incident as a person reads it."""
         t = self.timings
@@ -91,6 +122,9 @@ class IncidentRecord:
         for a in self.actions:
             lines.append(f"  action {a.action} {a.cgroup}"
                          f"{'' if a.pid is None else f' pid {a.pid}'}: {a.detail}")
+        escalation = self.escalation()
+        if escalation:
+            lines.append(f"  escalation: {escalation}")
         steps = [f"snapshot {t.snapshot_ms:.1f} ms", f"decision {t.decision_ms:.1f} ms"]
         if t.kill_ms is not None:
             steps.append(f"notification to kill {t.kill_ms:.1f} ms")

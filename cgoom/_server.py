@@ -94,10 +94,18 @@ def authorize(hierarchy: Hierarchy, peer: Peer, requested: str | None,
     own: str | None = None
     try:
         own = hierarchy.own_cgroup(peer.pid).path
+        # The pid was the peer's when it connected; by now it may be another process's
+        # (the peer exited and its pid was reused). A process of another user is caught
+        # here: its own cgroup is not the peer's to claim. (A process of the same user
+        # could claim nothing that user could not already signal or write.)
+        if hierarchy.fs.stat(os.path.join(hierarchy.proc_root, str(peer.pid))).st_uid \
+                != peer.uid and peer.uid != 0:
+            own = None
     except (CgoomError, OSError):
-        if requested is None:
-            raise Refused(f"cannot tell the cgroup of process {peer.pid} (it went?); name "
-                          "the cgroup") from None
+        own = None
+    if own is None and requested is None:
+        raise Refused(f"cannot tell the cgroup of process {peer.pid} (it went?); name "
+                      "the cgroup")
     path = normalize_path(requested) if requested is not None else own
     assert path is not None
     cgroup = hierarchy.cgroup(path)
@@ -306,7 +314,7 @@ class NoticeServer:
                     break
                 try:
                     self._handle(client, parse_request(line))
-                except (ProtocolError, Refused) as exc:
+                except (ProtocolError, Refused, CgoomError) as exc:
                     self._bad += isinstance(exc, ProtocolError)
                     errors += 1
                     client.send(encode("error", to=_op_of(line), error=str(exc)))

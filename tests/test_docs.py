@@ -79,6 +79,12 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert "told: /workload.slice/batch, free 13 MiB within 1 s" in out
         assert "first chance (/workload.slice/batch: done, freed 70.0M after" in out
         assert "nothing more was done" in out and "killed: None" in out
+    if page.name == "notices.md":
+        out = capsys.readouterr().out
+        assert "oom: free 13 MiB within 2 s" in out
+        assert "first chance (/workload.slice/app: done, freed 70.0M after" in out
+        assert "nothing more was done" in out and "killed: None" in out
+        assert "blocking client heard: low" in out
     if page.name == "kubernetes.md":
         out = capsys.readouterr().out
         assert "memory.oom.group=1 on 3 cgroup(s) matching" in out

@@ -132,6 +132,10 @@ def test_who_may_register_for_what(domain: FakeCgroupTree) -> None:
     domain.chown("t/web", 1000)
     domain.add_process(4242, name="app")
     domain.fs.note_cgroup(4242, domain.cgroup("t/batch").dir)
+    # 4242 runs as root: uid 1001 cannot claim its cgroup (a pid reused since it connected)
+    with pytest.raises(Refused, match="cannot tell the cgroup of process 4242"):
+        authorize(h, Peer(4242, 1001, 1001), None, domains)
+    domain.fs.owners[os.path.join(domain.base, "proc", "4242")] = 1001
     assert authorize(h, Peer(4242, 1001, 1001), None, domains) == "/t/batch"  # its own
     assert authorize(h, Peer(4242, 1001, 1001), "t/batch", domains) == "/t/batch"
     assert authorize(h, Peer(9, 1000, 1000), "t/web", domains) == "/t/web"  # delegated
@@ -482,3 +486,49 @@ async def test_dbus_warnings_need_a_domain_with_levels(domain: FakeCgroupTree) -
         with pytest.raises(cgoom.CgoomError, match="D-Bus warnings for /elsewhere: in no "
                                                    "rule's domain"):
             await LowMemoryMonitor(handler, "/elsewhere", "session").start()
+
+
+async def test_escalation_is_one_action_with_each_step_recorded(
+        domain: FakeCgroupTree) -> None:
+    """Notice with a reclaim target -> deadline -> SIGTERM -> grace -> SIGKILL -> gone."""
+    for name in ("db", "web", "batch"):
+        domain.hierarchy.cgroup(f"t/{name}").set_memory_oom_group(False)
+    processes = FakeProcesses(domain)
+    processes.stubborn.add(300)  # batch ignores SIGTERM
+    rule = cgoom.Rule("t", "t", on="high", first_chance=0.2, action="graceful", grace=0.2)
+    async with cgoom.open_handler(domain.hierarchy, rule, own_cgroup="/", kmsg=None,
+                                  proc_events=False, processes=processes) as handler:
+        async def ignore(notice: cgoom.Notice) -> None:
+            await asyncio.sleep(10)
+
+        handler.register("t/batch", ignore, deadline=0.2)
+        domain.memory_event("t", "high")
+        record = await asyncio.wait_for(handler.__anext__(), 5)
+    assert isinstance(record, cgoom.IncidentRecord)
+    assert processes.terminated == [300] and 300 in processes.killed
+    victim = record.victim
+    assert victim is not None and victim.graced_ms is not None and victim.graced_ms >= 200
+    steps = record.escalation()
+    assert steps is not None and steps.startswith(
+        "notice to 1 workload(s) (free 13.5M) at 0 ms -> no answer by ")
+    assert "-> SIGTERM at " in steps and "-> SIGKILL at " in steps and "-> gone at " in steps
+    assert f"  escalation: {steps}" in record.explain()
+    assert record.timings.kill_ms is not None and record.timings.kill_ms >= 400
+
+
+async def test_a_killable_declaration_does_not_pass_to_a_cgroup_made_again(
+        domain: FakeCgroupTree) -> None:
+    """Declared for web; web removed and made again under the same path (another workload):
+    the new one declared nothing and is not killed first."""
+    async with handler_for(domain, first_chance=None) as handler:
+        handler.declare_killable("t/web")
+        first = (await handler.rank("t")).first
+        assert first is not None and first.cgroup == "/t/web"
+        old = os.stat(domain.cgroup("t/web").dir).st_ino
+        while os.stat(domain.cgroup("t/web").dir).st_ino == old:  # inodes may be reused
+            domain.remove_behind_our_back("t/web")
+            domain.add("t/web", procs=[200], memory_current=40 * M).set_memory_oom_group(True)
+        decision = await handler.rank("t")
+        with pytest.raises(cgoom.CgroupGone, match="cannot declare /t/gone"):
+            handler.declare_killable("t/gone")
+    assert decision.first is not None and decision.first.cgroup == "/t/batch"

@@ -24,8 +24,9 @@ def test_names_what_is_missing_without_root(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(vm.VMError) as info:
         vm.ensure_prerequisites()
     assert str(info.value) == (
-        "missing qemu-system-x86, linux-image-amd64, busybox-static; install as root: "
-        "apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static")
+        "missing qemu-system-x86, linux-image-amd64, busybox-static, dbus-daemon; install as "
+        "root: apt-get install -y qemu-system-x86 linux-image-amd64 busybox-static "
+        "dbus-daemon")
 
 
 def test_needs_apt_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,7 +34,8 @@ def test_needs_apt_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vm.shutil, "which", lambda name: None)
     monkeypatch.setattr(vm, "_kernel", lambda: "/boot/vmlinuz-6.1.0-1-amd64")
     monkeypatch.setattr(vm.os, "geteuid", lambda: 0)
-    with pytest.raises(vm.VMError, match="missing qemu-system-x86, busybox-static and there is "
+    with pytest.raises(vm.VMError, match="missing qemu-system-x86, busybox-static, dbus-daemon and "
+                                         "there is "
                                          "no apt-get to install it"):
         vm.ensure_prerequisites()
 

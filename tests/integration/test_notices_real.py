@@ -356,3 +356,50 @@ async def test_a_memory_pressure_watch_consumer_is_woken(
         print(f"\n[figures] a $MEMORY_PRESSURE_WATCH consumer (poll() on the socket) in "
               f"{service.path}: woken {(float(at) - told[0]) * 1000:.1f} ms after cgoom "
               f"raised the domain's level to low")
+
+
+STUBBORN = (  # argv: socket path, output file; registers, ignores notices and SIGTERM, grows
+    "import json, os, signal, sys, time\n"
+    "from cgoom.client import Client\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "c = Client(sys.argv[1])\n"
+    "reply = c.register(deadline=1.0)\n"
+    "open(sys.argv[2] + '.tmp', 'w').write(json.dumps(reply))\n"
+    "os.rename(sys.argv[2] + '.tmp', sys.argv[2] + '.reg')\n"
+    "heap = []\n"
+    "while True:\n"
+    "    c.wait(timeout=0.1)\n"
+    "    chunk = bytearray(4 << 20)\n"
+    "    for i in range(0, len(chunk), 4096): chunk[i] = 1\n"
+    "    heap.append(chunk)\n"
+)
+
+
+async def test_escalation_notice_deadline_sigterm_grace_sigkill(
+        box: cgoom.Cgroup, spawn: Spawn, capsys: pytest.CaptureFixture[str]) -> None:
+    """One action, each step recorded: batch is told (a reclaim target) over the socket,
+    lets its 1 s deadline pass, ignores SIGTERM for the 1 s grace, and is killed."""
+    parent, kids = inversion(box, early=True)
+    held(kids, spawn)
+    work = tempfile.mkdtemp(prefix="cgoom-n-")
+    path, out = os.path.join(work, "n.sock"), os.path.join(work, "batch")
+    rule = cgoom.Rule("inversion", parent.path, on="high", confirm_timeout=20,
+                      first_chance=5.0, action="graceful", grace=1.0)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler, \
+            cgoom.open_notice_server(handler, path):
+        spawn(kids["batch"], "exec " + python_cmd(STUBBORN) + f" {path} {out}")
+        await until(lambda: os.path.exists(out + ".reg"), 30, "batch to register")
+        record = await asyncio.wait_for(handler.__anext__(), 90)
+    assert isinstance(record, cgoom.IncidentRecord)
+    victim, t = record.victim, record.timings
+    assert victim is not None and victim.cgroup == kids["batch"].path, record.explain()
+    assert victim.graced_ms is not None and victim.graced_ms >= 1000, record.explain()
+    assert t.kill_ms is not None and t.kill_ms >= 2000, record.explain()
+    assert record.first_chance is not None
+    assert [c.answer for c in record.first_chance.told] == ["no answer"]
+    steps = record.escalation()
+    assert steps is not None and "SIGTERM at" in steps and "SIGKILL at" in steps
+    assert not kids["batch"].cgroup_procs() and kids["db"].cgroup_procs()
+    assert parent.memory_events().oom_kill == 0
+    with capsys.disabled():
+        print(f"\n[figures] escalation (deadline 1 s, grace 1 s): {steps}")
