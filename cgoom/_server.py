@@ -215,43 +215,30 @@ class _Client:
             self.pending.pop(nid, None)
 
 
-class NoticeServer:
-    """The notice socket at ``path`` for ``handler`` (use :func:`open_notice_server`).
-    ``mode``: the socket's permissions (0o666: anyone may connect; what they may register
-    for is decided by their credentials)."""
+class _UnixServer:
+    """What both sockets share: a stale socket replaced, the listening socket with its mode,
+    one task per connection (``_converse``), and a stop that aborts the connections
+    (``_abort_all``), lets their tasks end, and removes the socket."""
 
-    def __init__(self, handler: Handler, path: str, *, mode: int = 0o666,
-                 max_clients: int = 4096, max_rate: float = 100.0, max_errors: int = 20,
-                 max_buffered: int = 4 * MAX_LINE) -> None:
-        self.handler = handler
+    def __init__(self, path: str, mode: int, limit: int = 2 ** 16) -> None:
         self.path = path
         self.mode = mode
-        self.max_clients = max_clients
-        self.max_rate = max_rate
-        self.max_errors = max_errors
-        self.max_buffered = max_buffered
+        self._limit = limit  # the longest line a reader takes (asyncio's default here)
         self._server: asyncio.Server | None = None
-        self._clients: set[_Client] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._ids = itertools.count(1)
-        self._connected = self._refused = self._dropped = self._bad = self._notices = 0
-
-    def __repr__(self) -> str:
-        return f"<NoticeServer {self.path} clients={len(self._clients)}>"
 
     async def start(self) -> None:
         _remove_stale(self.path)
         # A backlog as large as the kernel allows (net.core.somaxconn caps it): clients
         # that all connect at once, at boot or after a restart, are not refused.
         self._server = await asyncio.start_unix_server(self._serve, self.path,
-                                                       limit=MAX_LINE, backlog=BACKLOG)
+                                                       limit=self._limit, backlog=BACKLOG)
         os.chmod(self.path, self.mode)
 
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
-        for client in list(self._clients):
-            client.close("cgoom stopped")
+        self._abort_all()
         if self._tasks:  # each ends on its own once its connection is aborted
             await asyncio.wait(set(self._tasks), timeout=1.0)
         for task in list(self._tasks):
@@ -261,13 +248,6 @@ class NoticeServer:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
-    def statistics(self) -> ServerStatistics:
-        return ServerStatistics(
-            clients=len(self._clients), connected=self._connected,
-            registrations=sum(len(c.registered) for c in self._clients),
-            refused=self._refused, dropped=self._dropped, bad_messages=self._bad,
-            notices=self._notices)
-
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      ) -> None:
         task = asyncio.current_task()
@@ -275,11 +255,52 @@ class NoticeServer:
         self._tasks.add(task)
         try:
             await self._converse(reader, writer)
-        except asyncio.CancelledError:
-            # Cancelled only when stopping; asyncio's stream callback would log it.
+        except (asyncio.CancelledError, ConnectionError):
+            # Cancelled only when stopping (asyncio's stream callback would log it).
             pass
         finally:
             self._tasks.discard(task)
+            writer.transport.abort()
+
+    def _abort_all(self) -> None:
+        raise NotImplementedError
+
+    async def _converse(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class NoticeServer(_UnixServer):
+    """The notice socket at ``path`` for ``handler`` (use :func:`open_notice_server`).
+    ``mode``: the socket's permissions (0o666: anyone may connect; what they may register
+    for is decided by their credentials)."""
+
+    def __init__(self, handler: Handler, path: str, *, mode: int = 0o666,
+                 max_clients: int = 4096, max_rate: float = 100.0, max_errors: int = 20,
+                 max_buffered: int = 4 * MAX_LINE) -> None:
+        super().__init__(path, mode, limit=MAX_LINE)
+        self.handler = handler
+        self.max_clients = max_clients
+        self.max_rate = max_rate
+        self.max_errors = max_errors
+        self.max_buffered = max_buffered
+        self._clients: set[_Client] = set()
+        self._ids = itertools.count(1)
+        self._connected = self._refused = self._dropped = self._bad = self._notices = 0
+
+    def __repr__(self) -> str:
+        return f"<NoticeServer {self.path} clients={len(self._clients)}>"
+
+    def _abort_all(self) -> None:
+        for client in list(self._clients):
+            client.close("cgoom stopped")
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            clients=len(self._clients), connected=self._connected,
+            registrations=sum(len(c.registered) for c in self._clients),
+            refused=self._refused, dropped=self._dropped, bad_messages=self._bad,
+            notices=self._notices)
 
     async def _converse(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
@@ -444,7 +465,7 @@ async def open_notice_server(handler: Handler, path: str, **options: float,
         await server.aclose()
 
 
-class PressureSocket:
+class PressureSocket(_UnixServer):
     """systemd's memory pressure protocol (docs/PRESSURE.md in systemd), served: point a
     service's ``$MEMORY_PRESSURE_WATCH`` at ``path`` and a program built on sd-event or
     GLib (or anything that connects and waits for POLLIN) is woken, with a line naming the
@@ -456,46 +477,18 @@ class PressureSocket:
                  mode: int = 0o666, max_clients: int = 4096) -> None:
         if level not in LEVELS:
             raise CgoomError(f"pressure level {level!r}: one of {', '.join(LEVELS)}")
+        super().__init__(path, mode)
         self.handler = handler
-        self.path = path
         self.level = level
-        self.mode = mode
         self.max_clients = max_clients
-        self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self.woken = 0
 
-    async def start(self) -> None:
-        _remove_stale(self.path)
-        self._server = await asyncio.start_unix_server(self._serve, self.path,
-                                                       backlog=BACKLOG)
-        os.chmod(self.path, self.mode)
-
-    async def aclose(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    def _abort_all(self) -> None:
         for writer in list(self._writers):
             writer.transport.abort()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=1.0)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self._watch(reader, writer)
-        except (asyncio.CancelledError, ConnectionError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            writer.transport.abort()
-
-    async def _watch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      ) -> None:
         sock = writer.get_extra_info("socket")
         if sock is None or len(self._writers) >= self.max_clients:

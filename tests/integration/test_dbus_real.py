@@ -22,7 +22,7 @@ from cgoom._dbus import INTERFACE, NAME, open_low_memory_monitor
 
 from .conftest import python_cmd
 from .test_handler_real import inversion
-from .test_notices_real import GROW, held, until
+from .test_notices_real import GROW, held, mark_low, until
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 
@@ -67,18 +67,11 @@ async def test_low_memory_warning_reaches_a_subscriber(
             body=[f"type='signal',sender='{NAME}',interface='{INTERFACE}',"
                   "member='LowMemoryWarning'"]))
         assert reply is not None and reply.message_type == MessageType.METHOD_RETURN
-        told: list[float] = []
-
-        def mark(notice: cgoom.Notice) -> None:  # told at once (no task), first of all
-            told.append(time.monotonic())
-
-        async def note(notice: cgoom.Notice) -> None:
-            mark(notice)
 
         rule = cgoom.Rule("inversion", parent.path, on="high", window=1.0, sustained=30.0,
                           confirm_timeout=20)
         async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
-            handler.register(kids["batch"].path, note, levels=("low",), tell=mark)
+            told = mark_low(handler, kids["batch"].path)
             async with open_low_memory_monitor(handler, parent.path, address) as monitor:
                 assert monitor.owns_name
                 spawn(kids["batch"], python_cmd(GROW))

@@ -99,6 +99,21 @@ def lines(path: str) -> list[dict[str, Any]]:
         return []
 
 
+def mark_low(handler: cgoom.Handler, cgroup: str) -> list[float]:
+    """When ``cgroup``'s domain is raised to low, noted at once (``tell``: no task): the
+    start of the fan-out, when registered before the others."""
+    told: list[float] = []
+
+    def mark(notice: cgoom.Notice) -> None:
+        told.append(time.monotonic())
+
+    async def note(notice: cgoom.Notice) -> None:
+        mark(notice)
+
+    handler.register(cgroup, note, levels=("low",), tell=mark)
+    return told
+
+
 def read_text(path: str) -> str:
     with open(path) as f:
         return f.read()
@@ -131,20 +146,13 @@ async def test_a_low_notice_frees_memory_and_nothing_is_killed(
     held(kids, spawn)
     work = tempfile.mkdtemp(prefix="cgoom-n-")
     path, out = os.path.join(work, "n.sock"), os.path.join(work, "batch")
-    told: list[float] = []
-
-    def mark(notice: cgoom.Notice) -> None:  # told at once (no task), first of all
-        told.append(time.monotonic())
-
-    async def note(notice: cgoom.Notice) -> None:
-        mark(notice)
 
     # cgoom acts only when high events keep coming for 5 s: the workload has time to act.
     rule = cgoom.Rule("inversion", parent.path, on="high", window=1.0, sustained=5.0,
                       confirm_timeout=20)
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler, \
             cgoom.open_notice_server(handler, path):
-        handler.register(kids["batch"].path, note, levels=("low",), tell=mark)
+        told = mark_low(handler, kids["batch"].path)
         spawn(kids["batch"], "exec " + python_cmd(APP) + f" {path} {out} low")
         await until(lambda: os.path.exists(out + ".reg"), 30, "batch to register")
         assert reply_of(out)["cgroup"] == kids["batch"].path
@@ -328,18 +336,11 @@ async def test_a_memory_pressure_watch_consumer_is_woken(
     service = parent.create_child("service")  # a service with MemoryPressureWatch=
     work = tempfile.mkdtemp(prefix="cgoom-n-")
     path, out = os.path.join(work, "p.sock"), os.path.join(work, "service")
-    told: list[float] = []
-
-    def mark(notice: cgoom.Notice) -> None:  # told at once (no task), first of all
-        told.append(time.monotonic())
-
-    async def note(notice: cgoom.Notice) -> None:
-        mark(notice)
 
     rule = cgoom.Rule("inversion", parent.path, on="high", window=1.0, sustained=30.0,
                       confirm_timeout=20)
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
-        handler.register(kids["batch"].path, note, levels=("low",), tell=mark)
+        told = mark_low(handler, kids["batch"].path)
         async with cgoom.open_pressure_socket(handler, path, level="low") as pressure:
             env = (f"MEMORY_PRESSURE_WATCH={path} OUT={out} MEMORY_PRESSURE_WRITE="
                    f"{base64.b64encode(b'some 200000 2000000').decode()} ")
