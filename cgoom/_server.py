@@ -19,7 +19,8 @@ A client can do nothing that delays an action or the loop for long:
 - it is never written to with more than ``max_buffered`` bytes queued: one that stops
   reading is dropped, and its first chance ends then (``error: stopped reading``);
 - one that goes mid-incident ends its first chance at once (``error: disconnected``);
-- at most ``max_clients`` connections at a time; more are closed at once.
+- at most ``max_clients`` connections at a time; more are closed at once;
+- at most ``max_registrations`` cgroups registered per connection.
 """
 
 from __future__ import annotations
@@ -277,13 +278,14 @@ class NoticeServer(_UnixServer):
 
     def __init__(self, handler: Handler, path: str, *, mode: int = 0o666,
                  max_clients: int = 4096, max_rate: float = 100.0, max_errors: int = 20,
-                 max_buffered: int = 4 * MAX_LINE) -> None:
+                 max_buffered: int = 4 * MAX_LINE, max_registrations: int = 64) -> None:
         super().__init__(path, mode, limit=MAX_LINE)
         self.handler = handler
         self.max_clients = max_clients
         self.max_rate = max_rate
         self.max_errors = max_errors
         self.max_buffered = max_buffered
+        self.max_registrations = max_registrations
         self._clients: set[_Client] = set()
         self._ids = itertools.count(1)
         self._connected = self._refused = self._dropped = self._bad = self._notices = 0
@@ -359,6 +361,10 @@ class NoticeServer(_UnixServer):
         domains = tuple(sorted({r.domain for r in self.handler.rules}))
         if isinstance(request, Register):
             path = authorize(self.handler.hierarchy, client.peer, request.cgroup, domains)
+            if path not in client.registered and \
+                    len(client.registered) >= self.max_registrations:
+                raise Refused(f"cgroup {path}: this connection already has "
+                              f"{self.max_registrations} registrations, the most it may have")
             old = client.registered.pop(path, None)
             if old is not None:
                 old()

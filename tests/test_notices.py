@@ -346,7 +346,7 @@ async def test_background_killable_over_the_socket_is_chosen_first(
 
 async def test_refusals_come_back_as_errors(domain: FakeCgroupTree, sock_path: str) -> None:
     async with handler_for(domain) as handler, \
-            cgoom.open_notice_server(handler, sock_path), \
+            cgoom.open_notice_server(handler, sock_path, max_registrations=2), \
             notices.connect(sock_path) as client:
         with pytest.raises(notices.NoticeError, match="no such cgroup"):
             await client.register("t/nope")
@@ -355,6 +355,10 @@ async def test_refusals_come_back_as_errors(domain: FakeCgroupTree, sock_path: s
         with pytest.raises(notices.NoticeError, match="not registered on this connection"):
             await client.unregister("t/db")
         assert (await client.register("t/db"))["cgroup"] == "/t/db"
+        assert (await client.register("t/web"))["cgroup"] == "/t/web"
+        assert (await client.register("t/web", deadline=1.0))["deadline"] == 1.0  # replaced
+        with pytest.raises(notices.NoticeError, match="already has 2 registrations"):
+            await client.register("t/batch")
 
 
 async def test_the_blocking_client(domain: FakeCgroupTree, sock_path: str) -> None:
