@@ -11,7 +11,13 @@ General layout (data flows up; lower layers never import higher ones):
   inotify and PSI triggers on the event loop.
 - ``_snapshot``: candidate snapshots read in one pass (I/O); ``_policy``: the policy contract
   and the built-in policies (pure); ``_plugins``: finding, validating and guarding policies.
-- ``cli``: the ``cgoom`` command. ``testing``: fakes and the VM runner, for our tests and yours.
+- ``_rules`` / ``_actions`` / ``_incident`` / ``_handler``: the engine (rules, the I/O of
+  acting, the record, the orchestration); ``_config`` / ``_daemon``: ``cgoom run``.
+- ``_firstchance``: notices, levels and first-chance registrations (pure);
+  ``_protocol``: the notice protocol's messages (pure); ``_server``: its socket and
+  systemd's pressure socket (I/O); ``_dbus``: low-memory-monitor's signal (optional extra).
+- ``cli``: the ``cgoom`` command. ``client``: the applications' side of the notice socket.
+  ``testing``: fakes and the VM runner, for our tests and yours.
 
 Everything public is re-exported here; import from ``cgoom``, not from the private modules.
 """
