@@ -94,7 +94,8 @@ GROW = ("import time\nheap = []\nwhile True:\n"  # about 40 MiB/s until killed
 def lines(path: str) -> list[dict[str, Any]]:
     try:
         with open(path) as f:
-            return [json.loads(x) for x in f if x.strip()]
+            # Only whole lines: the app may be between its open() and its write().
+            return [json.loads(x) for x in f if x.endswith("\n") and x.strip()]
     except FileNotFoundError:
         return []
 
@@ -307,7 +308,8 @@ async def test_a_background_killable_workload_dies_before_a_bigger_one(
 
 # What sd-event does with $MEMORY_PRESSURE_WATCH naming a socket (sd-event.c,
 # sd_event_add_memory_pressure): connect, write $MEMORY_PRESSURE_WRITE (base64) if set,
-# then wait in poll() for POLLIN. It prints when it was woken and what it read.
+# then wait in poll() for POLLIN. It writes when it was woken and what it read (to a
+# temporary file renamed into place: the test must never read it half-written).
 CONSUMER = (
     "import base64, os, select, socket, stat, time\n"
     "watch = os.environ['MEMORY_PRESSURE_WATCH']\n"
@@ -321,8 +323,9 @@ CONSUMER = (
     "os.rename(os.environ['OUT'] + '.tmp', os.environ['OUT'] + '.reg')\n"
     "p.poll()\n"
     "at = time.monotonic()\n"
-    "with open(os.environ['OUT'], 'w') as f:\n"
+    "with open(os.environ['OUT'] + '.tmp', 'w') as f:\n"
     "    f.write(f'{at} {s.recv(100).decode().strip()}')\n"
+    "os.rename(os.environ['OUT'] + '.tmp', os.environ['OUT'])\n"
     "time.sleep(3600)\n"
 )
 
