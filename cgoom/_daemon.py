@@ -44,6 +44,12 @@ async def run(config_path: str, *, dry_run: bool = False,
     config = load_config(config_path)
     h = hierarchy if hierarchy is not None else Hierarchy.discover()
     h.require_memory()
+    from ._server import FD_RESERVE, raise_fd_limit
+
+    before, after = raise_fd_limit()
+    if after != before:
+        log.info("cgoom: file descriptor limit raised from %d to %d (the notice sockets' "
+                 "clients; %d are always kept for the engine)", before, after, FD_RESERVE)
     for line in limits(h, config.rules):
         log.warning("cgoom: not allowed here: %s", line)
     daemon = _Daemon(config_path, config, h, dry_run=dry_run)

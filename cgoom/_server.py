@@ -19,7 +19,15 @@ A client can do nothing that delays an action or the loop for long:
 - it is never written to with more than ``max_buffered`` bytes queued: one that stops
   reading is dropped, and its first chance ends then (``error: stopped reading``);
 - one that goes mid-incident ends its first chance at once (``error: disconnected``);
-- at most ``max_clients`` connections at a time; more are closed at once;
+- at most ``max_clients`` connections at a time, and ``max_per_user`` of one user (root
+  excepted: its services are the machine's own); more are turned away at once, told why;
+- never more connections, across every socket of the process, than its file descriptor
+  limit (``RLIMIT_NOFILE``, the soft one) less :data:`FD_RESERVE`: without that, a user who
+  opened ~1,000 connections under systemd's default soft limit of 1024 left the engine
+  unable to open ``memory.current`` at OOM time (no decision at all), and asyncio's accept
+  loop logging ``EMFILE`` thousands of times a second (measured with a soft limit of 256:
+  246 clients in, 1.27 million log lines in 12 s). ``cgoom run`` raises its soft limit to
+  the hard one at start (:func:`raise_fd_limit`);
 - at most ``max_registrations`` cgroups registered per connection.
 """
 
@@ -32,12 +40,13 @@ import itertools
 import json
 import logging
 import os
+import resource
 import socket
 import stat
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
@@ -65,6 +74,34 @@ log = logging.getLogger("cgoom.notices")
 
 #: listen(2)'s backlog for the sockets; the kernel caps it at net.core.somaxconn.
 BACKLOG = 4096
+
+#: File descriptors never given to clients, whatever the limit: the engine's own must still
+#: open at OOM time (each snapshot read, a pidfd per process of a cgroup killed sparing its
+#: -1000 processes, the watcher's PSI triggers, the process connector, /dev/kmsg, metrics).
+FD_RESERVE = 256
+
+#: How often at most a server logs that it turned clients away (each one is counted).
+_REFUSAL_LOG_INTERVAL = 10.0
+
+
+def fd_room() -> int:
+    """How many client connections this process may hold: its soft ``RLIMIT_NOFILE`` less
+    :data:`FD_RESERVE` (the fds already open for other things are within the reserve)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(0, soft - FD_RESERVE)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one, as a program that does not use
+    select(2) should (systemd gives services 1024 soft, 524288 hard by default, and leaves
+    raising it to them). Returns ``(before, after)``; a refusal leaves it as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class Refused(Exception):
@@ -128,7 +165,8 @@ def authorize(hierarchy: Hierarchy, peer: Peer, requested: str | None,
 @attrs.frozen
 class ServerStatistics:
     """What the notice socket has seen: clients connected now and in all, registrations
-    now, clients refused (over ``max_clients``) and dropped (too long a line, too many
+    now, clients turned away (over ``max_clients``, ``max_per_user`` or the process's file
+    descriptors) and dropped (too long a line, too many
     errors, stopped reading), bad messages, notices written."""
 
     clients: int
@@ -218,15 +256,25 @@ class _Client:
 
 class _UnixServer:
     """What both sockets share: a stale socket replaced, the listening socket with its mode,
-    one task per connection (``_converse``), and a stop that aborts the connections
-    (``_abort_all``), lets their tasks end, and removes the socket."""
+    one task per connection (``_converse``), who is let in (``max_clients``, ``max_per_user``
+    and the process's file descriptors: the module docstring), and a stop that aborts the
+    connections (``_abort_all``), lets their tasks end, and removes the socket."""
 
-    def __init__(self, path: str, mode: int, limit: int = 2 ** 16) -> None:
+    #: Connections held by every server of this process: they share its fd limit.
+    _in_process: ClassVar[int] = 0
+
+    def __init__(self, path: str, mode: int, *, max_clients: int, max_per_user: int,
+                 limit: int = 2 ** 16) -> None:
         self.path = path
         self.mode = mode
+        self.max_clients = max_clients
+        self.max_per_user = max_per_user
         self._limit = limit  # the longest line a reader takes (asyncio's default here)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[int, int] = {}  # connections by uid
+        self._refused = 0
+        self._refusals_said = (0, -_REFUSAL_LOG_INTERVAL)  # (count, when) at the last log
 
     async def start(self) -> None:
         _remove_stale(self.path)
@@ -235,6 +283,11 @@ class _UnixServer:
         self._server = await asyncio.start_unix_server(self._serve, self.path,
                                                        limit=self._limit, backlog=BACKLOG)
         os.chmod(self.path, self.mode)
+        room = fd_room()
+        if room < self.max_clients:
+            log.warning("cgoom: %s: at most %d clients, not %d: the file descriptor limit is "
+                        "%d (%d kept for the engine); raise it (LimitNOFILE= in the unit)",
+                        self.path, room, self.max_clients, room + FD_RESERVE, FD_RESERVE)
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -249,25 +302,72 @@ class _UnixServer:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 
+    def _admit(self, uid: int) -> str | None:
+        """Why a connection of ``uid`` may not be held now, or ``None``."""
+        if sum(self._held.values()) >= self.max_clients:
+            return f"this socket holds max_clients ({self.max_clients}) connections"
+        if uid != 0 and self._held.get(uid, 0) >= self.max_per_user:
+            return f"uid {uid} holds max_per_user ({self.max_per_user}) connections"
+        room = fd_room()
+        if _UnixServer._in_process >= room:
+            return (f"cgoom's clients hold every file descriptor it may give them "
+                    f"({room}: RLIMIT_NOFILE less {FD_RESERVE} kept for the engine)")
+        return None
+
+    def _turned_away(self, why: str) -> None:
+        self._refused += 1
+        count, when = self._refusals_said
+        now = time.monotonic()
+        if now - when >= _REFUSAL_LOG_INTERVAL:
+            log.warning("cgoom: %s: a client was turned away (%d since the last time said): "
+                        "%s", self.path, self._refused - count, why)
+            self._refusals_said = (self._refused, now)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        uid: int | None = None
         try:
-            await self._converse(reader, writer)
+            sock = writer.get_extra_info("socket")
+            try:
+                peer = Peer.of(sock) if sock is not None else None
+            except OSError:
+                peer = None  # gone before it was looked at
+            if peer is None:
+                return
+            why = self._admit(peer.uid)
+            if why is not None:
+                self._turned_away(why)
+                self._refuse(writer, why)
+                return
+            uid = peer.uid
+            self._held[uid] = self._held.get(uid, 0) + 1
+            _UnixServer._in_process += 1
+            await self._converse(reader, writer, peer)
         except (asyncio.CancelledError, ConnectionError):
             # Cancelled only when stopping (asyncio's stream callback would log it).
             pass
         finally:
+            if uid is not None:
+                _UnixServer._in_process -= 1
+                left = self._held[uid] - 1
+                if left:
+                    self._held[uid] = left
+                else:
+                    del self._held[uid]
             self._tasks.discard(task)
             writer.transport.abort()
+
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        """Say ``why`` to a client turned away, if the protocol has a way (then it is closed)."""
 
     def _abort_all(self) -> None:
         raise NotImplementedError
 
     async def _converse(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
+                        writer: asyncio.StreamWriter, peer: Peer) -> None:
         raise NotImplementedError
 
 
@@ -278,17 +378,18 @@ class NoticeServer(_UnixServer):
 
     def __init__(self, handler: Handler, path: str, *, mode: int = 0o666,
                  max_clients: int = 4096, max_rate: float = 100.0, max_errors: int = 20,
-                 max_buffered: int = 4 * MAX_LINE, max_registrations: int = 64) -> None:
-        super().__init__(path, mode, limit=MAX_LINE)
+                 max_buffered: int = 4 * MAX_LINE, max_registrations: int = 64,
+                 max_per_user: int = 256) -> None:
+        super().__init__(path, mode, max_clients=max_clients, max_per_user=max_per_user,
+                         limit=MAX_LINE)
         self.handler = handler
-        self.max_clients = max_clients
         self.max_rate = max_rate
         self.max_errors = max_errors
         self.max_buffered = max_buffered
         self.max_registrations = max_registrations
         self._clients: set[_Client] = set()
         self._ids = itertools.count(1)
-        self._connected = self._refused = self._dropped = self._bad = self._notices = 0
+        self._connected = self._dropped = self._bad = self._notices = 0
 
     def __repr__(self) -> str:
         return f"<NoticeServer {self.path} clients={len(self._clients)}>"
@@ -304,18 +405,11 @@ class NoticeServer(_UnixServer):
             refused=self._refused, dropped=self._dropped, bad_messages=self._bad,
             notices=self._notices)
 
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        writer.write(encode("error", to=None, error=f"turned away: {why}"))
+
     async def _converse(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if len(self._clients) >= self.max_clients or sock is None:
-            self._refused += 1
-            writer.transport.abort()
-            return
-        try:
-            peer = Peer.of(sock)
-        except OSError:
-            writer.transport.abort()
-            return
+                        writer: asyncio.StreamWriter, peer: Peer) -> None:
         client = _Client(self, reader, writer, peer)
         self._clients.add(client)
         self._connected += 1
@@ -480,13 +574,13 @@ class PressureSocket(_UnixServer):
     a PSI trigger meant for the kernel) is read and ignored."""
 
     def __init__(self, handler: Handler, path: str, *, level: str = "low",
-                 mode: int = 0o666, max_clients: int = 4096) -> None:
+                 mode: int = 0o666, max_clients: int = 4096,
+                 max_per_user: int = 256) -> None:
         if level not in LEVELS:
             raise CgoomError(f"pressure level {level!r}: one of {', '.join(LEVELS)}")
-        super().__init__(path, mode)
+        super().__init__(path, mode, max_clients=max_clients, max_per_user=max_per_user)
         self.handler = handler
         self.level = level
-        self.max_clients = max_clients
         self._writers: set[asyncio.StreamWriter] = set()
         self.woken = 0
 
@@ -495,13 +589,10 @@ class PressureSocket(_UnixServer):
             writer.transport.abort()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     ) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is None or len(self._writers) >= self.max_clients:
-            return
+                        peer: Peer) -> None:
         domains = tuple(sorted({r.domain for r in self.handler.rules}))
         try:
-            path = authorize(self.handler.hierarchy, Peer.of(sock), None, domains)
+            path = authorize(self.handler.hierarchy, peer, None, domains)
         except (Refused, OSError) as exc:
             log.info("cgoom: a memory pressure watcher was turned away: %s", exc)
             return

@@ -191,10 +191,17 @@ def mode_of(path: str) -> int:
 
 async def test_the_daemon_serves_notices_and_pressure(
         tree: FakeCgroupTree, tmp_path_factory: pytest.TempPathFactory,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """[notices]: the daemon serves the notice socket and the pressure socket; a client
-    registered through it hears the domain's low level."""
+    registered through it hears the domain's low level. It raised its soft file descriptor
+    limit to the hard one first (systemd gives services 1024 soft)."""
+    import resource
+
     from cgoom import client as notices
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    caplog.set_level("INFO", "cgoom")
 
     tree.add("t/batch", procs=[300], memory_current=100 * M)
     tree.add_process(300, rss=100 * M)
@@ -220,7 +227,12 @@ async def test_the_daemon_serves_notices_and_pressure(
             tree.memory_event("t", "high")
             notice = await asyncio.wait_for(client.notices().__anext__(), 5)
         assert (notice.level, notice.cgroup, notice.domain) == ("low", "/t/batch", "/t")
+        raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
         os.kill(os.getpid(), signal.SIGTERM)
         assert await asyncio.wait_for(daemon, 10) == 0
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert not exists(sock) and not exists(pressure)
+    assert raised == hard
+    if hard > 1024:
+        assert f"file descriptor limit raised from 1024 to {hard}" in caplog.text

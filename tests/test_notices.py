@@ -536,3 +536,92 @@ async def test_a_killable_declaration_does_not_pass_to_a_cgroup_made_again(
         with pytest.raises(cgoom.CgroupGone, match="cannot declare /t/gone"):
             handler.declare_killable("t/gone")
     assert decision.first is not None and decision.first.cgroup == "/t/batch"
+
+
+async def test_clients_never_take_the_file_descriptors_the_engine_needs(
+        domain: FakeCgroupTree, sock_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Under systemd's default soft limit (1024) a user opening ~1,000 connections left cgoom
+    # unable to open memory.current at OOM time, and asyncio's accept loop logging EMFILE.
+    # Here the limit leaves room for 5 clients: the sixth and later are told why and closed,
+    # and the engine still snapshots, decides and kills.
+    import resource
+
+    from cgoom._server import FD_RESERVE
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_RESERVE + 5, hard))
+    try:
+        async with handler_for(domain, first_chance=None) as handler, \
+                cgoom.open_notice_server(handler, sock_path) as server:
+            assert "at most 5 clients, not 4096" in caplog.text
+            held = [await asyncio.open_unix_connection(sock_path) for _ in range(5)]
+            await until(lambda: server.statistics().clients == 5)
+            turned = [await asyncio.open_unix_connection(sock_path) for _ in range(3)]
+            for reader, _ in turned:
+                line = await asyncio.wait_for(reader.readline(), 5)
+                assert b"turned away: cgoom's clients hold every file descriptor" in line
+                assert await reader.read() == b""
+            domain.memory_event("t", "high")
+            record = await asyncio.wait_for(handler.__anext__(), 5)
+            statistics = server.statistics()
+            for _, writer in held + turned:
+                writer.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert isinstance(record, cgoom.IncidentRecord) and record.victim.cgroup == "/t/batch"
+    assert statistics.clients == 5 and statistics.refused == 3
+    assert caplog.text.count("a client was turned away") == 1  # said once, counted each time
+
+
+def connect_as(uid: int, path: str, count: int) -> list[bytes]:
+    """In a forked child running as ``uid``: ``count`` connections to ``path``; what the
+    last one was told, what came after it, and whether the first is still open."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: plain syscalls only, then _exit
+        try:
+            os.close(r)
+            os.setgid(uid)
+            os.setuid(uid)
+            socks = [socket.socket(socket.AF_UNIX) for _ in range(count)]
+            for s in socks:
+                s.connect(path)
+                s.settimeout(5)
+            told, after = socks[-1].recv(1000), socks[-1].recv(1000)
+            socks[0].settimeout(0.3)
+            try:
+                first = socks[0].recv(1000) or b"closed"
+            except TimeoutError:
+                first = b"open"
+            os.write(w, b"\0".join((told.strip(), after, first)))
+        except BaseException as exc:
+            os.write(w, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out.split(b"\0")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root")
+async def test_one_user_holds_at_most_max_per_user_connections(
+        domain: FakeCgroupTree) -> None:
+    import tempfile
+
+    where = tempfile.mkdtemp(prefix="cgoom-n-")  # a path the other user may reach
+    os.chmod(where, 0o755)
+    sock_path = os.path.join(where, "n.sock")
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path, max_per_user=2) as server, \
+            notices.connect(sock_path), notices.connect(sock_path), \
+            notices.connect(sock_path):  # root: not counted against anyone's share
+        said = await asyncio.to_thread(connect_as, 65534, sock_path, 3)
+        statistics = server.statistics()
+    os.rmdir(where)
+    assert len(said) == 3, said
+    told, after, first = said
+    assert b"turned away: uid 65534 holds max_per_user (2) connections" in told, told
+    assert after == b"" and first == b"open"
+    assert statistics.refused == 1 and statistics.connected == 5
