@@ -1058,6 +1058,18 @@ class Handler:
                                        usage, threshold, target, None))
         self._settle_later(domain)
 
+    def _inform(self, rule: Rule, everyone: list[Registration], regs: list[Registration],
+                numbers: tuple[int | None, int | None, int]) -> None:
+        """The ``oom`` notice (no answer) for the domain's registrations without a first
+        chance, each within its rate limit."""
+        usage, threshold, target = numbers
+        now = time.monotonic()
+        chance = set(map(id, regs))
+        for reg in everyone:
+            if id(reg) not in chance and self._first.due(reg, "oom", now):
+                self._tell(reg, Notice(rule.domain, reg.cgroup, "oom", usage, threshold,
+                                       target, None))
+
     def _tell(self, reg: Registration, notice: Notice) -> None:
         """A notice that takes no answer: through ``reg.tell`` at once, or the handler
         run on its own, cut off after ``notice_interval``."""
@@ -1207,16 +1219,18 @@ class Handler:
         chance = None
         everyone = [] if rule.dry_run else self._first.inside(rule.domain)
         regs = [r for r in everyone if r.deadline is not None] if rule.first_chance else []
+        inform: Callable[[], None] | None = None
         if everyone:
             self._levels.setdefault(rule.domain, Levels()).raise_to("oom")
             self._settle_later(rule.domain)
-            # Those without a first chance hear that cgoom is about to act (no answer).
-            usage, threshold, target = self._domain_numbers(rule.domain, rule.high_below_max)
-            now = time.monotonic()
-            for reg in everyone:
-                if reg not in regs and self._first.due(reg, "oom", now):
-                    self._tell(reg, Notice(rule.domain, reg.cgroup, "oom", usage, threshold,
-                                           target, None))
+            # Those without a first chance hear that cgoom acts (no answer), once the kill
+            # syscall is made (below): 1,000 socket clients told here, before the snapshot,
+            # added ~10 ms to notification -> kill on the fake tree.
+            inform = functools.partial(self._inform, rule, everyone, regs,
+                                       self._domain_numbers(rule.domain, rule.high_below_max))
+        if inform is not None and regs:  # the first chance waits: they may hear it meanwhile
+            asyncio.get_running_loop().call_soon(inform)
+            inform = None
         if regs:
             chance = await self._first_chance(rule, regs)
             if chance.recovered:
@@ -1249,6 +1263,10 @@ class Handler:
         incident = Incident.create(rule.domain, trigger, own_cgroup=self.own_cgroup)
         decision = await adecide(policy, incident, snaps, budget=rule.budget)
         decided = time.monotonic()
+        if inform is not None:
+            # At the action's first wait: right after the kill syscall, or after the record
+            # for a dry run or a notify-only rule.
+            asyncio.get_running_loop().call_soon(inform)
         actions: list[ActionResult] = []
         kill_at = confirmed_at = None
         first = decision.first

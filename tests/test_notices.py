@@ -625,3 +625,25 @@ async def test_one_user_holds_at_most_max_per_user_connections(
     assert b"turned away: uid 65534 holds max_per_user (2) connections" in told, told
     assert after == b"" and first == b"open"
     assert statistics.refused == 1 and statistics.connected == 5
+
+
+async def test_notices_that_take_no_answer_go_out_after_the_kill(domain: FakeCgroupTree) -> None:
+    # Told before the snapshot, 1,000 socket clients added ~10 ms to notification -> kill.
+    # Now the "oom" notice without a first chance leaves once the kill syscall is made.
+    heard: list[tuple[float, cgoom.Notice]] = []
+
+    async def nothing(notice: cgoom.Notice) -> None:
+        return None
+
+    async with handler_for(domain, first_chance=None) as handler:
+        for name in ("db", "web"):
+            handler.register(f"t/{name}", nothing,
+                             tell=lambda n: heard.append((time.monotonic(), n)))
+        domain.memory_event("t", "high")
+        record = await asyncio.wait_for(handler.__anext__(), 5)
+    assert isinstance(record, cgoom.IncidentRecord) and record.victim.cgroup == "/t/batch"
+    assert record.timings.kill_ms is not None
+    killed_at = record.timings.notified + record.timings.kill_ms / 1000
+    assert sorted(n.cgroup for _, n in heard) == ["/t/db", "/t/web"]
+    assert all(n.level == "oom" and n.deadline is None for _, n in heard)
+    assert min(at for at, _ in heard) >= killed_at
