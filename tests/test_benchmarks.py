@@ -51,6 +51,7 @@ def test_handler_benchmark_json() -> None:
     assert result["domain_1000"]["candidates"] == 1000
     for row in result.values():
         assert row["p99_ms"] >= row["p50_ms"] > 0
+        assert row["written_p99_ms"] >= row["written_p50_ms"] > row["p50_ms"]
 
 
 def test_notify_benchmark_json() -> None:
