@@ -73,7 +73,7 @@ from ._meminfo import MemInfo, read_meminfo
 from ._netlink import ProcConnector, ProcessFork, ProcEvent, load, now_ns
 from ._parse import format_size
 from ._plugins import adecide, load_policy, start_policy_worker, validate_policy
-from ._policy import Decision, Policy, Victim
+from ._policy import Decision, Policy, PriorityPolicy, Victim
 from ._rules import Rule, RuleState, setup_changes
 from ._snapshot import Snapshotter, UsageHistory, check_patterns, policy_fields, process_now
 from ._taskstats import ExitStats, MemoryStall, delay_accounting, family_id
@@ -1248,21 +1248,23 @@ class Handler:
                     started_at=started_at, available_before=available_before,
                     available_after=self._available(), first_chance=chance)
         paths = sorted(self._paths[rule.domain])
+        incident = Incident.create(rule.domain, trigger, own_cgroup=self.own_cgroup)
+        descended = False
         if len(paths) <= INLINE_SNAPSHOT_CGROUPS:
             # A few file reads cost less than the hop to the snapshot thread and back
             # (tens of ms in a loaded VM: 105 ms measured for 4 cgroups).
-            snaps = self._snapshotter.snapshot(rule.domain, fields=policy_fields(policy),
-                                               paths=paths)
+            snaps = self._declared(self._snapshotter.snapshot(
+                rule.domain, fields=policy_fields(policy), paths=paths))
+            snapshot_done = time.monotonic()
+            decision = await adecide(policy, incident, snaps, budget=rule.budget)
+        elif isinstance(policy, PriorityPolicy):
+            snaps, decision, snapshot_done, descended = await self._descend(
+                rule, policy, paths, incident)
         else:
-            snaps = await self._snapshotter.asnapshot(rule.domain,
-                                                      fields=policy_fields(policy), paths=paths)
-        snaps = self._declared(snaps)
-        snapshot_done = time.monotonic()
+            snaps, decision, snapshot_done = await self._read_all(rule, policy, paths, incident)
+        decided = time.monotonic()
         # The domain's usage as the snapshot just read it (no second read of the file).
         before = snaps[rule.domain].usage if rule.domain in snaps else None
-        incident = Incident.create(rule.domain, trigger, own_cgroup=self.own_cgroup)
-        decision = await adecide(policy, incident, snaps, budget=rule.budget)
-        decided = time.monotonic()
         if inform is not None:
             # At the action's first wait: right after the kill syscall, or after the record
             # for a dry run or a notify-only rule.
@@ -1283,18 +1285,27 @@ class Handler:
                 actions.append(raised)
                 act = not raised.ok  # no room: kill instead
             acted = 0
-            for victim in decision.victims if act else ():
+            queue = list(decision.victims) if act else []
+            tried: set[tuple[str, int | None]] = set()
+            while queue:
+                victim = queue.pop(0)
                 if acted >= rule.max_victims:
                     break
+                tried.add((victim.cgroup, victim.pid))
                 result, at, gone = await self._act(rule, victim)
                 actions.append(result)
-                if not result.ok:
-                    continue
-                acted += 1
-                kill_at = at if kill_at is None else kill_at
-                confirmed_at = gone
-                if rule.action in ("freeze", "reclaim") or not self._short(rule, before):
-                    break
+                if result.ok:
+                    acted += 1
+                    kill_at = at if kill_at is None else kill_at
+                    confirmed_at = gone
+                    if rule.action in ("freeze", "reclaim") or not self._short(rule, before):
+                        break
+                if not queue and descended:
+                    # The descent vouches for its first victim only: the rest of the list
+                    # comes from a snapshot of the whole domain.
+                    descended = False
+                    snaps, decision, _ = await self._read_all(rule, policy, paths, incident)
+                    queue = [v for v in decision.victims if (v.cgroup, v.pid) not in tried]
         after = if_supported(domain.memory_current)
         window = self._windows.get(rule.domain, _Window())
         ms = 1000.0
@@ -1311,6 +1322,50 @@ class Handler:
             available_before=available_before, available_after=self._available(),
             kernel_kills=tuple(window.kills), kernel_oom_kills=window.oom_kill,
             first_chance=chance)
+
+    async def _read_all(self, rule: Rule, policy: Policy, paths: list[str], incident: Incident,
+                        ) -> tuple[dict[str, CgroupSnapshot], Decision, float]:
+        """A snapshot of the whole domain in the snapshotter's thread, the decision, and
+        when the snapshot was done."""
+        snaps = self._declared(await self._snapshotter.asnapshot(
+            rule.domain, fields=policy_fields(policy), paths=paths))
+        done = time.monotonic()
+        return snaps, await adecide(policy, incident, snaps, budget=rule.budget), done
+
+    async def _descend(self, rule: Rule, policy: PriorityPolicy, paths: list[str],
+                       incident: Incident,
+                       ) -> tuple[dict[str, CgroupSnapshot], Decision, float, bool]:
+        """The priority policy's decision on a snapshot read level by level
+        (:meth:`Snapshotter.descend`): only the children of the cgroups it goes into. Its
+        first victim is kept if it is the unit the descent stopped at (then it is the full
+        ranking's first: every sibling on the way was read and compared as the policy
+        compares them); otherwise, or when nothing was found, the whole domain is read.
+        Returns the snapshot, the decision, when the snapshot was done and whether it all
+        came from the descent."""
+        declared = frozenset(self._killable)  # a copy for the thread
+
+        def adjust(s: CgroupSnapshot) -> CgroupSnapshot:
+            if not s.killable and (s.path, s.inode) in declared:
+                return attrs.evolve(s, killable=True)
+            return s
+
+        snaps, stop = await self._snapshotter.adescend(
+            rule.domain, policy.descend, paths=paths, fields=policy_fields(policy),
+            adjust=adjust if declared else None)
+        done = time.monotonic()
+        if stop is not None:
+            decision = await adecide(policy, incident, snaps, budget=rule.budget)
+            first = decision.first
+            if first is not None and first.cgroup == stop and decision.policy == policy.name:
+                return snaps, attrs.evolve(decision, victims=(first,), notes=(
+                    *decision.notes, f"read level by level: {len(snaps)} of {len(paths)} "
+                    "cgroups; a next victim, if needed, from a snapshot of the whole "
+                    "domain")), done, True
+        why = ("found nothing" if stop is None else
+               f"stopped at {stop}, not where the full ranking starts")
+        snaps, decision, done = await self._read_all(rule, policy, paths, incident)
+        return snaps, attrs.evolve(decision, notes=(
+            *decision.notes, f"the descent {why}: the whole domain was read")), done, False
 
     async def rank(self, name: str) -> Decision:
         """What rule ``name``'s policy would decide now, acting on nothing: a snapshot of

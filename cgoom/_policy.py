@@ -342,6 +342,17 @@ def swap(*, whole: bool | None = True) -> RankBy:
                   needs=frozenset({"swap", "usage"}))
 
 
+_Key = tuple[int, int, int, int, int, str]
+
+
+def priority_key(s: CgroupSnapshot) -> _Key:
+    """How the priority policy orders siblings: lowest priority, then background-killable,
+    then overlimit, then ``prefer`` before none before ``avoid``, then the largest usage, then
+    the path (so no two tie)."""
+    return (s.priority, 0 if s.killable else 1, 0 if s.overlimit else 1,
+            -preference_rank(s), -(s.usage or 0), s.path)
+
+
 @attrs.frozen
 class PriorityPolicy:
     """Google's cgroup OOM handler: descend from the cgroup that ran out of memory; at each
@@ -367,19 +378,44 @@ class PriorityPolicy:
         """What a snapshot must read for this policy."""
         return _whole_fields(self.whole, "usage")
 
+    def descend(self, node: CgroupSnapshot, kids: Sequence[CgroupSnapshot],
+                is_leaf: Callable[[str], bool]) -> tuple[str, bool] | None:
+        """One level of the descent, for a snapshot read level by level
+        (:meth:`Snapshotter.descend`): ``node`` has children (``kids``, all of them, read);
+        ``is_leaf(path)``: the cgroup has no children at all. Returns ``(path, True)`` to go
+        on into that child, ``(path, False)`` to stop at that unit (a child, or ``node``'s own
+        processes), ``None`` when nothing here may be chosen. The same comparison as
+        :meth:`__call__`'s, so where it stops is where the full ranking starts (the engine
+        checks that it is, and reads everything when not)."""
+        options: list[tuple[_Key, str, bool]] = []
+        domains = [k for k in kids if not k.threaded]
+        if not domains:  # threaded children only: node is the unit
+            return (node.path, False) if has_memory(node) else None
+        for kid in domains:
+            if kid.preference == "omit":
+                continue
+            unit = kid.oom_group is True or is_leaf(kid.path)
+            if unit and not has_memory(kid):
+                continue
+            options.append((priority_key(kid), kid.path, not unit))
+        if node.pids:
+            inner = internal_unit(node)
+            if has_memory(inner):
+                options.append((priority_key(inner), node.path, False))
+        if not options:
+            return None
+        _, path, deeper = min(options)
+        return path, deeper
+
     def __call__(self, incident: Incident,
                  candidates: Mapping[str, CgroupSnapshot]) -> Decision:
         chosen = units(incident, candidates)
         depth = len([p for p in incident.cgroup.split("/") if p])
 
-        Key = tuple[int, int, int, int, int, str]
-        chains: dict[str, tuple[Key, ...]] = {}
+        chains: dict[str, tuple[_Key, ...]] = {}
+        key = priority_key
 
-        def key(s: CgroupSnapshot) -> Key:
-            return (s.priority, 0 if s.killable else 1, 0 if s.overlimit else 1,
-                    -preference_rank(s), -(s.usage or 0), s.path)
-
-        def path_chain(path: str) -> tuple[Key, ...]:
+        def path_chain(path: str) -> tuple[_Key, ...]:
             # The keys of ``path`` and its ancestors below the incident's cgroup, top down:
             # the descent compares siblings level by level. Memoised: siblings share it.
             found = chains.get(path)
@@ -394,7 +430,7 @@ class PriorityPolicy:
                 chains[path] = found
             return found
 
-        def chain(s: CgroupSnapshot) -> tuple[Key, ...]:
+        def chain(s: CgroupSnapshot) -> tuple[_Key, ...]:
             # An internal unit is an implicit leaf child of its cgroup, ranked by its
             # cgroup's settings and its own usage (its path sorts before its cgroup's
             # children's). The incident's own cgroup, as a unit, has an empty chain.

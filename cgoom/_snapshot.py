@@ -40,7 +40,7 @@ import fnmatch
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -97,6 +97,12 @@ _SIMPLE: dict[str, Callable[[Cgroup], Any]] = {
     "memory_high": Cgroup.memory_high,
     "memory_max": Cgroup.memory_max,
 }
+
+
+#: ``step(node, kids, is_leaf)`` of :meth:`Snapshotter.descend`: ``(path, go deeper?)`` or
+#: ``None`` (``PriorityPolicy.descend``).
+Step = Callable[[CgroupSnapshot, Sequence[CgroupSnapshot], Callable[[str], bool]],
+                tuple[str, bool] | None]
 
 
 def policy_fields(policy: object) -> frozenset[str]:
@@ -431,7 +437,7 @@ class Snapshotter:
             snap = self._read(cgroup, ctx)
             if snap is not None:
                 result[cgroup.path] = snap
-        self._derive_populated(result)
+        derive_populated(result)
         # A process may be taken from any cgroup with processes of its own that does not die
         # whole: leaves (read in the pass when the policy asks), and cgroups that also have
         # children (always: their processes can only die one by one, cgoom.units).
@@ -443,19 +449,54 @@ class Snapshotter:
                     result[path] = attrs.evolve(snap, processes=self.processes(snap.pids))
         return result
 
-    @staticmethod
-    def _derive_populated(result: dict[str, CgroupSnapshot]) -> None:
-        # populated = processes here or below (cgroup_update_populated() counts the same:
-        # tasks of the cgroup's css_sets and populated children; zombies are not listed in
-        # cgroup.procs, nor counted). Children come after parents: walk backwards.
-        below: dict[str, bool] = {}
-        for path in reversed(list(result)):
-            snap = result[path]
-            populated = snap.populated is True or below.get(path, False)
-            if populated != snap.populated and not (snap.populated is None and not populated):
-                result[path] = attrs.evolve(snap, populated=populated)
-            if populated and path != "/":
-                below[parent_path(path)] = True
+    def descend(self, root: str, step: Step, *, paths: Iterable[str],
+                fields: Iterable[str] = FIELDS,
+                adjust: Callable[[CgroupSnapshot], CgroupSnapshot] | None = None,
+                ) -> tuple[dict[str, CgroupSnapshot], str | None]:
+        """A snapshot read level by level, as Google's handler descends: ``root``, then all
+        the children of each cgroup ``step`` goes into, and no other cgroup. ``paths``: the
+        structure (a watcher's: which cgroups exist, so a leaf is known without listing
+        it). ``step(node, kids, is_leaf)`` (``PriorityPolicy.descend``) names the child to
+        go into or the unit to stop at. ``adjust``: applied to each record as it is read,
+        before ``step`` sees it (the handler's background-killable declarations).
+
+        Returns the records read (parents first; the children of a cgroup not gone into are
+        *not* read, so such a cgroup looks like a leaf: only the unit stopped at is vouched
+        for) and the unit stopped at, or ``None``. For 1,000 candidates in 10 groups of 100
+        it reads 111 cgroups, not 1,011."""
+        root = normalize_path(root)
+        ctx = _Pass(root, frozenset(fields) & FIELDS, None)
+        children: dict[str, list[str]] = {}
+        for path in sorted(set(map(normalize_path, paths))):
+            if path != root and (root == "/" or path.startswith(root + "/")):
+                children.setdefault(parent_path(path), []).append(path)
+
+        def read(path: str) -> CgroupSnapshot | None:
+            snap = self._read(self.hierarchy.cgroup(path), ctx)
+            if snap is not None and adjust is not None:
+                snap = adjust(snap)
+            return snap
+
+        def expanded(node: CgroupSnapshot) -> CgroupSnapshot:
+            # As snapshot() does: the processes of a cgroup with children of its own.
+            if "processes" not in ctx.fields and node.pids:
+                return attrs.evolve(node, processes=self.processes(node.pids))
+            return node
+
+        result, stop = descend_tree(root, children, read, step, expanded)
+        derive_populated(result)
+        return result, stop
+
+    async def adescend(self, root: str, step: Step, *, paths: Iterable[str],
+                       fields: Iterable[str] = FIELDS,
+                       adjust: Callable[[CgroupSnapshot], CgroupSnapshot] | None = None,
+                       ) -> tuple[dict[str, CgroupSnapshot], str | None]:
+        """:meth:`descend` in the snapshotter's worker thread."""
+        worker = self.start()
+        path_list = list(paths)
+        return await worker.run(lambda: self.descend(root, step, paths=path_list,
+                                                     fields=fields, adjust=adjust))
+
 
     async def asnapshot(self, root: str, *, fields: Iterable[str] = FIELDS,
                         paths: Iterable[str] | None = None) -> dict[str, CgroupSnapshot]:
@@ -484,6 +525,64 @@ class Snapshotter:
     def recheck(self, victim: Victim) -> str | None:
         """:func:`identity_problem` for this snapshotter's hierarchy."""
         return identity_problem(self.hierarchy, victim)
+
+
+def derive_populated(result: dict[str, CgroupSnapshot]) -> None:
+    """``populated`` = processes here or below, in place (cgroup_update_populated() counts
+    the same: tasks of the cgroup's css_sets and populated children; zombies are not listed
+    in cgroup.procs, nor counted). ``result`` holds parents before their children."""
+    below: dict[str, bool] = {}
+    for path in reversed(list(result)):
+        snap = result[path]
+        populated = snap.populated is True or below.get(path, False)
+        if populated != snap.populated and not (snap.populated is None and not populated):
+            result[path] = attrs.evolve(snap, populated=populated)
+        if populated and path != "/":
+            below[parent_path(path)] = True
+
+
+def descend_tree(root: str, children: Mapping[str, Sequence[str]],
+                 read: Callable[[str], CgroupSnapshot | None], step: Step,
+                 expanded: Callable[[CgroupSnapshot], CgroupSnapshot] = lambda s: s,
+                 ) -> tuple[dict[str, CgroupSnapshot], str | None]:
+    """The walk of :meth:`Snapshotter.descend`, with the reads given (pure, for tests):
+    ``children`` is the structure, ``read(path)`` a record or ``None`` (gone);
+    ``expanded(node)`` completes a record whose children are being compared."""
+    result: dict[str, CgroupSnapshot] = {}
+    node = read(root)
+    stop: str | None = None
+    while node is not None:
+        result[node.path] = node
+        if node.oom_group is True or not children.get(node.path):
+            stop = node.path  # a unit: the end of the descent
+            break
+        kids = [k for k in map(read, children[node.path]) if k is not None]
+        result.update((k.path, k) for k in kids)
+        for i, kid in enumerate(kids):
+            if kid.oom_group is True and children.get(kid.path):
+                # A unit with children: whether it holds processes is known only from its
+                # whole subtree (populated is derived from cgroup.procs). Found by the
+                # property test: taken as empty, it was passed over for a higher priority.
+                below = {kid.path: kid}
+                stack = list(reversed(children[kid.path]))
+                while stack:
+                    path = stack.pop()
+                    if parent_path(path) in below and (snap := read(path)) is not None:
+                        below[path] = snap
+                        stack.extend(reversed(children.get(path, ())))
+                derive_populated(below)
+                result.update(below)
+                kids[i] = below[kid.path]
+        node = result[node.path] = expanded(node)
+        chosen = step(node, kids, lambda path: not children.get(path))
+        if chosen is None:
+            break
+        path, deeper = chosen
+        if not deeper:
+            stop = path
+            break
+        node = result[path]
+    return result, stop
 
 
 def process_now(hierarchy: Hierarchy, pid: int) -> tuple[int, str, str] | None:

@@ -247,3 +247,59 @@ async def test_one_incident_per_domain_across_rules(inversion: FakeCgroupTree) -
         await asyncio.sleep(0.3)  # room for a second incident, were there one
         assert h.statistics().incidents == 1
     assert (record.rule, record.folded) == ("first", 1)
+
+
+@pytest.fixture
+def groups(tree: FakeCgroupTree) -> FakeCgroupTree:
+    """A domain of 80 candidates in 4 groups of 20 (more than the engine snapshots inline),
+    each an oom.group unit with one process; group g2 is the largest, its c45 the largest."""
+    for i in range(80):
+        usage = (50 if i == 45 else i % 7 + 1) * M
+        c = tree.add(f"t/g{i // 20}/c{i}", procs=[1000 + i], memory_current=usage)
+        c.set_memory_oom_group(True)
+        tree.add_process(1000 + i, rss=usage)
+    tree.set("t/g2", "memory.current", f"{500 * M}\n")
+    return tree
+
+
+class TestDescent:
+    """For the priority policy, a large domain is read level by level (Google's descent):
+    only the children of the cgroups it goes into. The first victim it vouches for; any
+    next one comes from a snapshot of the whole domain."""
+
+    async def test_reads_only_the_levels_it_goes_into(self, groups: FakeCgroupTree) -> None:
+        async with cgoom.open_handler(groups.hierarchy, cgoom.Rule("r", "t", on="high"),
+                                      own_cgroup="/", processes=FakeProcesses(groups)) as h:
+            groups.memory_event("t/g2/c45", "high")
+            record = await first_record(h)
+        assert record.victim is not None and record.victim.cgroup == "/t/g2/c45"
+        assert len(record.candidates) == 1 + 4 + 20
+        assert "read level by level: 25 of 85 cgroups" in "\n".join(record.decision.notes)
+        assert [v.cgroup for v in record.decision.victims] == ["/t/g2/c45"]
+
+    async def test_a_next_victim_comes_from_the_whole_domain(
+            self, groups: FakeCgroupTree) -> None:
+        # min_freed: the fake's memory.current does not fall after a kill, so a second
+        # victim is needed: the full ranking's second, the largest left in g2.
+        rule = cgoom.Rule("r", "t", on="high", min_freed="1G", max_victims=2)
+        full = cgoom.PriorityPolicy()(cgoom.Incident.create("/t"), cgoom.Snapshotter(
+            groups.hierarchy).snapshot("/t"))
+        async with cgoom.open_handler(groups.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(groups)) as h:
+            groups.memory_event("t/g2/c45", "high")
+            record = await first_record(h)
+        killed = [a.cgroup for a in record.actions if a.ok]
+        assert killed == [v.cgroup for v in full.victims[:2]]
+        assert killed[0] == "/t/g2/c45"
+        assert len(record.candidates) == 85  # the record holds the full read
+
+    async def test_a_declaration_steers_it(self, groups: FakeCgroupTree) -> None:
+        # g0 declared background-killable ranks before g2 (same priority): the descent goes
+        # into g0, as the full ranking would.
+        async with cgoom.open_handler(groups.hierarchy, cgoom.Rule("r", "t", on="high"),
+                                      own_cgroup="/", processes=FakeProcesses(groups)) as h:
+            h.declare_killable("t/g0")
+            groups.memory_event("t/g2/c45", "high")
+            record = await first_record(h)
+        assert record.victim is not None and record.victim.cgroup.startswith("/t/g0/")
+        assert "read level by level" in "\n".join(record.decision.notes)

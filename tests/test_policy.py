@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import cgoom
 from cgoom import CgroupSnapshot as S
 from cgoom import Incident, ProcessSnapshot
+from cgoom.testing import FakeCgroupTree
 
 M = 1 << 20
 
@@ -250,6 +251,65 @@ def test_invariants(case: tuple[Incident, dict[str, S]]) -> None:
                 assert proc.oom_score_adj is not None and proc.oom_score_adj > -1000
                 assert v.start_time == proc.start_time            # identity carried
         assert len({v.cgroup for v in d.victims}) == len(d.victims)
+
+
+def as_read(cands: Mapping[str, S]) -> dict[str, S]:
+    """The records as a snapshot reads them: ``populated`` from the cgroup's own pids
+    (None where cgroup.procs cannot be read), derived for the parents afterwards."""
+    return {p: attrs.evolve(s, populated=None if s.threaded else bool(s.pids))
+            for p, s in cands.items()}
+
+
+@settings(max_examples=500, deadline=None)
+@given(candidate_trees())
+def test_the_descent_is_kept_only_where_the_full_ranking_starts(
+        case: tuple[Incident, dict[str, S]]) -> None:
+    """The engine reads a large domain level by level for the priority policy and keeps the
+    decision on that partial snapshot only when its first victim is the unit the descent
+    stopped at. Whenever it does, that victim is the full ranking's first: never another
+    (a wrong kill), whatever the tree, settings, omitted, threaded or protected cgroups."""
+    from cgoom._snapshot import derive_populated, descend_tree
+
+    incident, cands = case
+    raw = as_read(cands)
+    inside = {p: s for p, s in raw.items() if p == "/r" or p.startswith("/r/")}
+    children: dict[str, list[str]] = {}
+    for path in sorted(inside):
+        if path != "/r":
+            children.setdefault(path.rsplit("/", 1)[0] or "/", []).append(path)
+    for whole in (None, True, False):
+        policy = cgoom.PriorityPolicy(whole=whole)
+        full = dict(inside)
+        derive_populated(full)
+        partial, stop = descend_tree("/r", children, inside.get, policy.descend)
+        derive_populated(partial)
+        expected = policy(incident, full).first
+        got = policy(incident, partial).first
+        if stop is not None and got is not None and got.cgroup == stop:
+            assert expected is not None, (stop, got)
+            assert (got.cgroup, got.pid, got.whole) == (
+                expected.cgroup, expected.pid, expected.whole), (whole, stop)
+        assert set(partial) <= set(full)
+
+
+def test_the_descent_reads_only_the_levels_it_goes_into(tree: FakeCgroupTree) -> None:
+    # 200 candidates in 5 groups of 40: the descent reads the domain, the 5 groups and the
+    # 40 children of the one it goes into (the largest group, then its largest child).
+    for i in range(200):
+        c = tree.add(f"dom/g{i // 40}/c{i}", memory_current=(i % 37 + 1) * (1 << 20),
+                     procs=[50_000 + i])
+        c.set_memory_oom_group(True)
+    structure = [str(c.path) for c in tree.hierarchy.cgroup("dom").walk()]
+    snapshotter = cgoom.Snapshotter(tree.hierarchy)
+    policy = cgoom.PriorityPolicy()
+    tree.set("dom/g3", "memory.current", f"{60_000 << 20}\n")
+    snaps, stop = snapshotter.descend("/dom", policy.descend, paths=structure,
+                                      fields=cgoom.policy_fields(policy))
+    full = snapshotter.snapshot("/dom", fields=cgoom.policy_fields(policy), paths=structure)
+    incident = Incident.create("/dom")
+    assert len(snaps) == 46 and len(full) == 206
+    assert stop == policy(incident, full).first.cgroup == policy(incident, snaps).first.cgroup
+    assert stop.startswith("/dom/g3/")
 
 
 @settings(max_examples=300, deadline=None)
