@@ -248,3 +248,47 @@ async def test_a_whole_kill_spares_oom_score_adj_minus_1000(box: cgoom.Cgroup,
     assert guardian.proc.poll() is None and guardian.pid in kids["batch"].cgroup_procs()
     assert kids["batch"].cgroup_freeze() is False
     assert parent.memory_events().oom_kill == 0
+
+
+async def test_a_large_domain_read_level_by_level(box: cgoom.Cgroup, spawn: Spawn,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A domain of 3 groups with 30 services each (93 cgroups: more than the engine reads
+    inline): db (140M) in a priority-100 group, batch growing in a priority-0 group with 29
+    idle services beside it, web (50M) in a priority-50 group. The priority policy's descent
+    reads the domain, its 3 groups and batch's group (34 cgroups, not 94) and batch dies
+    whole; db and web are untouched."""
+    parent = box.create_child("big")
+    parent.enable_controllers("memory", "pids")
+    groups = {}
+    for name, priority in (("important", 100), ("middle", 50), ("spare", 0)):
+        group = groups[name] = parent.create_child(name)
+        group.enable_controllers("memory", "pids")
+        group.set_priority(priority)
+        for i in range(30):
+            group.create_child(f"s{i}").set_memory_oom_group(True)
+    db, web = groups["important"].child("s0"), groups["middle"].child("s0")
+    batch = groups["spare"].child("s7")
+    parent.set_memory_max("300M")
+    parent.set_memory_high("270M")
+    parent.set_memory_swap_max(0)
+    held = spawn(db, holding_hog(140)), spawn(web, holding_hog(50))
+    wait_until(lambda: db.memory_current() > 135 * M and web.memory_current() > 45 * M, 60,
+               "db and web to hold memory")
+    rule = cgoom.Rule("big", parent.path, on="high", confirm_timeout=20)
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        hog = spawn(batch, python_cmd(GROW))
+        record = await asyncio.wait_for(handler.__anext__(), 60)
+    assert record.victim is not None, record.explain()
+    assert (record.victim.cgroup, record.victim.action) == (batch.path, "kill-cgroup")
+    notes = "\n".join(record.decision.notes)
+    assert "read level by level: 34 of 94 cgroups" in notes, notes
+    assert hog.proc.wait(10) == -9
+    assert all(h.proc.poll() is None for h in held)
+    assert parent.memory_events().oom_kill == 0
+    t = record.timings
+    assert t.kill_ms is not None and t.confirmed_ms is not None
+    with capsys.disabled():
+        print(f"\n[figures] a domain of 94 cgroups read level by level (34 read): batch "
+              f"killed whole, onset (first high) to kill {t.kill_ms:.1f} ms (snapshot "
+              f"{t.snapshot_ms:.1f} ms, decision {t.decision_ms:.1f} ms), notification to "
+              f"empty {t.confirmed_ms:.1f} ms; db and web untouched, kernel oom_kill 0")
