@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -201,21 +202,44 @@ class FailsAtOomTime:
         return cgoom.PriorityPolicy()(incident, candidates)
 
 
-async def test_a_failing_plugin_still_kills_the_right_victim(box: cgoom.Cgroup,
-                                                             spawn: Spawn) -> None:
+class HangsAtOomTime:
+    """Passes validation, then never answers (a plugin stuck in a blocking call)."""
+
+    name = "hangs-at-oom-time"
+
+    def __call__(self, incident: cgoom.Incident, candidates: Any) -> cgoom.Decision:
+        if incident.cgroup != "/trial":
+            time.sleep(10)
+        return cgoom.PriorityPolicy()(incident, candidates)
+
+
+@pytest.mark.parametrize(("plugin", "said"), [
+    (FailsAtOomTime(), "raised RuntimeError: the plugin broke"),
+    (HangsAtOomTime(), "did not answer within its budget of 200 ms"),
+])
+async def test_a_failing_plugin_still_kills_the_right_victim(
+        box: cgoom.Cgroup, spawn: Spawn, plugin: Any, said: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin that raises, or hangs past its budget (0.2 s), at OOM time: the guard's
+    fallback (the priority policy) still kills batch, and the record says why."""
     parent, kids = inversion(box)
     spawn(kids["db"], holding_hog(140))
     spawn(kids["web"], holding_hog(50))
     wait_until(lambda: kids["db"].memory_current() > 135 * M
                and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
-    rule = cgoom.Rule("plugin", parent.path, on="high", policy=FailsAtOomTime(),
+    rule = cgoom.Rule("plugin", parent.path, on="high", policy=plugin, budget=0.2,
                       confirm_timeout=20)
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
         spawn(kids["batch"], python_cmd(GROW))
         record = await asyncio.wait_for(handler.__anext__(), 60)
         assert handler.statistics().fallbacks == 1
     assert record.decision.policy == "priority"
-    assert "raised RuntimeError: the plugin broke" in record.decision.notes[0]
+    assert said in record.decision.notes[0], record.decision.notes
+    t = record.timings
+    with capsys.disabled():
+        print(f"\n[figures] a plugin that {plugin.name.split('-')[0]} at OOM time: the fallback "
+              f"killed batch, decision {t.decision_ms:.1f} ms, onset to kill "
+              f"{t.kill_ms:.1f} ms; {record.decision.notes[0][:120]}")
     assert record.victim is not None and record.victim.cgroup == kids["batch"].path
     assert kids["db"].cgroup_procs() and kids["web"].cgroup_procs()
     assert parent.memory_events().oom_kill == 0
