@@ -647,3 +647,32 @@ async def test_notices_that_take_no_answer_go_out_after_the_kill(domain: FakeCgr
     assert sorted(n.cgroup for _, n in heard) == ["/t/db", "/t/web"]
     assert all(n.level == "oom" and n.deadline is None for _, n in heard)
     assert min(at for at, _ in heard) >= killed_at
+
+
+async def test_an_oom_event_during_a_large_fan_out_does_not_wait_for_all_of_it(
+        domain: FakeCgroupTree) -> None:
+    # 3,000 registrations hear the domain's low level; the kernel's max event comes as the
+    # first of them is told. Written in one go, the fan-out held the loop until the last;
+    # now it goes FAN_OUT_CHUNK at a time, and the kill comes before the fan-out ends.
+    told: list[float] = []
+
+    def tell(notice: cgoom.Notice) -> None:
+        told.append(time.monotonic())
+        if len(told) == 1:
+            domain.memory_event("t", "max")
+
+    async def nothing(notice: cgoom.Notice) -> None:
+        return None
+
+    async with handler_for(domain, on="max", first_chance=None) as handler:
+        for _ in range(1000):
+            for name in ("db", "web", "batch"):
+                handler.register(f"t/{name}", nothing, levels=("low",), tell=tell)
+        domain.memory_event("t", "high")
+        record = await asyncio.wait_for(handler.__anext__(), 10)
+        await until(lambda: len(told) == 3000)
+    assert isinstance(record, cgoom.IncidentRecord) and record.victim.cgroup == "/t/batch"
+    assert record.timings.kill_ms is not None
+    killed_at = record.timings.notified + record.timings.kill_ms / 1000
+    assert killed_at < told[-1], "the kill waited for the whole fan-out"
+    assert sum(at < killed_at for at in told) < 3000
