@@ -1231,6 +1231,7 @@ class Handler:
 
     async def _handle(self, rule: Rule, trigger: str, notified: float) -> IncidentRecord:
         assert self._watcher is not None
+        started = time.monotonic()
         started_at = time.time()
         available_before = self._available()
         domain = self.hierarchy.cgroup(rule.domain)
@@ -1260,7 +1261,7 @@ class Handler:
                     decision=Decision("none", (), ("the workloads' first chance was enough: "
                                                    "nothing was killed",)),
                     candidates=(), actions=(),
-                    timings=Timings(notified=notified,
+                    timings=Timings(notified=notified, started_ms=(started - notified) * ms,
                                     snapshot_ms=(time.monotonic() - notified) * ms,
                                     decision_ms=0.0),
                     memory_before=chance.usage_before, memory_after=chance.usage_after,
@@ -1329,7 +1330,8 @@ class Handler:
         window = self._windows.get(rule.domain, _Window())
         ms = 1000.0
         timings = Timings(
-            notified=notified, snapshot_ms=(snapshot_done - notified) * ms,
+            notified=notified, started_ms=(started - notified) * ms,
+            snapshot_ms=(snapshot_done - notified) * ms,
             decision_ms=(decided - snapshot_done) * ms,
             kill_ms=None if kill_at is None else (kill_at - notified) * ms,
             confirmed_ms=None if confirmed_at is None else (confirmed_at - notified) * ms)

@@ -32,6 +32,9 @@ class Timings:
     kill_ms: float | None = None
     #: Notification to the victim gone (populated 0, or its pidfd readable).
     confirmed_ms: float | None = None
+    #: Notification to the incident's start: the engine's dispatch (the watcher's reading
+    #: of the event, the rule's check, the incident's task first run); the snapshot follows.
+    started_ms: float | None = None
 
 
 @attrs.frozen
@@ -126,6 +129,8 @@ class IncidentRecord:
         if escalation:
             lines.append(f"  escalation: {escalation}")
         steps = [f"snapshot {t.snapshot_ms:.1f} ms", f"decision {t.decision_ms:.1f} ms"]
+        if t.started_ms is not None:
+            steps.insert(0, f"started {t.started_ms:.1f} ms")
         if t.kill_ms is not None:
             steps.append(f"notification to kill {t.kill_ms:.1f} ms")
         if t.confirmed_ms is not None:

@@ -72,7 +72,9 @@ class TestHandler:
         assert inversion.cgroup("t/web").cgroup_procs() == (200,)
         t = record.timings
         assert t.snapshot_ms >= 0 and t.kill_ms is not None and t.confirmed_ms is not None
+        assert t.started_ms is not None and 0 <= t.started_ms <= t.snapshot_ms <= t.kill_ms
         assert t.kill_ms <= t.confirmed_ms
+        assert "timings: started " in record.explain()
         assert record.trigger == "/t memory.events: high +5" and record.memory_before == 300 * M
         assert {c.path for c in record.candidates} == {"/t", "/t/db", "/t/web", "/t/batch"}
         line = json.loads(record.to_json())

@@ -83,8 +83,9 @@ async def test_priority_inversion(box: cgoom.Cgroup, spawn: Spawn,
     assert t.kill_ms is not None and t.confirmed_ms is not None
     with capsys.disabled():
         print(f"\n[figures] priority inversion: onset (first high) to kill {t.kill_ms:.1f} ms, "
-              f"notification to empty {t.confirmed_ms:.1f} ms (snapshot {t.snapshot_ms:.1f} ms,"
-              f" decision {t.decision_ms:.1f} ms); {record.trigger}; memory "
+              f"notification to empty {t.confirmed_ms:.1f} ms (started {t.started_ms:.1f} ms, "
+              f"snapshot {t.snapshot_ms:.1f} ms, decision {t.decision_ms:.1f} ms); "
+              f"{record.trigger}; memory "
               f"{record.memory_before >> 20}M -> {record.memory_after >> 20}M; kernel "
               f"oom_kill 0\n{record.explain()}")
 
@@ -313,6 +314,7 @@ async def test_a_large_domain_read_level_by_level(box: cgoom.Cgroup, spawn: Spaw
     assert t.kill_ms is not None and t.confirmed_ms is not None
     with capsys.disabled():
         print(f"\n[figures] a domain of 94 cgroups read level by level (34 read): batch "
-              f"killed whole, onset (first high) to kill {t.kill_ms:.1f} ms (snapshot "
-              f"{t.snapshot_ms:.1f} ms, decision {t.decision_ms:.1f} ms), notification to "
+              f"killed whole, onset (first high) to kill {t.kill_ms:.1f} ms (started "
+              f"{t.started_ms:.1f} ms, snapshot {t.snapshot_ms:.1f} ms, decision "
+              f"{t.decision_ms:.1f} ms), notification to "
               f"empty {t.confirmed_ms:.1f} ms; db and web untouched, kernel oom_kill 0")
