@@ -1,8 +1,10 @@
 """``Snapshotter``: reads the candidate records (``_candidates``) a policy decides on.
 
-One pass over a subtree, reading only what the policy declares it needs (``fields``), never
-a file twice; everything through the hierarchy's :class:`~cgoom.CgroupFS`, so the fake tree
-covers /proc and ``stat`` too. A policy never touches the kernel.
+One pass over a subtree (or, for the priority policy's large domains, level by level as it
+descends: :meth:`Snapshotter.descend`), reading only what the policy declares it needs
+(``fields``), never a file twice; everything through the hierarchy's
+:class:`~cgoom.CgroupFS`, so the fake tree covers /proc and ``stat`` too. A policy never
+touches the kernel.
 
 What a snapshot always holds, whatever the fields: the structure, each cgroup's identity and
 owner (one ``stat``), its settings (one ``listxattr``, then only the xattrs that are set),
