@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 
@@ -117,6 +118,13 @@ class _Daemon:
                              "its fields (MESSAGE_ID=%s)", _journal.INCIDENT_MESSAGE_ID)
                 log.info("cgoom: running %s from %s", self._status(),
                          ", ".join(self.config.sources))
+                # Everything made so far lives as long as the daemon: out of the collector's
+                # sight, so that no full collection walks it during an incident (10,000
+                # watched cgroups: 11-20 ms a full collection, none after).
+                gc.collect()
+                gc.freeze()
+                log.info("cgoom: %d objects of the start-up kept out of the garbage "
+                         "collector's full passes (gc.freeze)", gc.get_freeze_count())
                 notify("READY=1", f"STATUS={self._status()}")
                 interval = watchdog_interval()
                 if interval is not None:

@@ -5,11 +5,13 @@ file keeps the running configuration, SIGTERM stops it cleanly."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
 import socket
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,14 @@ M = 1 << 20
 async def receive(sock: socket.socket, seconds: float = 10) -> str:
     loop = asyncio.get_running_loop()
     return (await asyncio.wait_for(loop.sock_recv(sock, 4096), seconds)).decode()
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze() -> Iterator[None]:
+    """cgoom run freezes the start-up's objects (gc.freeze): give them back to the
+    collector after each test, as the pytest process lives on."""
+    yield
+    gc.unfreeze()
 
 
 async def test_the_daemon_on_a_fake_tree(tree: FakeCgroupTree, tmp_path: Path,
@@ -46,6 +56,7 @@ async def test_the_daemon_on_a_fake_tree(tree: FakeCgroupTree, tmp_path: Path,
             run(str(config), dry_run=True, hierarchy=tree.hierarchy))
         ready = await receive(server)
         assert ready.startswith("READY=1\nSTATUS=1 rule(s) on 1 domain(s) (dry run)")
+        assert gc.get_freeze_count() > 0 and "kept out of the garbage collector" in caplog.text
         tree.memory_event("t/batch", "high")
         for _ in range(500):
             if records.exists() and records.read_text():
