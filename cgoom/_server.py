@@ -28,7 +28,8 @@ A client can do nothing that delays an action or the loop for long:
   loop logging ``EMFILE`` thousands of times a second (measured with a soft limit of 256:
   246 clients in, 1.27 million log lines in 12 s). ``cgoom run`` raises its soft limit to
   the hard one at start (:func:`raise_fd_limit`);
-- at most ``max_registrations`` cgroups registered per connection.
+- at most ``max_registrations`` cgroups registered per connection, and
+  ``max_registrations_per_user`` per user across its connections (root excepted).
 """
 
 from __future__ import annotations
@@ -214,6 +215,7 @@ class _Client:
         self.closed, self.why = True, why
         for undo in [*self.registered.values(), *self.killable.values()]:
             undo()
+        self.server._forget(self.peer.uid, len(self.registered))
         self.registered.clear()
         self.killable.clear()
         for future in self.pending.values():
@@ -379,7 +381,7 @@ class NoticeServer(_UnixServer):
     def __init__(self, handler: Handler, path: str, *, mode: int = 0o666,
                  max_clients: int = 4096, max_rate: float = 100.0, max_errors: int = 20,
                  max_buffered: int = 4 * MAX_LINE, max_registrations: int = 64,
-                 max_per_user: int = 256) -> None:
+                 max_per_user: int = 256, max_registrations_per_user: int = 1024) -> None:
         super().__init__(path, mode, max_clients=max_clients, max_per_user=max_per_user,
                          limit=MAX_LINE)
         self.handler = handler
@@ -387,6 +389,8 @@ class NoticeServer(_UnixServer):
         self.max_errors = max_errors
         self.max_buffered = max_buffered
         self.max_registrations = max_registrations
+        self.max_registrations_per_user = max_registrations_per_user
+        self._registrations_by_uid: dict[int, int] = {}
         self._clients: set[_Client] = set()
         self._ids = itertools.count(1)
         self._connected = self._dropped = self._bad = self._notices = 0
@@ -455,16 +459,28 @@ class NoticeServer(_UnixServer):
         domains = tuple(sorted({r.domain for r in self.handler.rules}))
         if isinstance(request, Register):
             path = authorize(self.handler.hierarchy, client.peer, request.cgroup, domains)
-            if path not in client.registered and \
-                    len(client.registered) >= self.max_registrations:
+            uid = client.peer.uid
+            held = self._registrations_by_uid.get(uid, 0)
+            new = path not in client.registered
+            if new and len(client.registered) >= self.max_registrations:
                 raise Refused(f"cgroup {path}: this connection already has "
                               f"{self.max_registrations} registrations, the most it may have")
+            if new and uid != 0 and held >= self.max_registrations_per_user:
+                raise Refused(f"cgroup {path}: uid {uid} already holds {held} registrations "
+                              "on this socket, the most one user may have")
             old = client.registered.pop(path, None)
             if old is not None:
                 old()
-            client.registered[path] = self.handler.register(
-                path, client.on_notice, deadline=request.deadline, levels=request.levels,
-                tell=client.tell)
+            try:
+                client.registered[path] = self.handler.register(
+                    path, client.on_notice, deadline=request.deadline, levels=request.levels,
+                    tell=client.tell)
+            except BaseException:
+                if not new:  # the one it replaced is gone too
+                    self._forget(uid, 1)
+                raise
+            if new:
+                self._registrations_by_uid[uid] = held + 1
             if request.killable is not None:
                 self._set_killable(client, path, request.killable)
             client.send(encode("registered", to="register", cgroup=path,
@@ -489,10 +505,19 @@ class NoticeServer(_UnixServer):
             if undo is None:
                 raise ProtocolError(f"cgroup {path}: not registered on this connection")
             undo()
+            self._forget(client.peer.uid, 1)
             clear = client.killable.pop(path, None)
             if clear is not None:
                 clear()
             client.send(encode("ok", to="unregister", cgroup=path))
+
+    def _forget(self, uid: int, count: int) -> None:
+        """``count`` registrations of ``uid`` ended."""
+        left = self._registrations_by_uid.get(uid, 0) - count
+        if left > 0:
+            self._registrations_by_uid[uid] = left
+        else:
+            self._registrations_by_uid.pop(uid, None)
 
     def _set_killable(self, client: _Client, path: str, value: bool) -> None:
         if value and path not in client.killable:

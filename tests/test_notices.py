@@ -676,3 +676,64 @@ async def test_an_oom_event_during_a_large_fan_out_does_not_wait_for_all_of_it(
     killed_at = record.timings.notified + record.timings.kill_ms / 1000
     assert killed_at < told[-1], "the kill waited for the whole fan-out"
     assert sum(at < killed_at for at in told) < 3000
+
+
+def register_as(uid: int, path: str, plan: list[list[str]]) -> list[bytes]:
+    """In a forked child running as ``uid``: a connection per list of ``plan``, each
+    registering those cgroups in turn; every reply line, in order."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: plain syscalls only, then _exit
+        try:
+            os.close(r)
+            os.setgid(uid)
+            os.setuid(uid)
+            replies = []
+            socks = []
+            for cgroups in plan:
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(path)
+                s.settimeout(5)
+                socks.append(s)
+                f = s.makefile("rb")
+                for cgroup in cgroups:
+                    s.sendall(b'{"v":1,"op":"register","cgroup":"%s"}\n' % cgroup.encode())
+                    replies.append(f.readline().strip())
+            os.write(w, b"\n".join(replies))
+        except BaseException as exc:
+            os.write(w, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out.split(b"\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root")
+async def test_one_user_holds_at_most_max_registrations_per_user(
+        domain: FakeCgroupTree) -> None:
+    # One user's registrations across its connections are bounded, not only per connection
+    # (256 connections x 64 registrations would be 16,384 notices to write per level).
+    import tempfile
+
+    for name in ("web", "batch"):
+        domain.chown(f"t/{name}", 65534)  # delegated: the user may register for them
+    where = tempfile.mkdtemp(prefix="cgoom-n-")
+    os.chmod(where, 0o755)
+    sock_path = os.path.join(where, "n.sock")
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path,
+                                     max_registrations_per_user=2) as server:
+        replies = await asyncio.to_thread(register_as, 65534, sock_path,
+                                          [["t/web", "t/batch"], ["t/web"]])
+        # The child has exited: its registrations end with its connections, and so does
+        # its count (a count that drifted would lock the user out for good).
+        await until(lambda: server.statistics().clients == 0)
+        left = dict(server._registrations_by_uid)
+    os.rmdir(where)
+    assert len(replies) == 3, replies
+    assert all(b'"op":"registered"' in line for line in replies[:2]), replies
+    assert b"uid 65534 already holds 2 registrations on this socket" in replies[2], replies
+    assert left == {} and len(handler._first) == 0
