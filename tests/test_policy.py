@@ -584,3 +584,40 @@ def test_builtins_run_inline_plugins_in_the_guard() -> None:
     assert runs_inline(cgoom.KillableFirstPolicy())
     assert not runs_inline(cgoom.KillableFirstPolicy(then=cgoom.largest()))
     assert not runs_inline(cgoom.largest()) and not runs_inline(policy_of(lambda i, c: None))
+
+
+async def test_the_descent_on_the_loop_lets_it_run(tree: FakeCgroupTree) -> None:
+    # adescend reads on the event loop (no thread to wait for), pausing after every
+    # DESCENT_SLICE cgroups: 150 children of one cgroup are read in three slices, and the
+    # result is the same as descend()'s.
+    from cgoom._snapshot import DESCENT_SLICE
+
+    for i in range(150):
+        tree.add(f"dom/c{i}", memory_current=(i % 13 + 1) << 20,
+                 procs=[60_000 + i]).set_memory_oom_group(True)
+    structure = [str(c.path) for c in tree.hierarchy.cgroup("dom").walk()]
+    snapshotter = cgoom.Snapshotter(tree.hierarchy)
+    policy = cgoom.PriorityPolicy()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    running = asyncio.get_running_loop().create_task(ticker())
+    await asyncio.sleep(0)
+    ticks = 0
+    snaps, stop = await snapshotter.adescend("/dom", policy.descend, paths=structure,
+                                             fields=cgoom.policy_fields(policy))
+    during = ticks
+    running.cancel()
+    assert 151 // DESCENT_SLICE <= during <= 151 // DESCENT_SLICE + 1
+    again, stop_again = snapshotter.descend("/dom", policy.descend, paths=structure,
+                                            fields=cgoom.policy_fields(policy))
+    assert stop == stop_again == "/dom/c103"  # the largest (13M), first by path
+
+    def aged(records: Mapping[str, S]) -> dict[str, S]:
+        return {p: attrs.evolve(r, age=None) for p, r in records.items()}
+    assert aged(snaps) == aged(again)
