@@ -19,7 +19,7 @@ import itertools
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from types import TracebackType
 
 import attrs
@@ -1021,9 +1021,7 @@ class Handler:
     def _declared(self, snaps: dict[str, CgroupSnapshot]) -> dict[str, CgroupSnapshot]:
         if not self._killable:
             return snaps
-        return {path: attrs.evolve(s, killable=True)
-                if (path, s.inode) in self._killable and not s.killable else s
-                for path, s in snaps.items()}
+        return {path: _with_declared(s, self._killable) for path, s in snaps.items()}
 
     def _domain_numbers(self, domain: str, high_below_max: float | None,
                         ) -> tuple[int | None, int | None, int]:
@@ -1320,7 +1318,7 @@ class Handler:
                     confirmed_at = gone
                     if rule.action in ("freeze", "reclaim") or not self._short(rule, before):
                         break
-                if not queue and descended:
+                if not queue and descended and acted < rule.max_victims:
                     # The descent vouches for its first victim only: the rest of the list
                     # comes from a snapshot of the whole domain.
                     descended = False
@@ -1363,16 +1361,12 @@ class Handler:
         compares them); otherwise, or when nothing was found, the whole domain is read.
         Returns the snapshot, the decision, when the snapshot was done and whether it all
         came from the descent."""
-        declared = frozenset(self._killable)  # a copy for the thread
-
-        def adjust(s: CgroupSnapshot) -> CgroupSnapshot:
-            if not s.killable and (s.path, s.inode) in declared:
-                return attrs.evolve(s, killable=True)
-            return s
-
+        # A copy: the walk lets the loop run between slices, and a declaration arriving
+        # meanwhile must not make two levels of one descent disagree.
+        declared = frozenset(self._killable)
         snaps, stop = await self._snapshotter.adescend(
             rule.domain, policy.descend, paths=paths, fields=policy_fields(policy),
-            adjust=adjust if declared else None)
+            adjust=functools.partial(_with_declared, declared=declared) if declared else None)
         done = time.monotonic()
         if stop is not None:
             decision = await adecide(policy, incident, snaps, budget=rule.budget)
@@ -1684,6 +1678,14 @@ class Handler:
                                 f"{rule.confirm_timeout} s"), kill_at, None
         return attrs.evolve(result, detail=result.detail + "; exited (pidfd readable)",
                             confirmed_ms=(gone_at - kill_at) * 1000), kill_at, gone_at
+
+
+def _with_declared(s: CgroupSnapshot, declared: Collection[tuple[str, int | None]],
+                   ) -> CgroupSnapshot:
+    """``s`` marked background-killable if its cgroup (path and inode) was declared so."""
+    if not s.killable and (s.path, s.inode) in declared:
+        return attrs.evolve(s, killable=True)
+    return s
 
 
 def _since(start: float, end: float | None) -> float | None:

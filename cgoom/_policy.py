@@ -413,7 +413,6 @@ class PriorityPolicy:
         depth = len([p for p in incident.cgroup.split("/") if p])
 
         chains: dict[str, tuple[_Key, ...]] = {}
-        key = priority_key
 
         def path_chain(path: str) -> tuple[_Key, ...]:
             # The keys of ``path`` and its ancestors below the incident's cgroup, top down:
@@ -425,7 +424,7 @@ class PriorityPolicy:
                     found = ()
                 else:
                     parent = path.rsplit("/", 1)[0] or "/"
-                    found = path_chain(parent) + ((key(candidates[path]),)
+                    found = path_chain(parent) + ((priority_key(candidates[path]),)
                                                   if path in candidates else ())
                 chains[path] = found
             return found
@@ -436,8 +435,8 @@ class PriorityPolicy:
             # children's). The incident's own cgroup, as a unit, has an empty chain.
             keys = path_chain(s.path)
             if s.internal:
-                keys += (key(s),)
-            return keys or (key(s),)
+                keys += (priority_key(s),)
+            return keys or (priority_key(s),)
 
         chosen.sort(key=chain)
         victims = []

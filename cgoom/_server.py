@@ -85,6 +85,16 @@ FD_RESERVE = 256
 _REFUSAL_LOG_INTERVAL = 10.0
 
 
+def _count_down(counts: dict[int, int], uid: int, by: int) -> None:
+    """``counts[uid] -= by``; a count that reaches 0 leaves the dict (per-uid counts stay as
+    many as the users holding something)."""
+    left = counts.get(uid, 0) - by
+    if left > 0:
+        counts[uid] = left
+    else:
+        counts.pop(uid, None)
+
+
 def fd_room() -> int:
     """How many client connections this process may hold: its soft ``RLIMIT_NOFILE`` less
     :data:`FD_RESERVE` (the fds already open for other things are within the reserve)."""
@@ -354,11 +364,7 @@ class _UnixServer:
         finally:
             if uid is not None:
                 _UnixServer._in_process -= 1
-                left = self._held[uid] - 1
-                if left:
-                    self._held[uid] = left
-                else:
-                    del self._held[uid]
+                _count_down(self._held, uid, 1)
             self._tasks.discard(task)
             writer.transport.abort()
 
@@ -513,11 +519,7 @@ class NoticeServer(_UnixServer):
 
     def _forget(self, uid: int, count: int) -> None:
         """``count`` registrations of ``uid`` ended."""
-        left = self._registrations_by_uid.get(uid, 0) - count
-        if left > 0:
-            self._registrations_by_uid[uid] = left
-        else:
-            self._registrations_by_uid.pop(uid, None)
+        _count_down(self._registrations_by_uid, uid, count)
 
     def _set_killable(self, client: _Client, path: str, value: bool) -> None:
         if value and path not in client.killable:

@@ -513,7 +513,6 @@ class Snapshotter:
                 return found
             await asyncio.sleep(0)
 
-
     async def asnapshot(self, root: str, *, fields: Iterable[str] = FIELDS,
                         paths: Iterable[str] | None = None) -> dict[str, CgroupSnapshot]:
         """:meth:`snapshot` in the snapshotter's own worker thread (started by
@@ -591,12 +590,19 @@ def walk_descent(root: str, children: Mapping[str, Sequence[str]],
     """:func:`descend_tree` as a generator that pauses after every
     :data:`DESCENT_SLICE` reads (its value, at the end: the records and the stop)."""
     result: dict[str, CgroupSnapshot] = {}
-    reads = 0
+    reads = paused = 0
 
     def counted(path: str) -> CgroupSnapshot | None:
         nonlocal reads
         reads += 1
         return read(path)
+
+    def due() -> bool:  # a slice read since the last pause
+        nonlocal paused
+        if reads - paused < DESCENT_SLICE:
+            return False
+        paused = reads
+        return True
 
     node = counted(root)
     stop: str | None = None
@@ -610,7 +616,7 @@ def walk_descent(root: str, children: Mapping[str, Sequence[str]],
             kid = counted(path)
             if kid is not None:
                 kids.append(kid)
-            if reads % DESCENT_SLICE == 0:
+            if due():
                 yield
         result.update((k.path, k) for k in kids)
         for i, kid in enumerate(kids):
@@ -625,7 +631,7 @@ def walk_descent(root: str, children: Mapping[str, Sequence[str]],
                     if parent_path(path) in below and (snap := counted(path)) is not None:
                         below[path] = snap
                         stack.extend(reversed(children.get(path, ())))
-                    if reads % DESCENT_SLICE == 0:
+                    if due():
                         yield
                 derive_populated(below)
                 result.update(below)

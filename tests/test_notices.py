@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -529,9 +531,16 @@ async def test_a_killable_declaration_does_not_pass_to_a_cgroup_made_again(
         first = (await handler.rank("t")).first
         assert first is not None and first.cgroup == "/t/web"
         old = os.stat(domain.cgroup("t/web").dir).st_ino
-        while os.stat(domain.cgroup("t/web").dir).st_ino == old:  # inodes may be reused
-            domain.remove_behind_our_back("t/web")
-            domain.add("t/web", procs=[200], memory_current=40 * M).set_memory_oom_group(True)
+        # An fd on the old directory keeps its inode alive, so the one made again cannot
+        # get the same number (without it, this was a loop of 1 to 600 tries: 0.02-22 s).
+        held = os.open(domain.cgroup("t/web").dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            while os.stat(domain.cgroup("t/web").dir).st_ino == old:  # inodes may be reused
+                domain.remove_behind_our_back("t/web")
+                domain.add("t/web", procs=[200],
+                           memory_current=40 * M).set_memory_oom_group(True)
+        finally:
+            os.close(held)
         decision = await handler.rank("t")
         with pytest.raises(cgoom.CgroupGone, match="cannot declare /t/gone"):
             handler.declare_killable("t/gone")
@@ -573,27 +582,17 @@ async def test_clients_never_take_the_file_descriptors_the_engine_needs(
     assert caplog.text.count("a client was turned away") == 1  # said once, counted each time
 
 
-def connect_as(uid: int, path: str, count: int) -> list[bytes]:
-    """In a forked child running as ``uid``: ``count`` connections to ``path``; what the
-    last one was told, what came after it, and whether the first is still open."""
+def as_user(uid: int, work: Callable[[], bytes]) -> bytes:
+    """``work()`` in a forked child running as ``uid`` (plain syscalls only, then _exit);
+    what it returned, or the exception it raised, as text."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: plain syscalls only, then _exit
+    if pid == 0:
         try:
             os.close(r)
             os.setgid(uid)
             os.setuid(uid)
-            socks = [socket.socket(socket.AF_UNIX) for _ in range(count)]
-            for s in socks:
-                s.connect(path)
-                s.settimeout(5)
-            told, after = socks[-1].recv(1000), socks[-1].recv(1000)
-            socks[0].settimeout(0.3)
-            try:
-                first = socks[0].recv(1000) or b"closed"
-            except TimeoutError:
-                first = b"open"
-            os.write(w, b"\0".join((told.strip(), after, first)))
+            os.write(w, work())
         except BaseException as exc:
             os.write(w, repr(exc).encode())
         finally:
@@ -602,24 +601,66 @@ def connect_as(uid: int, path: str, count: int) -> list[bytes]:
     with os.fdopen(r, "rb") as f:
         out = f.read()
     os.waitpid(pid, 0)
-    return out.split(b"\0")
+    return out
+
+
+def connect_as(uid: int, path: str, count: int) -> list[bytes]:
+    """As ``uid``: ``count`` connections to ``path``; what the last one was told, what came
+    after it, and whether the first is still open."""
+    def work() -> bytes:
+        socks = [socket.socket(socket.AF_UNIX) for _ in range(count)]
+        for s in socks:
+            s.connect(path)
+            s.settimeout(5)
+        told, after = socks[-1].recv(1000), socks[-1].recv(1000)
+        socks[0].settimeout(0.3)
+        try:
+            first = socks[0].recv(1000) or b"closed"
+        except TimeoutError:
+            first = b"open"
+        return b"\0".join((told.strip(), after, first))
+    return as_user(uid, work).split(b"\0")
+
+
+def register_as(uid: int, path: str, plan: list[list[str]]) -> list[bytes]:
+    """As ``uid``: a connection per list of ``plan``, each registering those cgroups in
+    turn; every reply line, in order."""
+    def work() -> bytes:
+        replies, socks = [], []
+        for cgroups in plan:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.settimeout(5)
+            socks.append(s)
+            f = s.makefile("rb")
+            for cgroup in cgroups:
+                s.sendall(b'{"v":1,"op":"register","cgroup":"%s"}\n' % cgroup.encode())
+                replies.append(f.readline().strip())
+        return b"\n".join(replies)
+    return as_user(uid, work).split(b"\n")
+
+
+@pytest.fixture
+def shared_sock() -> Iterator[str]:
+    """A socket path another user may reach (pytest's tmp_path is root's alone)."""
+    import tempfile
+
+    where = tempfile.mkdtemp(prefix="cgoom-n-")
+    os.chmod(where, 0o755)
+    yield os.path.join(where, "n.sock")
+    shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root")
 async def test_one_user_holds_at_most_max_per_user_connections(
-        domain: FakeCgroupTree) -> None:
-    import tempfile
-
-    where = tempfile.mkdtemp(prefix="cgoom-n-")  # a path the other user may reach
-    os.chmod(where, 0o755)
-    sock_path = os.path.join(where, "n.sock")
+        domain: FakeCgroupTree, shared_sock: str) -> None:
+    sock_path = shared_sock
     async with handler_for(domain) as handler, \
             cgoom.open_notice_server(handler, sock_path, max_per_user=2) as server, \
             notices.connect(sock_path), notices.connect(sock_path), \
             notices.connect(sock_path):  # root: not counted against anyone's share
         said = await asyncio.to_thread(connect_as, 65534, sock_path, 3)
         statistics = server.statistics()
-    os.rmdir(where)
     assert len(said) == 3, said
     told, after, first = said
     assert b"turned away: uid 65534 holds max_per_user (2) connections" in told, told
@@ -678,51 +719,14 @@ async def test_an_oom_event_during_a_large_fan_out_does_not_wait_for_all_of_it(
     assert sum(at < killed_at for at in told) < 3000
 
 
-def register_as(uid: int, path: str, plan: list[list[str]]) -> list[bytes]:
-    """In a forked child running as ``uid``: a connection per list of ``plan``, each
-    registering those cgroups in turn; every reply line, in order."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: plain syscalls only, then _exit
-        try:
-            os.close(r)
-            os.setgid(uid)
-            os.setuid(uid)
-            replies = []
-            socks = []
-            for cgroups in plan:
-                s = socket.socket(socket.AF_UNIX)
-                s.connect(path)
-                s.settimeout(5)
-                socks.append(s)
-                f = s.makefile("rb")
-                for cgroup in cgroups:
-                    s.sendall(b'{"v":1,"op":"register","cgroup":"%s"}\n' % cgroup.encode())
-                    replies.append(f.readline().strip())
-            os.write(w, b"\n".join(replies))
-        except BaseException as exc:
-            os.write(w, repr(exc).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read()
-    os.waitpid(pid, 0)
-    return out.split(b"\n")
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="connecting as another user needs root")
 async def test_one_user_holds_at_most_max_registrations_per_user(
-        domain: FakeCgroupTree) -> None:
+        domain: FakeCgroupTree, shared_sock: str) -> None:
     # One user's registrations across its connections are bounded, not only per connection
     # (256 connections x 64 registrations would be 16,384 notices to write per level).
-    import tempfile
-
     for name in ("web", "batch"):
         domain.chown(f"t/{name}", 65534)  # delegated: the user may register for them
-    where = tempfile.mkdtemp(prefix="cgoom-n-")
-    os.chmod(where, 0o755)
-    sock_path = os.path.join(where, "n.sock")
+    sock_path = shared_sock
     async with handler_for(domain) as handler, \
             cgoom.open_notice_server(handler, sock_path,
                                      max_registrations_per_user=2) as server:
@@ -732,7 +736,6 @@ async def test_one_user_holds_at_most_max_registrations_per_user(
         # its count (a count that drifted would lock the user out for good).
         await until(lambda: server.statistics().clients == 0)
         left = dict(server._registrations_by_uid)
-    os.rmdir(where)
     assert len(replies) == 3, replies
     assert all(b'"op":"registered"' in line for line in replies[:2]), replies
     assert b"uid 65534 already holds 2 registrations on this socket" in replies[2], replies
