@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 
 import cgoom
-import cgoom._handler
-from cgoom import _server
+import cgoom._engine._handler
+from cgoom._notices import _server
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
 M = 1 << 20
@@ -64,7 +64,7 @@ async def measure(clients: int, rounds: int) -> dict[str, float | int]:
         domain.set_memory_max(300 * M)
         domain.set_memory_high(270 * M)
         tree.set("t", "memory.current", f"{280 * M}\n")
-        cgoom._handler.SETTLE_EVERY = 0.005  # recover quickly between rounds
+        cgoom._engine._handler.SETTLE_EVERY = 0.005  # recover quickly between rounds
         rule = cgoom.Rule("t", "t", on="max")  # high events are levels, never incidents
         path = os.path.join(sockdir, "n.sock")
         writes: list[float] = []

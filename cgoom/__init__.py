@@ -24,8 +24,6 @@ Everything public is re-exported here; import from ``cgoom``, not from the priva
 
 from typing import TYPE_CHECKING
 
-from ._cgroup import Cgroup as Cgroup
-from ._cgroup import remove_tree as remove_tree
 from ._errors import CgoomError as CgoomError
 from ._errors import CgroupBusy as CgroupBusy
 from ._errors import CgroupGone as CgroupGone
@@ -36,95 +34,97 @@ from ._errors import NotSupported as NotSupported
 from ._errors import ParseError as ParseError
 from ._errors import PermissionDenied as PermissionDenied
 from ._errors import ProcessGone as ProcessGone
-from ._fs import CgroupFS as CgroupFS
-from ._fs import OsFS as OsFS
-from ._hierarchy import Features as Features
-from ._hierarchy import Hierarchy as Hierarchy
-from ._parse import parse_size as _parse_size
-from ._types import MAX as MAX
-from ._types import CgroupEvents as CgroupEvents
-from ._types import CgroupType as CgroupType
-from ._types import Limit as Limit
-from ._types import MemoryEvents as MemoryEvents
-from ._types import MemoryStat as MemoryStat
-from ._types import Pressure as Pressure
-from ._types import PressureLine as PressureLine
-from ._types import SwapEvents as SwapEvents
+from ._kernel._cgroup import Cgroup as Cgroup
+from ._kernel._cgroup import remove_tree as remove_tree
+from ._kernel._fs import CgroupFS as CgroupFS
+from ._kernel._fs import OsFS as OsFS
+from ._kernel._hierarchy import Features as Features
+from ._kernel._hierarchy import Hierarchy as Hierarchy
+from ._kernel._parse import parse_size as _parse_size
+from ._kernel._types import MAX as MAX
+from ._kernel._types import CgroupEvents as CgroupEvents
+from ._kernel._types import CgroupType as CgroupType
+from ._kernel._types import Limit as Limit
+from ._kernel._types import MemoryEvents as MemoryEvents
+from ._kernel._types import MemoryStat as MemoryStat
+from ._kernel._types import Pressure as Pressure
+from ._kernel._types import PressureLine as PressureLine
+from ._kernel._types import SwapEvents as SwapEvents
 
 if TYPE_CHECKING:
-    from ._actions import ActionResult as ActionResult
-    from ._actions import Pidfds as Pidfds
-    from ._actions import ProcessControl as ProcessControl
-    from ._candidates import PRIORITY_MAX as PRIORITY_MAX
-    from ._candidates import PRIORITY_MIN as PRIORITY_MIN
-    from ._candidates import CgroupSnapshot as CgroupSnapshot
-    from ._candidates import Incident as Incident
-    from ._candidates import Preference as Preference
-    from ._candidates import ProcessSnapshot as ProcessSnapshot
-    from ._events import CgroupCreated as CgroupCreated
-    from ._events import CgroupRemoved as CgroupRemoved
-    from ._events import CgroupStateChanged as CgroupStateChanged
-    from ._events import Event as Event
-    from ._events import MemoryEventsChanged as MemoryEventsChanged
-    from ._events import PressureSustained as PressureSustained
-    from ._events import PressureTrigger as PressureTrigger
-    from ._events import PressureTriggered as PressureTriggered
-    from ._events import PressureTriggerEnded as PressureTriggerEnded
-    from ._events import Resynchronized as Resynchronized
-    from ._events import SustainedPressure as SustainedPressure
-    from ._events import SwapEventsChanged as SwapEventsChanged
-    from ._events import WatchFailed as WatchFailed
-    from ._firstchance import Answer as Answer
-    from ._firstchance import FirstChance as FirstChance
-    from ._firstchance import FirstChanceOutcome as FirstChanceOutcome
-    from ._firstchance import Notice as Notice
-    from ._handler import Handler as Handler
-    from ._handler import HandlerStatistics as HandlerStatistics
-    from ._handler import open_handler as open_handler
-    from ._incident import IncidentRecord as IncidentRecord
-    from ._incident import Timings as Timings
-    from ._kmsg import KernelOomKill as KernelOomKill
-    from ._plugins import BUILTIN_POLICIES as BUILTIN_POLICIES
-    from ._plugins import PluginError as PluginError
-    from ._plugins import adecide as adecide
-    from ._plugins import available_policies as available_policies
-    from ._plugins import decide as decide
-    from ._plugins import load_policy as load_policy
-    from ._plugins import start_policy_worker as start_policy_worker
-    from ._plugins import validate_policy as validate_policy
-    from ._policy import Decision as Decision
-    from ._policy import KillableFirstPolicy as KillableFirstPolicy
-    from ._policy import KubernetesQoSPolicy as KubernetesQoSPolicy
-    from ._policy import Policy as Policy
-    from ._policy import PriorityPolicy as PriorityPolicy
-    from ._policy import RankBy as RankBy
-    from ._policy import Victim as Victim
-    from ._policy import growth as growth
-    from ._policy import largest as largest
-    from ._policy import make_victim as make_victim
-    from ._policy import pressure as pressure
-    from ._policy import select_process as select_process
-    from ._policy import swap as swap
-    from ._policy import units as units
-    from ._protect import Protection as Protection
-    from ._protect import protect_self as protect_self
-    from ._recordlog import RecordLog as RecordLog
-    from ._recordlog import read_records as read_records
-    from ._recordlog import record_from_json as record_from_json
-    from ._rules import Rule as Rule
-    from ._server import NoticeServer as NoticeServer
-    from ._server import PressureSocket as PressureSocket
-    from ._server import ServerStatistics as ServerStatistics
-    from ._server import open_notice_server as open_notice_server
-    from ._server import open_pressure_socket as open_pressure_socket
-    from ._snapshot import FIELDS as FIELDS
-    from ._snapshot import Snapshotter as Snapshotter
-    from ._snapshot import UsageHistory as UsageHistory
-    from ._snapshot import policy_fields as policy_fields
-    from ._watcher import DEFAULT_FILES as DEFAULT_FILES
-    from ._watcher import Watcher as Watcher
-    from ._watcher import WatcherStatistics as WatcherStatistics
-    from ._watcher import open_watcher as open_watcher
+    from ._decide._candidates import PRIORITY_MAX as PRIORITY_MAX
+    from ._decide._candidates import PRIORITY_MIN as PRIORITY_MIN
+    from ._decide._candidates import CgroupSnapshot as CgroupSnapshot
+    from ._decide._candidates import Incident as Incident
+    from ._decide._candidates import Preference as Preference
+    from ._decide._candidates import ProcessSnapshot as ProcessSnapshot
+    from ._decide._plugins import BUILTIN_POLICIES as BUILTIN_POLICIES
+    from ._decide._plugins import PluginError as PluginError
+    from ._decide._plugins import adecide as adecide
+    from ._decide._plugins import available_policies as available_policies
+    from ._decide._plugins import decide as decide
+    from ._decide._plugins import load_policy as load_policy
+    from ._decide._plugins import start_policy_worker as start_policy_worker
+    from ._decide._plugins import validate_policy as validate_policy
+    from ._decide._policy import Decision as Decision
+    from ._decide._policy import KillableFirstPolicy as KillableFirstPolicy
+    from ._decide._policy import KubernetesQoSPolicy as KubernetesQoSPolicy
+    from ._decide._policy import Policy as Policy
+    from ._decide._policy import PriorityPolicy as PriorityPolicy
+    from ._decide._policy import RankBy as RankBy
+    from ._decide._policy import Victim as Victim
+    from ._decide._policy import growth as growth
+    from ._decide._policy import largest as largest
+    from ._decide._policy import make_victim as make_victim
+    from ._decide._policy import pressure as pressure
+    from ._decide._policy import select_process as select_process
+    from ._decide._policy import swap as swap
+    from ._decide._policy import units as units
+    from ._decide._snapshot import FIELDS as FIELDS
+    from ._decide._snapshot import Snapshotter as Snapshotter
+    from ._decide._snapshot import UsageHistory as UsageHistory
+    from ._decide._snapshot import policy_fields as policy_fields
+    from ._engine._actions import ActionResult as ActionResult
+    from ._engine._actions import Pidfds as Pidfds
+    from ._engine._actions import ProcessControl as ProcessControl
+    from ._engine._firstchance import Answer as Answer
+    from ._engine._firstchance import FirstChance as FirstChance
+    from ._engine._firstchance import FirstChanceOutcome as FirstChanceOutcome
+    from ._engine._firstchance import Notice as Notice
+    from ._engine._handler import Handler as Handler
+    from ._engine._handler import HandlerStatistics as HandlerStatistics
+    from ._engine._handler import open_handler as open_handler
+    from ._engine._incident import IncidentRecord as IncidentRecord
+    from ._engine._incident import Timings as Timings
+    from ._engine._rules import Rule as Rule
+    from ._kernel._kmsg import KernelOomKill as KernelOomKill
+    from ._notices._server import NoticeServer as NoticeServer
+    from ._notices._server import PressureSocket as PressureSocket
+    from ._notices._server import ServerStatistics as ServerStatistics
+    from ._notices._server import open_notice_server as open_notice_server
+    from ._notices._server import open_pressure_socket as open_pressure_socket
+    from ._ops._protect import Protection as Protection
+    from ._ops._protect import protect_self as protect_self
+    from ._ops._recordlog import RecordLog as RecordLog
+    from ._ops._recordlog import read_records as read_records
+    from ._ops._recordlog import record_from_json as record_from_json
+    from ._watch._events import CgroupCreated as CgroupCreated
+    from ._watch._events import CgroupRemoved as CgroupRemoved
+    from ._watch._events import CgroupStateChanged as CgroupStateChanged
+    from ._watch._events import Event as Event
+    from ._watch._events import MemoryEventsChanged as MemoryEventsChanged
+    from ._watch._events import PressureSustained as PressureSustained
+    from ._watch._events import PressureTrigger as PressureTrigger
+    from ._watch._events import PressureTriggered as PressureTriggered
+    from ._watch._events import PressureTriggerEnded as PressureTriggerEnded
+    from ._watch._events import Resynchronized as Resynchronized
+    from ._watch._events import SustainedPressure as SustainedPressure
+    from ._watch._events import SwapEventsChanged as SwapEventsChanged
+    from ._watch._events import WatchFailed as WatchFailed
+    from ._watch._watcher import DEFAULT_FILES as DEFAULT_FILES
+    from ._watch._watcher import Watcher as Watcher
+    from ._watch._watcher import WatcherStatistics as WatcherStatistics
+    from ._watch._watcher import open_watcher as open_watcher
 
 __version__ = "0.1.0.dev0"
 
@@ -134,79 +134,79 @@ __version__ = "0.1.0.dev0"
 # `__all__`, `__dir__` and the TYPE_CHECKING imports above follow it (tests/test_exports.py
 # checks that they agree).
 _LAZY: dict[str, str] = {
-    "ActionResult": "_actions",
-    "Pidfds": "_actions",
-    "ProcessControl": "_actions",
-    "Answer": "_firstchance",
-    "FirstChance": "_firstchance",
-    "FirstChanceOutcome": "_firstchance",
-    "Notice": "_firstchance",
-    "Handler": "_handler",
-    "HandlerStatistics": "_handler",
-    "open_handler": "_handler",
-    "IncidentRecord": "_incident",
-    "KernelOomKill": "_kmsg",
-    "Timings": "_incident",
-    "RecordLog": "_recordlog",
-    "read_records": "_recordlog",
-    "record_from_json": "_recordlog",
-    "Rule": "_rules",
-    "CgroupSnapshot": "_candidates",
-    "Incident": "_candidates",
-    "PRIORITY_MAX": "_candidates",
-    "PRIORITY_MIN": "_candidates",
-    "Preference": "_candidates",
-    "ProcessSnapshot": "_candidates",
-    "CgroupCreated": "_events",
-    "CgroupRemoved": "_events",
-    "CgroupStateChanged": "_events",
-    "Event": "_events",
-    "MemoryEventsChanged": "_events",
-    "PressureSustained": "_events",
-    "PressureTrigger": "_events",
-    "PressureTriggered": "_events",
-    "PressureTriggerEnded": "_events",
-    "Resynchronized": "_events",
-    "SustainedPressure": "_events",
-    "SwapEventsChanged": "_events",
-    "WatchFailed": "_events",
-    "BUILTIN_POLICIES": "_plugins",
-    "PluginError": "_plugins",
-    "adecide": "_plugins",
-    "available_policies": "_plugins",
-    "decide": "_plugins",
-    "load_policy": "_plugins",
-    "start_policy_worker": "_plugins",
-    "validate_policy": "_plugins",
-    "Decision": "_policy",
-    "KillableFirstPolicy": "_policy",
-    "KubernetesQoSPolicy": "_policy",
-    "Policy": "_policy",
-    "PriorityPolicy": "_policy",
-    "RankBy": "_policy",
-    "Victim": "_policy",
-    "growth": "_policy",
-    "largest": "_policy",
-    "make_victim": "_policy",
-    "pressure": "_policy",
-    "select_process": "_policy",
-    "swap": "_policy",
-    "units": "_policy",
-    "NoticeServer": "_server",
-    "ServerStatistics": "_server",
-    "open_notice_server": "_server",
-    "PressureSocket": "_server",
-    "open_pressure_socket": "_server",
-    "Protection": "_protect",
-    "protect_self": "_protect",
-    "FIELDS": "_snapshot",
-    "Snapshotter": "_snapshot",
-    "UsageHistory": "_snapshot",
-    "policy_fields": "_snapshot",
-    "DEFAULT_FILES": "_watcher",
-    "Watcher": "_watcher",
-    "WatcherStatistics": "_watcher",
-    "open_watcher": "_watcher",
+    "ActionResult": "_engine._actions",
+    "Pidfds": "_engine._actions",
+    "ProcessControl": "_engine._actions",
+    "Answer": "_engine._firstchance",
+    "FirstChance": "_engine._firstchance",
+    "FirstChanceOutcome": "_engine._firstchance",
+    "Notice": "_engine._firstchance",
+    "Handler": "_engine._handler",
+    "HandlerStatistics": "_engine._handler",
+    "open_handler": "_engine._handler",
+    "IncidentRecord": "_engine._incident",
+    "KernelOomKill": "_kernel._kmsg",
+    "Timings": "_engine._incident",
+    "RecordLog": "_ops._recordlog",
+    "read_records": "_ops._recordlog",
+    "record_from_json": "_ops._recordlog",
+    "Rule": "_engine._rules",
+    "CgroupSnapshot": "_decide._candidates",
+    "Incident": "_decide._candidates",
+    "PRIORITY_MAX": "_decide._candidates",
+    "PRIORITY_MIN": "_decide._candidates",
+    "Preference": "_decide._candidates",
+    "ProcessSnapshot": "_decide._candidates",
+    "CgroupCreated": "_watch._events",
+    "CgroupRemoved": "_watch._events",
+    "CgroupStateChanged": "_watch._events",
+    "Event": "_watch._events",
+    "MemoryEventsChanged": "_watch._events",
+    "PressureSustained": "_watch._events",
+    "PressureTrigger": "_watch._events",
+    "PressureTriggered": "_watch._events",
+    "PressureTriggerEnded": "_watch._events",
+    "Resynchronized": "_watch._events",
+    "SustainedPressure": "_watch._events",
+    "SwapEventsChanged": "_watch._events",
+    "WatchFailed": "_watch._events",
+    "BUILTIN_POLICIES": "_decide._plugins",
+    "PluginError": "_decide._plugins",
+    "adecide": "_decide._plugins",
+    "available_policies": "_decide._plugins",
+    "decide": "_decide._plugins",
+    "load_policy": "_decide._plugins",
+    "start_policy_worker": "_decide._plugins",
+    "validate_policy": "_decide._plugins",
+    "Decision": "_decide._policy",
+    "KillableFirstPolicy": "_decide._policy",
+    "KubernetesQoSPolicy": "_decide._policy",
+    "Policy": "_decide._policy",
+    "PriorityPolicy": "_decide._policy",
+    "RankBy": "_decide._policy",
+    "Victim": "_decide._policy",
+    "growth": "_decide._policy",
+    "largest": "_decide._policy",
+    "make_victim": "_decide._policy",
+    "pressure": "_decide._policy",
+    "select_process": "_decide._policy",
+    "swap": "_decide._policy",
+    "units": "_decide._policy",
+    "NoticeServer": "_notices._server",
+    "ServerStatistics": "_notices._server",
+    "open_notice_server": "_notices._server",
+    "PressureSocket": "_notices._server",
+    "open_pressure_socket": "_notices._server",
+    "Protection": "_ops._protect",
+    "protect_self": "_ops._protect",
+    "FIELDS": "_decide._snapshot",
+    "Snapshotter": "_decide._snapshot",
+    "UsageHistory": "_decide._snapshot",
+    "policy_fields": "_decide._snapshot",
+    "DEFAULT_FILES": "_watch._watcher",
+    "Watcher": "_watch._watcher",
+    "WatcherStatistics": "_watch._watcher",
+    "open_watcher": "_watch._watcher",
 }
 
 

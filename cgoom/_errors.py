@@ -3,7 +3,8 @@
 Every error carries the file it concerns (``path``), the value written if any (``value``) and
 the errno if the kernel refused (``errno``), and builds its message from them, so a log line
 alone says what went wrong where. Kernel errnos are translated into these classes in exactly
-one place, :func:`cgoom._fs.translate_os_error`, at the I/O boundary (``raise ... from exc``).
+one place, :func:`cgoom._kernel._fs.translate_os_error`, at the I/O boundary
+(``raise ... from exc``).
 
 How to react:
 

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._cgroup import PREFERENCE_XATTR, Cgroup, if_supported
 from ._errors import CgoomError, CgroupGone, InvalidValue
-from ._hierarchy import Hierarchy
-from ._parse import format_size
-from ._types import Limit
+from ._kernel._cgroup import PREFERENCE_XATTR, Cgroup, if_supported
+from ._kernel._hierarchy import Hierarchy
+from ._kernel._parse import format_size
+from ._kernel._types import Limit
 
 if TYPE_CHECKING:
-    from ._policy import Decision
+    from ._decide._policy import Decision
 
 def human(value: Limit | None) -> str:
     """``1536 -> "1.5K"``, ``"max" -> "max"``, ``None -> "-"`` (binary units, as the kernel)."""
@@ -198,9 +198,9 @@ def _policy_args(pairs: Sequence[str]) -> dict[str, object]:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
-    from ._candidates import Incident
-    from ._plugins import decide, load_policy
-    from ._snapshot import Snapshotter, policy_fields
+    from ._decide._candidates import Incident
+    from ._decide._plugins import decide, load_policy
+    from ._decide._snapshot import Snapshotter, policy_fields
 
     hierarchy = _hierarchy(args)
     hierarchy.require_memory()
@@ -248,7 +248,7 @@ def format_decision(decision: Decision, path: str, top: int = 10,
 
 
 def _cmd_policies(args: argparse.Namespace) -> int:
-    from ._plugins import available_policies
+    from ._decide._plugins import available_policies
 
     for name, origin in available_policies().items():
         print(f"{name:<16} {origin}")
@@ -256,7 +256,7 @@ def _cmd_policies(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from ._config import ConfigError, load_config
+    from ._ops._config import ConfigError, load_config
 
     try:
         config = load_config(args.file)
@@ -316,7 +316,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from ._daemon import run
+    from ._ops._daemon import run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     hierarchy = _hierarchy(args) if args.mount else None
@@ -324,8 +324,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from ._incident import IncidentRecord
-    from ._recordlog import Record, read_records
+    from ._engine._incident import IncidentRecord
+    from ._ops._recordlog import Record, read_records
 
     try:
         records: list[Record] = list(read_records(args.log))

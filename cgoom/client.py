@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
-from ._protocol import LEVELS, MAX_LINE, VERSION, encode
+from ._notices._protocol import LEVELS, MAX_LINE, VERSION, encode
 
 #: Where cgoom serves notices by default; ``$CGOOM_NOTICES`` overrides it.
 DEFAULT_PATH = "/run/cgoom/notices.sock"

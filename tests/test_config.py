@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import cgoom
-from cgoom._config import ConfigError, load_config
+from cgoom._ops._config import ConfigError, load_config
 from cgoom.cli import main
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "cgoom.example.toml"
@@ -99,7 +99,7 @@ def test_the_reference_names_every_key() -> None:
     """docs/configuration.md, checked against the code: every key of [handler], [metrics],
     [notices] and [[rule]] is named there (in backticks), so the reference cannot fall
     behind."""
-    from cgoom._config import HANDLER_TYPES, METRICS_TYPES, NOTICES_TYPES, RULE_KEYS
+    from cgoom._ops._config import HANDLER_TYPES, METRICS_TYPES, NOTICES_TYPES, RULE_KEYS
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     missing = [k for k in sorted({*HANDLER_TYPES, *METRICS_TYPES, *NOTICES_TYPES, *RULE_KEYS})
@@ -114,7 +114,7 @@ def test_the_reference_names_every_key() -> None:
     ("[notices]\nsockets = '/x'\n", "unknown key 'sockets'"),
 ])
 def test_notices_mistakes_are_named(tmp_path: Path, text: str, error: str) -> None:
-    from cgoom._config import ConfigError, load_config
+    from cgoom._ops._config import ConfigError, load_config
 
     config = tmp_path / "cgoom.toml"
     config.write_text(text + '[[rule]]\nname = "r"\ndomain = "t"\n')
@@ -123,7 +123,7 @@ def test_notices_mistakes_are_named(tmp_path: Path, text: str, error: str) -> No
 
 
 def test_notices_settings_load(tmp_path: Path) -> None:
-    from cgoom._config import load_config
+    from cgoom._ops._config import load_config
 
     config = tmp_path / "cgoom.toml"
     config.write_text('[notices]\nsocket = "/run/cgoom/notices.sock"\npressure_level = '

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cgoom._daemon import run
+from cgoom._ops._daemon import run
 from cgoom.testing import FakeCgroupTree
 
 M = 1 << 20

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 import pytest
 
 import cgoom
-from cgoom._meminfo import parse_meminfo
-from cgoom._rules import RuleState
-from cgoom._tripwire import MIN_STEP, levels
+from cgoom._engine._rules import RuleState
+from cgoom._engine._tripwire import MIN_STEP, levels
+from cgoom._kernel._meminfo import parse_meminfo
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
 M = 1 << 20
@@ -417,7 +417,7 @@ class TestProcessConnector:
     kernel: tests/integration/test_machine_real.py)."""
 
     def test_events_from_pyroute2_messages(self) -> None:
-        from cgoom._netlink import ProcessExit, ProcessFork, _event
+        from cgoom._kernel._netlink import ProcessExit, ProcessFork, _event
 
         exit_ = {"event": "PROC_EVENT_EXIT", "process_pid": 7, "process_tgid": 7,
                  "parent_tgid": 1, "exit_code": 9, "timestamp_ns": 5}
@@ -431,8 +431,8 @@ class TestProcessConnector:
         assert _event({"event": "PROC_EVENT_EXEC"}) is None
 
     async def test_a_kill_watch(self) -> None:
-        from cgoom._handler import _KillWatch
-        from cgoom._netlink import ProcessExit, ProcessFork
+        from cgoom._engine._handler import _KillWatch
+        from cgoom._kernel._netlink import ProcessExit, ProcessFork
 
         watch = _KillWatch([10, 11], 100, "/t/lose", asyncio.get_running_loop())
         assert watch.see(ProcessExit(10, 1, 9, 50)) is None  # before the kill: not ours
@@ -494,7 +494,7 @@ class TestTaskstats:
         return bytes(raw)
 
     def test_the_fixed_prefix_of_every_version(self) -> None:
-        from cgoom._taskstats import MemoryStall, parse_stats
+        from cgoom._kernel._taskstats import MemoryStall, parse_stats
 
         assert parse_stats(self.stats(13, 42, 812_000_000, 3_000_000)) == MemoryStall(
             42, 812.0, 3.0, 5.0, 1.0)
@@ -505,7 +505,7 @@ class TestTaskstats:
             "pid 1: reclaim 812 ms, thrashing 3 ms, swap-in 0 ms"
 
     def test_exit_messages(self) -> None:
-        from cgoom._taskstats import parse_exit
+        from cgoom._kernel._taskstats import parse_exit
 
         def nla(kind: int, payload: bytes) -> bytes:
             return struct.pack("=HH", 4 + len(payload), kind) + payload + \
@@ -527,8 +527,8 @@ class TestTaskstats:
             parse_exit(error, 31)
 
     async def test_a_kill_watch_keeps_the_process_totals(self) -> None:
-        from cgoom._handler import _KillWatch
-        from cgoom._taskstats import MemoryStall
+        from cgoom._engine._handler import _KillWatch
+        from cgoom._kernel._taskstats import MemoryStall
 
         watch = _KillWatch([7, 8], 0, "/t", asyncio.get_running_loop())
         watch.stall(True, MemoryStall(7, 800.0, 10.0, 0.0, 0.0))
@@ -561,7 +561,7 @@ async def test_a_child_removed_behind_our_back_does_not_stop_the_tripwires(
 
 
 def test_arming_skips_a_vanished_child(machine: FakeCgroupTree) -> None:
-    from cgoom._tripwire import Tripwires
+    from cgoom._engine._tripwire import Tripwires
 
     wires = Tripwires(machine.hierarchy, "/", 0.1)
     info, problems = wires.arm(["/gone", "/hog"])
@@ -672,8 +672,8 @@ async def test_an_incident_that_fails_inside_the_engine_still_yields_a_record(
 
 
 def test_a_tripwire_steps_up_at_once(machine: FakeCgroupTree) -> None:
-    from cgoom._meminfo import MemInfo
-    from cgoom._tripwire import Tripwires
+    from cgoom._engine._tripwire import Tripwires
+    from cgoom._kernel._meminfo import MemInfo
 
     wires = Tripwires(machine.hierarchy, "/", 0.1)
     wires.arm(["/db", "/hog"])
@@ -695,8 +695,8 @@ def test_an_arm_older_than_a_step_leaves_that_tripwire_alone(machine: FakeCgroup
                                                              ) -> None:
     """The worker's re-arm read MemAvailable and usages, then the loop stepped the hog's
     tripwire up with newer figures: the re-arm must not overwrite it with its stale level."""
-    from cgoom import _tripwire
-    from cgoom._meminfo import MemInfo
+    from cgoom._engine import _tripwire
+    from cgoom._kernel._meminfo import MemInfo
 
     wires = _tripwire.Tripwires(machine.hierarchy, "/", 0.1)
     wires.arm(["/db", "/hog"])
@@ -722,8 +722,8 @@ async def test_a_fork_racing_a_whole_kill_is_killed_unless_minus_1000(
     """The process connector reports forks during a whole kill of /t/lose: a child inside
     the subtree is killed; one with oom_score_adj -1000 (a spared process's child) is not,
     nor one outside the subtree."""
-    from cgoom._handler import _KillWatch
-    from cgoom._netlink import ProcessFork
+    from cgoom._engine._handler import _KillWatch
+    from cgoom._kernel._netlink import ProcessFork
 
     procs = FakeProcesses(two)
     two.add_process(310, oom_score_adj=0)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import cgoom
-from cgoom._fs import translate_os_error
+from cgoom._kernel._fs import translate_os_error
 from cgoom.testing import FakeCgroupTree
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import cgoom
-from cgoom._firstchance import RECOVERY_MARGIN, Registry, threshold_of
+from cgoom._engine._firstchance import RECOVERY_MARGIN, Registry, threshold_of
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
 M = 1 << 20

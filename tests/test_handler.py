@@ -11,7 +11,7 @@ import pytest
 
 import cgoom
 from cgoom import CgroupSnapshot as S
-from cgoom._rules import RuleState
+from cgoom._engine._rules import RuleState
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
 M = 1 << 20
@@ -228,7 +228,7 @@ class TestSparing:
         assert inversion.cgroup("t/batch").cgroup_freeze() is False  # thawed
 
     def test_without_process_control_it_refuses(self, inversion: FakeCgroupTree) -> None:
-        from cgoom._actions import kill_cgroup
+        from cgoom._engine._actions import kill_cgroup
 
         inversion.cgroup("t/batch").attach(301)
         inversion.add_process(301, oom_score_adj=-1000)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cgoom import _journal
-from cgoom._daemon import run
-from cgoom._journal import INCIDENT_MESSAGE_ID, encode, stderr_is_journal
+from cgoom._ops import _journal
+from cgoom._ops._daemon import run
+from cgoom._ops._journal import INCIDENT_MESSAGE_ID, encode, stderr_is_journal
 from cgoom.testing import FakeCgroupTree
 
 M = 1 << 20

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import cgoom
-from cgoom._kmsg import OomKillParser, parse_record
+from cgoom._kernel._kmsg import OomKillParser, parse_record
 from cgoom.testing import FakeCgroupTree
 
 SUMMARY = ("oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import cgoom
-import cgoom._handler
+import cgoom._engine._handler
 from cgoom import client as notices
-from cgoom._firstchance import Gone, Levels, Registry, level_of
-from cgoom._protocol import MAX_LINE, ProtocolError, Register, Reply, parse_request
-from cgoom._server import Peer, Refused, authorize
+from cgoom._engine._firstchance import Gone, Levels, Registry, level_of
+from cgoom._notices._protocol import MAX_LINE, ProtocolError, Register, Reply, parse_request
+from cgoom._notices._server import Peer, Refused, authorize
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
 M = 1 << 20
@@ -157,7 +157,7 @@ def test_who_may_register_for_what(domain: FakeCgroupTree) -> None:
 
 async def test_levels_reach_registrations_with_a_reclaim_target(
         domain: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cgoom._handler, "SETTLE_EVERY", 0.05)
+    monkeypatch.setattr(cgoom._engine._handler, "SETTLE_EVERY", 0.05)
     heard: list[cgoom.Notice] = []
 
     async def note(notice: cgoom.Notice) -> None:
@@ -471,8 +471,8 @@ async def test_a_pressure_watcher_outside_every_domain_is_turned_away(
 def test_a_notice_line_is_what_encode_would_write() -> None:
     import json
 
-    from cgoom._protocol import encode
-    from cgoom._server import _Client
+    from cgoom._notices._protocol import encode
+    from cgoom._notices._server import _Client
 
     for notice in (cgoom.Notice("/t", '/t/odd "name"\\', "low", 5, None, 0, None),
                    cgoom.Notice("/t", "/t/b", "oom", None, 10, 3, 1.5)):
@@ -485,7 +485,7 @@ def test_a_notice_line_is_what_encode_would_write() -> None:
 
 
 async def test_dbus_warnings_need_a_domain_with_levels(domain: FakeCgroupTree) -> None:
-    from cgoom._dbus import WARNING, LowMemoryMonitor
+    from cgoom._notices._dbus import WARNING, LowMemoryMonitor
 
     assert WARNING == {"low": 50, "critical": 100, "oom": 255}  # low-memory-monitor's
     async with handler_for(domain) as handler:
@@ -555,7 +555,7 @@ async def test_clients_never_take_the_file_descriptors_the_engine_needs(
     # and the engine still snapshots, decides and kills.
     import resource
 
-    from cgoom._server import FD_RESERVE
+    from cgoom._notices._server import FD_RESERVE
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (FD_RESERVE + 5, hard))

@@ -19,7 +19,7 @@ from cgoom import (
     SwapEvents,
     parse_size,
 )
-from cgoom import _parse as p
+from cgoom._kernel import _parse as p
 
 SRC = "/sys/fs/cgroup/t/file"
 keys = st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True)

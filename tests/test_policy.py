@@ -178,7 +178,7 @@ class TestKubernetes:
         assert all(v.whole for v in d.victims)
 
     def test_qos_class_of_cgroupfs_driver_paths(self) -> None:
-        from cgoom._policy import is_pod, qos_class
+        from cgoom._decide._policy import is_pod, qos_class
         assert qos_class("/kubepods/besteffort/pod1234-ab") == "besteffort"
         assert qos_class("/kubepods/pod1234") == "guaranteed"
         assert qos_class("/system.slice") is None
@@ -240,7 +240,7 @@ def test_invariants(case: tuple[Incident, dict[str, S]]) -> None:
     for policy in POLICIES:
         d = policy(incident, cands)
         assert d == policy(incident, cands), policy.name          # deterministic
-        assert cgoom._plugins.decision_problem(d, incident, cands) is None, policy.name
+        assert cgoom._decide._plugins.decision_problem(d, incident, cands) is None, policy.name
         for v in d.victims:
             assert v.cgroup == "/r" or v.cgroup.startswith("/r/")  # inside the incident
             assert not below_omitted(v.cgroup, cands)             # never omitted
@@ -268,7 +268,7 @@ def test_the_descent_is_kept_only_where_the_full_ranking_starts(
     decision on that partial snapshot only when its first victim is the unit the descent
     stopped at. Whenever it does, that victim is the full ranking's first: never another
     (a wrong kill), whatever the tree, settings, omitted, threaded or protected cgroups."""
-    from cgoom._snapshot import derive_populated, descend_tree
+    from cgoom._decide._snapshot import derive_populated, descend_tree
 
     incident, cands = case
     raw = as_read(cands)
@@ -565,9 +565,9 @@ class TestGuard:
             cgoom.load_policy(name, **args)
 
     def test_validation_catches_a_hanging_plugin(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import cgoom._plugins
+        import cgoom._decide._plugins
 
-        monkeypatch.setattr(cgoom._plugins, "VALIDATION_BUDGET", 0.05)
+        monkeypatch.setattr(cgoom._decide._plugins, "VALIDATION_BUDGET", 0.05)
         gate = threading.Event()
         with pytest.raises(cgoom.PluginError, match="did not answer within its budget"):
             cgoom.validate_policy(policy_of(lambda i, c: gate.wait(5), "sleepy"), plugin="sleepy")
@@ -577,7 +577,7 @@ class TestGuard:
 def test_builtins_run_inline_plugins_in_the_guard() -> None:
     """cgoom's own bounded policies skip the thread hop; anything that may carry user code
     (plugins, RankBy) runs in the guard's thread with its deadline."""
-    from cgoom._plugins import runs_inline
+    from cgoom._decide._plugins import runs_inline
 
     assert runs_inline(cgoom.PriorityPolicy()) and runs_inline(cgoom.KubernetesQoSPolicy())
     assert runs_inline(cgoom.KillableFirstPolicy())
@@ -589,7 +589,7 @@ async def test_the_descent_on_the_loop_lets_it_run(tree: FakeCgroupTree) -> None
     # adescend reads on the event loop (no thread to wait for), pausing after every
     # DESCENT_SLICE cgroups: 150 children of one cgroup are read in three slices, and the
     # result is the same as descend()'s.
-    from cgoom._snapshot import DESCENT_SLICE
+    from cgoom._decide._snapshot import DESCENT_SLICE
 
     for i in range(150):
         tree.add(f"dom/c{i}", memory_current=(i % 13 + 1) << 20,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import cgoom
-from cgoom import _privileges
-from cgoom._privileges import effective_capabilities, limits
+from cgoom._ops import _privileges
+from cgoom._ops._privileges import effective_capabilities, limits
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
 M = 1 << 20

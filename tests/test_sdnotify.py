@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from cgoom._sdnotify import notify, reloading, watchdog_interval
+from cgoom._ops._sdnotify import notify, reloading, watchdog_interval
 
 
 def test_a_path_socket(tmp_path: Path) -> None:

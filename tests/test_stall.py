@@ -16,7 +16,7 @@ import time
 import pytest
 
 import cgoom
-from cgoom._stall import StallWatchdog
+from cgoom._engine._stall import StallWatchdog
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
 M = 1 << 20

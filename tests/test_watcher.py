@@ -12,9 +12,9 @@ import os
 import pytest
 
 import cgoom
-import cgoom._linux
-from cgoom._events import SustainedState, counter_delta, trigger_problem
-from cgoom._linux import read_int
+import cgoom._kernel._linux
+from cgoom._kernel._linux import read_int
+from cgoom._watch._events import SustainedState, counter_delta, trigger_problem
 from cgoom.testing import FakeCgroupTree
 from cgoom.testing import collect_events as collect
 from cgoom.testing import events_of_type as of_type
@@ -189,7 +189,7 @@ class TestHierarchyChanges:
         announced) once a removal frees watches."""
         tree.add("lab/a")
         tree.add("lab/old")
-        real = cgoom._linux.Inotify.add_watch
+        real = cgoom._kernel._linux.Inotify.add_watch
         full = [False]
 
         def add_watch(self: object, path: str, mask: int) -> int:
@@ -197,7 +197,7 @@ class TestHierarchyChanges:
                 raise OSError(errno.ENOSPC, "No space left on device", path)
             return real(self, path, mask)  # type: ignore[arg-type]
 
-        monkeypatch.setattr("cgoom._linux.Inotify.add_watch", add_watch)
+        monkeypatch.setattr("cgoom._kernel._linux.Inotify.add_watch", add_watch)
         async with cgoom.open_watcher(tree.hierarchy, "lab", files=["memory.events"]) as w:
             full[0] = True
             tree.add("lab/new")
@@ -237,7 +237,7 @@ class TestHierarchyChanges:
                                             monkeypatch: pytest.MonkeyPatch) -> None:
         for i in range(20):
             tree.add(f"lab/c{i}")
-        monkeypatch.setattr("cgoom._watcher.SLICE_SECONDS", 0.0)
+        monkeypatch.setattr("cgoom._watch._watcher.SLICE_SECONDS", 0.0)
         ticks = 0
 
         async def ticker() -> None:
@@ -339,7 +339,7 @@ class TestLifecycle:
         def full(self: object, path: str, mask: int) -> int:
             raise OSError(errno.ENOSPC, "No space left on device", path)
 
-        monkeypatch.setattr("cgoom._linux.Inotify.add_watch", full)
+        monkeypatch.setattr("cgoom._kernel._linux.Inotify.add_watch", full)
         with pytest.raises(cgoom.CgoomError, match=r"fs\.inotify\.max_user_watches") as info:
             async with cgoom.open_watcher(tree.hierarchy, "lab", raise_watch_limit=False):
                 pass

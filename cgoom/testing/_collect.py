@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from .._events import Event
-    from .._watcher import Watcher
+    from .._watch._events import Event
+    from .._watch._watcher import Watcher
 
 _E = TypeVar("_E")
 

@@ -31,7 +31,7 @@ import errno
 import os
 import re
 
-from .._fs import OsFS
+from .._kernel._fs import OsFS
 
 PAGE_SIZE = 4096
 #: PAGE_COUNTER_MAX on 64-bit: LONG_MAX / PAGE_SIZE pages.

@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .._cgroup import Cgroup, remove_tree
 from .._errors import CgoomError, CgroupGone
-from .._hierarchy import Hierarchy
+from .._kernel._cgroup import Cgroup, remove_tree
+from .._kernel._hierarchy import Hierarchy
 
 ENV_PARENT = "CGOOM_TEST_CGROUP"
 _counter = itertools.count()

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from .._cgroup import Cgroup
-from .._hierarchy import Hierarchy
+from .._kernel._cgroup import Cgroup
+from .._kernel._hierarchy import Hierarchy
 from ._fake import PRESSURE_ZERO, FakeCgroupFS, memory_events_text
 
 _KERNEL_FEATURES = "nsdelegate favordynmods memory_localevents memory_recursiveprot\n"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import cgoom
-from cgoom._dbus import INTERFACE, NAME, open_low_memory_monitor
+from cgoom._notices._dbus import INTERFACE, NAME, open_low_memory_monitor
 
 from .conftest import python_cmd
 from .test_handler_real import inversion

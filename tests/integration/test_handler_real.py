@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import cgoom
-from cgoom._actions import Pidfds, kill_process
+from cgoom._engine._actions import Pidfds, kill_process
 from cgoom.testing import wait_until
 
 from .conftest import holding_hog, python_cmd

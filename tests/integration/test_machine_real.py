@@ -216,14 +216,14 @@ async def test_the_process_connector_sees_each_exit(box: cgoom.Cgroup, spawn: Sp
 
 
 PROTECT = (
-    "import json, threading, cgoom, cgoom._protect\n"
+    "import json, threading, cgoom, cgoom._ops._protect\n"
     "p = cgoom.protect_self(memory_min='16M', mlock=True)\n"
     "threads = [threading.Thread(target=lambda: None) for _ in range(8)]\n"
     "for t in threads: t.start()\n"
     "for t in threads: t.join()\n"
     "status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
     "print(json.dumps({'adj': p.oom_score_adj, 'min': p.memory_min, 'locked': p.locked,\n"
-    "                  'after': cgoom._protect.locked_bytes(cgoom.Hierarchy.discover()),\n"
+    "                  'after': cgoom._ops._protect.locked_bytes(cgoom.Hierarchy.discover()),\n"
     "                  'vmlck': int(status['VmLck'].split()[0]) * 1024,\n"
     "                  'adj_file': open('/proc/self/oom_score_adj').read().strip(),\n"
     "                  'notes': p.notes}))\n"

@@ -310,7 +310,7 @@ class TestErrors:
             with pytest.raises(OSError, match="No such device") as raw:
                 os.read(fd, 100)
             assert raw.value.errno == errno.ENODEV
-            err = cgoom._fs.translate_os_error(raw.value, c.fs, f"{c.dir}/memory.events",
+            err = cgoom._kernel._fs.translate_os_error(raw.value, c.fs, f"{c.dir}/memory.events",
                                                mount=c.mount, what="read")
             assert isinstance(err, cgoom.CgroupGone)
         finally:

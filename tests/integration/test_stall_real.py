@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import cgoom
-from cgoom._stall import StallWatchdog
+from cgoom._engine._stall import StallWatchdog
 from cgoom.testing import wait_until
 
 from .conftest import holding_hog, python_cmd

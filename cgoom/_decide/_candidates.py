@@ -1,0 +1,201 @@
+"""The policy's input: candidate records and the tree helpers. Pure: no I/O, no clock.
+
+Policies import this module, never the snapshotter that fills it (``_snapshot``), so a policy
+can be written, tested and replayed with plain data.
+
+Identity. A path names a cgroup only until it is removed and re-created; a pid names a
+process only until it exits and the number is reused. So every record carries identity:
+``CgroupSnapshot.inode`` is the cgroup's id (the inode number of its cgroupfs directory, the
+kernel's ``cgroup_id()`` on 64-bit), ``ProcessSnapshot.start_time`` is field 22 of
+``/proc/PID/stat`` (clock ticks after boot). Whoever acts on a decision re-checks both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final, Literal
+
+import attrs
+
+from .._errors import InvalidValue
+from .._kernel._types import Limit, MemoryEvents, Pressure
+
+Preference = Literal["prefer", "avoid", "omit"]
+
+#: The range of a priority (``user.cgoom.priority``, configured patterns): a signed 32-bit
+#: integer. Values outside it are refused when written and ignored (with a problem) when read.
+PRIORITY_MIN: Final = -(2**31)
+PRIORITY_MAX: Final = 2**31 - 1
+
+
+def normalize_path(path: str) -> str:
+    """``"lab/batch/"``, ``"//lab/./batch"`` -> ``"/lab/batch"``: the one spelling of a cgroup
+    path below the mount. Refuses ``..`` so a path never leaves its mount."""
+    if not isinstance(path, str):
+        raise InvalidValue(f"a cgroup path is a str, not {path!r}", value=repr(path))
+    if path == "/" or (path[:1] == "/" and path[-1] != "/" and "//" not in path
+                       and "/." not in path):
+        return path  # already in the one spelling (the common case, at OOM time)
+    parts = [p for p in path.split("/") if p and p != "."]
+    if ".." in parts:
+        raise InvalidValue(f"cgroup path {path!r} must not contain '..'", value=path)
+    return "/" + "/".join(parts)
+
+
+def check_priority(value: object, source: str) -> int:
+    """``value`` if it is an ``int`` (not a bool) within :data:`PRIORITY_MIN`..
+    :data:`PRIORITY_MAX`; :class:`~cgoom.InvalidValue` naming ``source`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue(f"{source}: a priority is an int, not {value!r}", value=repr(value))
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise InvalidValue(
+            f"{source}: priority {_short(value)} is outside {PRIORITY_MIN}..{PRIORITY_MAX}",
+            value=_short(value))
+    return value
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
+
+
+@attrs.frozen
+class ProcessSnapshot:
+    """One process of a cgroup: what picks a single victim inside it."""
+
+    pid: int
+    #: ``comm`` as the process set it, decoded with replacement: any bytes are allowed there.
+    name: str
+    #: /proc/<pid>/oom_score_adj: -1000 (never) to 1000 (first); higher is more killable.
+    #: ``None`` when it could not be read: such a process is never chosen.
+    oom_score_adj: int | None
+    #: Resident set size in bytes.
+    rss: int
+    #: Field 22 of /proc/<pid>/stat (clock ticks after boot): with ``pid``, the identity of
+    #: the process. ``None`` where unknown (then no kill through this record is safe).
+    start_time: int | None = None
+
+
+def _processes(value: Iterable[ProcessSnapshot]) -> tuple[ProcessSnapshot, ...]:
+    return tuple(value)
+
+
+def int_tuple(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
+def str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class CgroupSnapshot:
+    """One candidate cgroup as read in one pass. ``path`` is below the mount (``"/a/b"``);
+    every other field is keyword-only. A field that was not read (the policy did not ask
+    for it) or that this kernel lacks is ``None``, never ``0``."""
+
+    path: str = attrs.field(converter=normalize_path)
+    #: The cgroup's id: its directory's inode number. ``None`` for hand-made records.
+    inode: int | None = attrs.field(default=None, kw_only=True)
+    #: The uid owning the directory (who may write its ``user.*`` xattrs; docs/policies.md).
+    owner: int | None = attrs.field(default=None, kw_only=True)
+    usage: int | None = attrs.field(default=None, kw_only=True)
+    peak: int | None = attrs.field(default=None, kw_only=True)
+    swap: int | None = attrs.field(default=None, kw_only=True)
+    anon: int | None = attrs.field(default=None, kw_only=True)
+    file: int | None = attrs.field(default=None, kw_only=True)
+    kernel: int | None = attrs.field(default=None, kw_only=True)
+    #: Bytes per second over the recent window (``None`` until two readings exist).
+    growth: float | None = attrs.field(default=None, kw_only=True)
+    pressure: Pressure | None = attrs.field(default=None, kw_only=True)
+    events: MemoryEvents | None = attrs.field(default=None, kw_only=True)
+    #: A process lives here or below (derived from ``cgroup.procs`` of the subtree).
+    populated: bool | None = attrs.field(default=None, kw_only=True)
+    #: The processes directly in this cgroup (not its descendants).
+    pids: tuple[int, ...] = attrs.field(default=(), kw_only=True, converter=int_tuple)
+    #: Seconds since the cgroup directory was created, where the filesystem says.
+    age: float | None = attrs.field(default=None, kw_only=True)
+    memory_min: Limit | None = attrs.field(default=None, kw_only=True)
+    memory_low: Limit | None = attrs.field(default=None, kw_only=True)
+    memory_high: Limit | None = attrs.field(default=None, kw_only=True)
+    memory_max: Limit | None = attrs.field(default=None, kw_only=True)
+    oom_group: bool | None = attrs.field(default=None, kw_only=True)
+    priority: int = attrs.field(default=0, kw_only=True)
+    preference: Preference | None = attrs.field(default=None, kw_only=True)
+    killable: bool = attrs.field(default=False, kw_only=True)
+    overlimit: bool = attrs.field(default=False, kw_only=True)
+    #: A threaded cgroup (``cgroup.procs`` is EOPNOTSUPP there): its threads belong to
+    #: processes of the threaded domain above it; it is never a unit of its own.
+    threaded: bool = attrs.field(default=False, kw_only=True)
+    #: This record stands for the processes living directly in a cgroup that also has child
+    #: cgroups (see :func:`cgoom.units`): it may give up single processes, never die whole.
+    internal: bool = attrs.field(default=False, kw_only=True)
+    #: Filled for the units a single process may be picked from.
+    processes: tuple[ProcessSnapshot, ...] = attrs.field(default=(), kw_only=True,
+                                                         converter=_processes)
+    #: What could not be read as documented, or was ignored (and why).
+    problems: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=str_tuple)
+
+    @property
+    def protection(self) -> int:
+        """The larger of memory.min and memory.low in bytes (0 when unset or unknown;
+        ``max`` counts as all of the usage)."""
+        best = 0
+        for value in (self.memory_min, self.memory_low):
+            if value == "max":
+                return self.usage or 0
+            if isinstance(value, int):
+                best = max(best, value)
+        return best
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[1]
+
+
+def ancestors_and_self(path: str) -> frozenset[str]:
+    """``"/a/b"`` -> ``{"/", "/a", "/a/b"}``."""
+    parts = [p for p in path.split("/") if p]
+    return frozenset(["/"] + ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)])
+
+
+def _paths(value: object) -> frozenset[str]:
+    return frozenset(normalize_path(p) for p in value)  # type: ignore[attr-defined]
+
+
+@attrs.frozen
+class Incident:
+    """What a policy is asked about: ``cgroup`` ran out of memory (the subtree victims come
+    from), because of ``trigger`` (``"oom"``, ``"high"``, ``"pressure"``, ``"manual"``...).
+    Paths are normalised here (``"t"``, ``"/t/"`` and ``"//t"`` are ``"/t"``).
+
+    ``protected``: cgroups never chosen; :meth:`create` fills it with cgoom's own cgroup and
+    its ancestors.
+    """
+
+    cgroup: str = attrs.field(converter=normalize_path)
+    trigger: str = "oom"
+    protected: frozenset[str] = attrs.field(default=frozenset(), converter=_paths)
+
+    @classmethod
+    def create(cls, cgroup: str, trigger: str = "oom", *, own_cgroup: str | None = None,
+               ) -> Incident:
+        protected = (frozenset() if own_cgroup is None
+                     else ancestors_and_self(normalize_path(own_cgroup)))
+        return cls(cgroup, trigger, protected)
+
+
+def parent_path(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def tree_children(candidates: Mapping[str, CgroupSnapshot]) -> dict[str, list[str]]:
+    """``path -> child paths`` (sorted) for the candidates whose parent is also a candidate."""
+    children: dict[str, list[str]] = {p: [] for p in candidates}
+    for path in candidates:
+        parent = parent_path(path)
+        if path != "/" and parent in children:
+            children[parent].append(path)
+    for kids in children.values():
+        kids.sort()
+    return children

@@ -1,0 +1,424 @@
+"""The I/O edge of the engine: killing a cgroup, killing one process. Each action checks the
+victim's identity right before it acts and reports what it did and how long it took.
+
+Some facts this code depends on (notes/kernel-interface.md §5-§6):
+
+- ``cgroup.kill`` returns once SIGKILL is *sent* to every process of the subtree (measured:
+  2.4 ms for three fork-looping processes); they are gone when ``cgroup.events`` says
+  ``populated 0``. It is written here directly, on the caller's thread: a worker thread
+  started on demand cost 125-490 ms under memory pressure (DESIGN.md, principle 3).
+  ``cgroup.kill`` also kills ``oom_score_adj`` -1000 processes, which the kernel's own
+  ``memory.oom.group`` kill spares (``oom_kill_memcg_member``). So when the victim holds
+  one, cgoom does as the kernel does instead: it freezes the cgroup (no fork can race the
+  kill; frozen tasks still die of SIGKILL), SIGKILLs every other process through a pidfd
+  (identity checked), re-reads until no new process appears (3 passes at most), and thaws.
+- Identity for a cgroup is its id (the directory's inode); ids are never reused and a cgroup
+  must be empty to be removed, so "stat, compare, write" can only miss a cgroup removed and
+  re-created with new processes in the microseconds between the two calls.
+- Identity for a process: ``pidfd_open`` pins *a* process; if the pid was reused before we
+  opened it, the pidfd names the new one. So the start time (field 22 of /proc/PID/stat) and
+  the cgroup are re-checked *after* opening: if they match, the pidfd is the process decided
+  on, and a signal through it can reach no other (``pidfd_send_signal``).
+- ``process_mrelease`` (5.15) then frees the dying process's anonymous memory at once, in
+  this thread, instead of after its exit or the OOM reaper's 2 s delay. A pidfd becomes
+  readable when the process exits: that is the confirmation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from typing import Protocol
+
+import attrs
+
+from .._decide._policy import Victim
+from .._decide._snapshot import identity_problem, process_now
+from .._errors import CgoomError
+from .._kernel._cgroup import Cgroup, if_supported
+from .._kernel._fs import OsFS
+from .._kernel._hierarchy import Hierarchy
+from .._kernel._linux import process_mrelease
+from .._kernel._taskstats import MemoryStall
+
+
+@attrs.frozen
+class ActionResult:
+    """What one action did: ``action`` is ``"kill-cgroup"``, ``"kill-process"`` or
+    ``"dry-run"``; ``ok`` whether the kill was sent; ``detail`` says what happened or why
+    not. Times are milliseconds; ``None`` where that step did not happen."""
+
+    action: str
+    cgroup: str
+    pid: int | None
+    ok: bool
+    detail: str
+    #: The kill itself: the cgroup.kill write, or pidfd_send_signal.
+    syscall_ms: float | None = None
+    #: process_mrelease, for a process.
+    mrelease_ms: float | None = None
+    #: From the kill to the confirmation (populated 0, or the pidfd readable).
+    confirmed_ms: float | None = None
+    #: The processes signalled (for ``cgroup.kill``: those in the subtree just before).
+    pids: tuple[int, ...] = ()
+    #: How long the killed processes had stalled on memory (taskstats, at their exit).
+    stalls: tuple[MemoryStall, ...] = ()
+    #: A graceful action that came to SIGKILL: how long before it the SIGTERM went (the
+    #: grace the victim had).
+    graced_ms: float | None = None
+
+
+class ProcessControl(Protocol):
+    """How the engine reaches processes: real pidfds (:class:`Pidfds`), or a fake for tests
+    (:class:`cgoom.testing.FakeProcesses`). Handles are ints (pidfds)."""
+
+    def open(self, pid: int) -> int:
+        """A handle pinning process ``pid``; :class:`ProcessLookupError` if it is gone."""
+        ...
+
+    def kill(self, handle: int) -> None:
+        """SIGKILL through the handle; :class:`ProcessLookupError` if it already exited."""
+        ...
+
+    def terminate(self, handle: int) -> None:
+        """SIGTERM through the handle (a graceful stop); :class:`ProcessLookupError` if it
+        already exited."""
+        ...
+
+    def release(self, handle: int) -> None:
+        """Free the dying process's memory now (process_mrelease); OSError if it cannot."""
+        ...
+
+    def close(self, handle: int) -> None:
+        ...
+
+
+class Pidfds:
+    """:class:`ProcessControl` with real pidfds. Refuses to work for a hierarchy whose files
+    are not the real ones (a fake tree's pids are not this host's processes)."""
+
+    def __init__(self, hierarchy: Hierarchy) -> None:
+        if type(hierarchy.fs) is not OsFS:
+            raise CgoomError(
+                f"refusing real pidfds for {hierarchy!r}: its filesystem is "
+                f"{type(hierarchy.fs).__name__}, so its pids are not this host's processes; "
+                "pass processes=cgoom.testing.FakeProcesses(tree) in tests")
+
+    def open(self, pid: int) -> int:
+        return os.pidfd_open(pid)
+
+    def kill(self, handle: int) -> None:
+        signal.pidfd_send_signal(handle, signal.SIGKILL)
+
+    def terminate(self, handle: int) -> None:
+        signal.pidfd_send_signal(handle, signal.SIGTERM)
+
+    def release(self, handle: int) -> None:
+        process_mrelease(handle)
+
+    def close(self, handle: int) -> None:
+        os.close(handle)
+
+
+def _subtree_pids(hierarchy: Hierarchy, path: str) -> list[tuple[int, str]]:
+    """(pid, cgroup path) of every process in ``path``'s subtree now."""
+    found = []
+    for cgroup in hierarchy.cgroup(path).walk():
+        try:
+            found += [(pid, cgroup.path) for pid in cgroup.cgroup_procs()]
+        except CgoomError:
+            continue
+    return found
+
+
+def oom_score_adj(hierarchy: Hierarchy, pid: int) -> int | None:
+    """Process ``pid``'s oom_score_adj now, ``None`` if it cannot be read."""
+    try:
+        return int(hierarchy.fs.read(f"{hierarchy.proc_root}/{pid}/oom_score_adj").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _has_cgroup_kill(hierarchy: Hierarchy, cgroup: Cgroup) -> bool:
+    """Whether this kernel has ``cgroup.kill`` (5.14): from the features probed once on a
+    child of the root (the root has none), else from the victim's own files."""
+    try:
+        features = hierarchy.features()
+        if features.probed != "/":
+            return "cgroup.kill" in features.interface_files
+    except CgoomError:
+        pass
+    try:
+        return "cgroup.kill" in cgroup.interface_files()
+    except CgoomError:
+        return True  # gone: the kill will say so
+
+
+def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
+                processes: ProcessControl | None = None) -> tuple[ActionResult, list[int]]:
+    """Kill the victim's cgroup whole, if it is still the one decided on: ``cgroup.kill``,
+    or, when it holds ``oom_score_adj`` -1000 processes, a frozen pidfd kill of the others
+    (module docstring). Returns the result and, for the latter, the handles of the killed
+    processes to confirm their exit with (the caller closes them)."""
+    cgroup = hierarchy.cgroup(victim.cgroup)
+    problem = identity_problem(hierarchy, victim)
+    if problem is not None:
+        return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                            f"not killed: {problem}"), []
+    members = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)]
+    spared = [pid for pid in members if oom_score_adj(hierarchy, pid) == -1000]
+    if not _has_cgroup_kill(hierarchy, cgroup) and processes is not None:
+        # Before 5.14 there is no cgroup.kill: freeze, kill each process by pidfd, thaw.
+        result, handles = _kill_sparing(hierarchy, victim, processes, set(spared))
+        return attrs.evolve(result, detail=result.detail + " (no cgroup.kill on this "
+                            "kernel: before 5.14)"), handles
+    if spared:
+        if processes is None:
+            return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                                f"not killed: it holds processes with oom_score_adj -1000 "
+                                f"({', '.join(map(str, spared))}) that cgroup.kill would kill, "
+                                "and no process control to spare them"), []
+        return _kill_sparing(hierarchy, victim, processes, set(spared))
+    started = time.perf_counter()
+    try:
+        cgroup.kill()
+    except CgoomError as exc:
+        return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                            f"not killed: {exc}"), []
+    took = (time.perf_counter() - started) * 1000
+    return ActionResult("kill-cgroup", victim.cgroup, None, True,
+                        "SIGKILL sent to every process of the subtree (cgroup.kill)",
+                        syscall_ms=took, pids=tuple(members)), []
+
+
+def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                  spared: set[int]) -> tuple[ActionResult, list[int]]:
+    cgroup = hierarchy.cgroup(victim.cgroup)
+    started = time.perf_counter()
+    handles: list[int] = []
+    killed: set[int] = set()
+    try:
+        cgroup.freeze()
+    except CgoomError as exc:
+        return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                            f"not killed: cannot freeze it to spare its oom_score_adj -1000 "
+                            f"processes: {exc}"), []
+    try:
+        for _ in range(3):
+            fresh = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)
+                     if pid not in killed and pid not in spared]
+            if not fresh:
+                break
+            for pid in fresh:
+                if oom_score_adj(hierarchy, pid) == -1000:
+                    spared.add(pid)
+                    continue
+                try:
+                    handle = processes.open(pid)
+                except OSError:
+                    continue  # gone already
+                now = process_now(hierarchy, pid)  # with the pidfd open: still in the subtree?
+                if now is None or not (now[2] == victim.cgroup
+                                       or now[2].startswith(victim.cgroup + "/")):
+                    processes.close(handle)  # exited, or moved out: not ours to kill
+                    continue
+                try:
+                    processes.kill(handle)
+                except ProcessLookupError:
+                    processes.close(handle)
+                    continue
+                killed.add(pid)
+                handles.append(handle)
+    finally:
+        with contextlib.suppress(CgoomError):  # gone meanwhile: nothing left to thaw
+            cgroup.thaw()
+    took = (time.perf_counter() - started) * 1000
+    return ActionResult(
+        "kill-cgroup", victim.cgroup, None, bool(killed),
+        f"SIGKILL sent through pidfds to {len(killed)} process(es) of the subtree, frozen "
+        f"meanwhile; {len(spared)} with oom_score_adj -1000 spared "
+        f"({', '.join(map(str, sorted(spared)))}), as the kernel's memory.oom.group kill does",
+        syscall_ms=took, pids=tuple(sorted(killed))), handles
+
+
+def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                 ) -> tuple[ActionResult, int | None]:
+    """SIGKILL the victim's process through a pidfd, after checking (with the pidfd open)
+    that it is still the process decided on and still in the victim's cgroup; then
+    ``process_mrelease``. Returns the result and the handle to confirm the exit with (the
+    caller closes it), or ``None``."""
+    pid = victim.pid
+    assert pid is not None
+    try:
+        handle = processes.open(pid)
+    except ProcessLookupError:
+        return ActionResult("kill-process", victim.cgroup, pid, False,
+                            f"not killed: process {pid} is gone"), None
+    except OSError as exc:
+        return ActionResult("kill-process", victim.cgroup, pid, False,
+                            f"not killed: pidfd_open({pid}): {exc.strerror}"), None
+    problem = identity_problem(hierarchy, victim)  # with the pidfd open: race-free
+    if problem is None and victim.start_time is None:
+        problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
+    if problem is not None:
+        processes.close(handle)
+        return ActionResult("kill-process", victim.cgroup, pid, False,
+                            f"not killed: {problem}"), None
+    started = time.perf_counter()
+    try:
+        processes.kill(handle)
+    except ProcessLookupError:
+        processes.close(handle)
+        return ActionResult("kill-process", victim.cgroup, pid, False,
+                            f"not killed: process {pid} exited meanwhile"), None
+    took = (time.perf_counter() - started) * 1000
+    detail = "SIGKILL sent through a pidfd"
+    released = None
+    started = time.perf_counter()
+    try:
+        processes.release(handle)
+    except OSError as exc:
+        reasons = {errno.ESRCH: "its memory was already gone",
+                   errno.ENOSYS: "this kernel has no process_mrelease (before 5.15)",
+                   errno.EINVAL: "it was not dying yet"}
+        detail += f"; process_mrelease: {reasons.get(exc.errno or 0, exc.strerror)}"
+    else:
+        released = (time.perf_counter() - started) * 1000
+        detail += "; its memory freed at once (process_mrelease)"
+    return ActionResult("kill-process", victim.cgroup, pid, True, detail, syscall_ms=took,
+                        mrelease_ms=released, pids=(pid,)), handle
+
+
+def _open_checked(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                  action: str) -> tuple[int | None, ActionResult | None]:
+    """A handle on the victim's process, opened and then checked to be the one decided on;
+    or ``None`` and the result saying why not."""
+    pid = victim.pid
+    assert pid is not None
+    try:
+        handle = processes.open(pid)
+    except ProcessLookupError:
+        return None, ActionResult(action, victim.cgroup, pid, False,
+                                  f"not signalled: process {pid} is gone")
+    except OSError as exc:
+        return None, ActionResult(action, victim.cgroup, pid, False,
+                                  f"not signalled: pidfd_open({pid}): {exc.strerror}")
+    problem = identity_problem(hierarchy, victim)  # with the pidfd open: race-free
+    if problem is None and victim.start_time is None:
+        problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
+    if problem is not None:
+        processes.close(handle)
+        return None, ActionResult(action, victim.cgroup, pid, False,
+                                  f"not signalled: {problem}")
+    return handle, None
+
+
+def terminate_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                      ) -> tuple[ActionResult, int | None]:
+    """SIGTERM the victim's process through a pidfd (identity checked as for a kill).
+    Returns the result and the handle to watch its exit with (the caller closes it)."""
+    handle, refused = _open_checked(hierarchy, victim, processes, "terminate-process")
+    if handle is None:
+        assert refused is not None
+        return refused, None
+    started = time.perf_counter()
+    try:
+        processes.terminate(handle)
+    except ProcessLookupError:
+        processes.close(handle)
+        return ActionResult("terminate-process", victim.cgroup, victim.pid, False,
+                            f"not signalled: process {victim.pid} exited meanwhile"), None
+    return ActionResult("terminate-process", victim.cgroup, victim.pid, True,
+                        "SIGTERM sent through a pidfd",
+                        syscall_ms=(time.perf_counter() - started) * 1000), handle
+
+
+def terminate_cgroup(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
+                     ) -> ActionResult:
+    """SIGTERM every process of the victim's subtree through pidfds (each checked, with its
+    pidfd open, to be still in the subtree), sparing ``oom_score_adj`` -1000 as a kill
+    would. The caller waits for ``populated 0`` and kills whole after the grace period."""
+    problem = identity_problem(hierarchy, victim)
+    if problem is not None:
+        return ActionResult("terminate-cgroup", victim.cgroup, None, False,
+                            f"not signalled: {problem}")
+    started = time.perf_counter()
+    sent = 0
+    for pid, _ in _subtree_pids(hierarchy, victim.cgroup):
+        if oom_score_adj(hierarchy, pid) == -1000:
+            continue
+        try:
+            handle = processes.open(pid)
+        except OSError:
+            continue
+        try:
+            now = process_now(hierarchy, pid)
+            if now is None or not (now[2] == victim.cgroup
+                                   or now[2].startswith(victim.cgroup + "/")):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                processes.terminate(handle)
+                sent += 1
+        finally:
+            processes.close(handle)
+    return ActionResult("terminate-cgroup", victim.cgroup, None, sent > 0,
+                        f"SIGTERM sent through pidfds to {sent} process(es) of the subtree",
+                        syscall_ms=(time.perf_counter() - started) * 1000)
+
+
+def _cgroup_action_problem(hierarchy: Hierarchy, victim: Victim) -> str | None:
+    """Why a cgroup-wide action (freeze, reclaim) must not be taken for ``victim``: its
+    cgroup is not the one decided on, or the victim is one process (of an internal unit)
+    whose cgroup also has child cgroups, which the action would reach too."""
+    problem = identity_problem(hierarchy, attrs.evolve(victim, pid=None, whole=True))
+    if problem is None and not victim.whole:
+        try:
+            children = hierarchy.cgroup(victim.cgroup).children()
+        except CgoomError as exc:
+            return str(exc)
+        if children:
+            return (f"the victim is process {victim.pid} of {victim.cgroup}, which also has "
+                    f"child cgroups ({', '.join(c.path for c in children[:3])}"
+                    f"{', ...' if len(children) > 3 else ''}): the action would reach them")
+    return problem
+
+
+def freeze_cgroup(hierarchy: Hierarchy, victim: Victim) -> ActionResult:
+    """Freeze the victim's cgroup (for a process victim, the leaf cgroup it is in), if it is
+    still the one decided on. Its memory stays; it stops growing."""
+    problem = _cgroup_action_problem(hierarchy, victim)
+    if problem is not None:
+        return ActionResult("freeze", victim.cgroup, None, False, f"not frozen: {problem}")
+    started = time.perf_counter()
+    try:
+        hierarchy.cgroup(victim.cgroup).freeze()
+    except CgoomError as exc:
+        return ActionResult("freeze", victim.cgroup, None, False, f"not frozen: {exc}")
+    return ActionResult("freeze", victim.cgroup, None, True,
+                        "cgroup.freeze 1 written (thawed when the handler stops)",
+                        syscall_ms=(time.perf_counter() - started) * 1000)
+
+
+def reclaim_cgroup(hierarchy: Hierarchy, victim: Victim, amount: int) -> ActionResult:
+    """Ask the kernel to reclaim ``amount`` bytes from the victim's cgroup (memory.reclaim,
+    5.19+). Blocking: call it in a worker thread."""
+    problem = _cgroup_action_problem(hierarchy, victim)
+    if problem is not None:
+        return ActionResult("reclaim", victim.cgroup, None, False, f"not reclaimed: {problem}")
+    cgroup = hierarchy.cgroup(victim.cgroup)
+    before = if_supported(cgroup.memory_current)
+    started = time.perf_counter()
+    try:
+        complete = cgroup.reclaim(amount)
+    except CgoomError as exc:
+        return ActionResult("reclaim", victim.cgroup, None, False, f"not reclaimed: {exc}")
+    took = (time.perf_counter() - started) * 1000
+    after = if_supported(cgroup.memory_current)
+    freed = "" if before is None or after is None else f"; usage {before} -> {after}"
+    return ActionResult("reclaim", victim.cgroup, None, True,
+                        f"memory.reclaim {amount}: "
+                        f"{'all reclaimed' if complete else 'the kernel reclaimed less (EAGAIN)'}"
+                        + freed, syscall_ms=took)

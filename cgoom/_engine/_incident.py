@@ -1,0 +1,150 @@
+"""``IncidentRecord``: what the engine emits for every incident, frozen and JSON-ready.
+
+Distinct from :class:`cgoom.Incident`, which is what a policy is *asked* about: the record
+says what happened: the rule and the event that fired it, the candidates as the policy saw
+them, the decision with its reasons and notes, each action and its outcome, the timings of
+each step, and the domain's memory before and after.
+"""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+
+from .._decide._candidates import CgroupSnapshot
+from .._decide._policy import Decision
+from .._kernel._kmsg import KernelOomKill
+from .._kernel._parse import format_size
+from ._actions import ActionResult
+from ._firstchance import FirstChanceOutcome
+
+
+@attrs.frozen
+class Timings:
+    """Milliseconds, each from the kernel's notification as read (``notified``, monotonic
+    seconds) unless said otherwise. ``None`` where the step did not happen."""
+
+    notified: float
+    snapshot_ms: float
+    decision_ms: float
+    #: Notification to the kill syscall (cgroup.kill written, or the signal sent).
+    kill_ms: float | None = None
+    #: Notification to the victim gone (populated 0, or its pidfd readable).
+    confirmed_ms: float | None = None
+    #: Notification to the incident's start: the engine's dispatch (the watcher's reading
+    #: of the event, the rule's check, the incident's task first run); the snapshot follows.
+    started_ms: float | None = None
+
+
+@attrs.frozen
+class IncidentRecord:
+    """One incident, as the engine saw and handled it (``to_json()``: one JSON line)."""
+
+    id: str
+    rule: str
+    domain: str
+    #: The event that fired the rule, as a log line.
+    trigger: str
+    #: Events of the rule that arrived while it was being handled, folded into it.
+    folded: int
+    dry_run: bool
+    decision: Decision
+    candidates: tuple[CgroupSnapshot, ...]
+    actions: tuple[ActionResult, ...]
+    timings: Timings
+    memory_before: int | None
+    memory_after: int | None
+    #: Wall-clock time (seconds since the epoch) when the incident started.
+    started_at: float
+    #: The machine's MemAvailable (bytes) when the incident started and when it ended.
+    available_before: int | None = None
+    available_after: int | None = None
+    #: What the kernel did in the domain meanwhile: its OOM kills as /dev/kmsg told them,
+    #: and the domain's memory.events ``oom_kill`` delta (counted even without the log).
+    kernel_kills: tuple[KernelOomKill, ...] = ()
+    kernel_oom_kills: int = 0
+    #: The workloads' first chance before cgoom acted (a rule's ``first_chance``): who was
+    #: told, what each answered, what memory did meanwhile.
+    first_chance: FirstChanceOutcome | None = None
+
+    @property
+    def victim(self) -> ActionResult | None:
+        """The first action that acted on a victim (killed, terminated, froze, reclaimed
+        from it), if any."""
+        return next((a for a in self.actions if a.ok and a.action != "raise-limit"), None)
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    def escalation(self) -> str | None:
+        """The steps from the first notice to the victim gone, one line, in milliseconds
+        from the notification: the workloads' first chance (with its reclaim target and
+        what they answered), then SIGTERM, the grace, SIGKILL and the end. ``None`` when
+        there was neither a first chance nor a graceful action."""
+        victim, t, chance = self.victim, self.timings, self.first_chance
+        graceful = victim is not None and (victim.action.startswith("terminate")
+                                           or victim.graced_ms is not None)
+        if chance is None and not graceful:
+            return None
+        steps = []
+        if chance is not None:
+            target = (max(chance.usage_before - chance.threshold, 0)
+                      if chance.usage_before is not None and chance.threshold else None)
+            answers = ", ".join(sorted({c.answer for c in chance.told}))
+            steps.append(f"notice to {len(chance.told)} workload(s)"
+                         + ("" if target is None else f" (free {format_size(target)})")
+                         + f" at 0 ms -> {answers} by {chance.waited_ms:.0f} ms"
+                         + (": memory came back" if chance.recovered else ""))
+        if victim is not None and t.kill_ms is not None:
+            if victim.graced_ms is not None:
+                steps.append(f"SIGTERM at {t.kill_ms - victim.graced_ms:.1f} ms -> SIGKILL "
+                             f"at {t.kill_ms:.1f} ms")
+            elif victim.action.startswith("terminate"):
+                steps.append(f"SIGTERM at {t.kill_ms:.1f} ms (ended within the grace)")
+            else:
+                steps.append(f"{victim.action} at {t.kill_ms:.1f} ms")
+        if t.confirmed_ms is not None:
+            steps.append(f"gone at {t.confirmed_ms:.1f} ms")
+        return " -> ".join(steps)
+
+    def explain(self) -> str:
+        """The incident as a person reads it."""
+        t = self.timings
+        lines = [f"incident {self.id}: rule {self.rule!r} on {self.domain}: {self.trigger}"
+                 + (f" (+{self.folded} folded)" if self.folded else "")
+                 + (" [dry run]" if self.dry_run else "")]
+        if self.first_chance is not None:  # it came first
+            lines.append(f"  {self.first_chance.summary()}")
+        lines.append(f"  policy {self.decision.policy}: {len(self.decision.victims)} "
+                     f"victim(s) ranked of {len(self.candidates)} cgroup(s)")
+        lines += [f"  note: {n}" for n in self.decision.notes]
+        for rank, v in enumerate(self.decision.victims[:3], 1):
+            what = "whole" if v.whole else f"pid {v.pid}"
+            lines.append(f"  {rank}. {v.cgroup} ({what}): {v.reason}")
+        for a in self.actions:
+            lines.append(f"  action {a.action} {a.cgroup}"
+                         f"{'' if a.pid is None else f' pid {a.pid}'}: {a.detail}")
+        escalation = self.escalation()
+        if escalation:
+            lines.append(f"  escalation: {escalation}")
+        steps = [f"snapshot {t.snapshot_ms:.1f} ms", f"decision {t.decision_ms:.1f} ms"]
+        if t.started_ms is not None:
+            steps.insert(0, f"started {t.started_ms:.1f} ms")
+        if t.kill_ms is not None:
+            steps.append(f"notification to kill {t.kill_ms:.1f} ms")
+        if t.confirmed_ms is not None:
+            steps.append(f"to gone {t.confirmed_ms:.1f} ms")
+        lines.append("  timings: " + ", ".join(steps))
+        if self.memory_before is not None:
+            after = "?" if self.memory_after is None else format_size(self.memory_after)
+            lines.append(f"  memory of {self.domain}: {format_size(self.memory_before)} -> "
+                         f"{after}")
+        if self.available_before is not None and self.available_after is not None:
+            lines.append(f"  MemAvailable: {format_size(self.available_before)} -> "
+                         f"{format_size(self.available_after)}")
+        if self.kernel_oom_kills or self.kernel_kills:
+            lines.append(f"  meanwhile the kernel's OOM killer: {self.kernel_oom_kills} "
+                         f"oom_kill event(s) in {self.domain}")
+            lines += [f"    {k}" for k in self.kernel_kills]
+        return "\n".join(lines)

@@ -1,0 +1,646 @@
+"""cgoom's end of the notice socket: a Unix stream socket on the handler's event loop that
+turns each client's registrations into :meth:`Handler.register` and
+:meth:`Handler.declare_killable` calls, and carries notices and answers both ways
+(protocol: :mod:`cgoom._notices._protocol`; docs/notices.md). Also the systemd memory pressure
+protocol's socket (:class:`PressureSocket`): a consumer of ``$MEMORY_PRESSURE_WATCH``
+connects and is woken with a byte when its domain reaches the configured level.
+
+Who may register for what is decided by the peer's credentials (``SO_PEERCRED``, taken
+by the kernel when the client connected): root, for any cgroup; anyone else for the cgroup
+its process lives in, or a cgroup whose directory its user owns (a delegated subtree,
+systemd's ``Delegate=yes``). Never someone else's.
+
+A client can do nothing that delays an action or the loop for long:
+
+- a line longer than :data:`~cgoom._notices._protocol.MAX_LINE` ends its connection;
+- it is read at most ``max_rate`` messages a second (then the kernel's socket buffer
+  fills and the client waits: backpressure, not a busy loop);
+- ``max_errors`` bad messages end its connection;
+- it is never written to with more than ``max_buffered`` bytes queued: one that stops
+  reading is dropped, and its first chance ends then (``error: stopped reading``);
+- one that goes mid-incident ends its first chance at once (``error: disconnected``);
+- at most ``max_clients`` connections at a time, and ``max_per_user`` of one user (root
+  excepted: its services are the machine's own); more are turned away at once, told why;
+- never more connections, across every socket of the process, than its file descriptor
+  limit (``RLIMIT_NOFILE``, the soft one) less :data:`FD_RESERVE`: without that, a user who
+  opened ~1,000 connections under systemd's default soft limit of 1024 left the engine
+  unable to open ``memory.current`` at OOM time (no decision at all), and asyncio's accept
+  loop logging ``EMFILE`` thousands of times a second (measured with a soft limit of 256:
+  246 clients in, 1.27 million log lines in 12 s). ``cgoom run`` raises its soft limit to
+  the hard one at start (:func:`raise_fd_limit`);
+- at most ``max_registrations`` cgroups registered per connection, and
+  ``max_registrations_per_user`` per user across its connections (root excepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import json
+import logging
+import os
+import resource
+import socket
+import stat
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, ClassVar
+
+import attrs
+
+from .._decide._candidates import normalize_path
+from .._engine._firstchance import Answer, Gone, Notice
+from .._errors import CgoomError
+from ._protocol import (
+    LEVELS,
+    MAX_LINE,
+    VERSION,
+    ProtocolError,
+    Register,
+    Reply,
+    SetKillable,
+    Unregister,
+    encode,
+    parse_request,
+)
+
+if TYPE_CHECKING:
+    from .._engine._handler import Handler
+    from .._kernel._hierarchy import Hierarchy
+
+log = logging.getLogger("cgoom.notices")
+
+#: listen(2)'s backlog for the sockets; the kernel caps it at net.core.somaxconn.
+BACKLOG = 4096
+
+#: File descriptors never given to clients, whatever the limit: the engine's own must still
+#: open at OOM time (each snapshot read, a pidfd per process of a cgroup killed sparing its
+#: -1000 processes, the watcher's PSI triggers, the process connector, /dev/kmsg, metrics).
+FD_RESERVE = 256
+
+#: How often at most a server logs that it turned clients away (each one is counted).
+_REFUSAL_LOG_INTERVAL = 10.0
+
+
+def _count_down(counts: dict[int, int], uid: int, by: int) -> None:
+    """``counts[uid] -= by``; a count that reaches 0 leaves the dict (per-uid counts stay as
+    many as the users holding something)."""
+    left = counts.get(uid, 0) - by
+    if left > 0:
+        counts[uid] = left
+    else:
+        counts.pop(uid, None)
+
+
+def fd_room() -> int:
+    """How many client connections this process may hold: its soft ``RLIMIT_NOFILE`` less
+    :data:`FD_RESERVE` (the fds already open for other things are within the reserve)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(0, soft - FD_RESERVE)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one, as a program that does not use
+    select(2) should (systemd gives services 1024 soft, 524288 hard by default, and leaves
+    raising it to them). Returns ``(before, after)``; a refusal leaves it as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Refused(Exception):
+    """A client may not register for that cgroup; the text says why."""
+
+
+@attrs.frozen
+class Peer:
+    """The credentials the kernel took when the client connected (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of(cls, sock: socket.socket) -> Peer:
+        # struct ucred { pid_t pid; uid_t uid; gid_t gid; } (socket(7), unix(7))
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return cls(pid, uid, gid)
+
+
+def authorize(hierarchy: Hierarchy, peer: Peer, requested: str | None,
+              domains: tuple[str, ...]) -> str:
+    """The cgroup ``peer`` may register for when it asks for ``requested`` (``None``: its
+    own), or :class:`Refused`. It must lie in one of ``domains`` (else it would hear
+    nothing)."""
+    own: str | None = None
+    try:
+        own = hierarchy.own_cgroup(peer.pid).path
+        # The pid was the peer's when it connected; by now it may be another process's
+        # (the peer exited and its pid was reused). A process of another user is caught
+        # here: its own cgroup is not the peer's to claim. (A process of the same user
+        # could claim nothing that user could not already signal or write.)
+        if hierarchy.fs.stat(os.path.join(hierarchy.proc_root, str(peer.pid))).st_uid \
+                != peer.uid and peer.uid != 0:
+            own = None
+    except (CgoomError, OSError):
+        own = None
+    if own is None and requested is None:
+        raise Refused(f"cannot tell the cgroup of process {peer.pid} (it went?); name "
+                      "the cgroup")
+    path = normalize_path(requested) if requested is not None else own
+    assert path is not None
+    cgroup = hierarchy.cgroup(path)
+    try:
+        owner = hierarchy.fs.stat(cgroup.dir).st_uid
+    except OSError:
+        raise Refused(f"cgroup {path}: no such cgroup") from None
+    if peer.uid != 0 and path != own and owner != peer.uid:
+        raise Refused(f"cgroup {path}: not yours: uid {peer.uid} may register for its own "
+                      f"cgroup ({own or 'unknown'}) or one its user owns (delegated); "
+                      f"{path} belongs to uid {owner}")
+    if not any(path == d or d == "/" or path.startswith(d.rstrip("/") + "/")
+               for d in domains):
+        raise Refused(f"cgroup {path}: in no rule's domain ({', '.join(domains)}): it "
+                      "would hear nothing")
+    return path
+
+
+@attrs.frozen
+class ServerStatistics:
+    """What the notice socket has seen: clients connected now and in all, registrations
+    now, clients turned away (over ``max_clients``, ``max_per_user`` or the process's file
+    descriptors) and dropped (too long a line, too many
+    errors, stopped reading), bad messages, notices written."""
+
+    clients: int
+    connected: int
+    registrations: int
+    refused: int
+    dropped: int
+    bad_messages: int
+    notices: int
+
+
+class _Client:
+    """One connection: its credentials, what it registered, what it has not answered."""
+
+    def __init__(self, server: NoticeServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, peer: Peer) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.registered: dict[str, Callable[[], None]] = {}
+        self.killable: dict[str, Callable[[], None]] = {}
+        self.pending: dict[int, asyncio.Future[Answer]] = {}
+        self.closed = False
+        self.why = "disconnected"
+
+    def send(self, data: bytes) -> bool:
+        """Queue ``data``; ``False`` (and the client dropped) when it has stopped reading."""
+        if self.closed:
+            return False
+        transport = self.writer.transport
+        if transport.is_closing():
+            self.close("disconnected")
+            return False
+        if transport.get_write_buffer_size() + len(data) > self.server.max_buffered:
+            self.server._dropped += 1
+            self.close("stopped reading")
+            return False
+        transport.write(data)
+        return True
+
+    def close(self, why: str) -> None:
+        if self.closed:
+            return
+        self.closed, self.why = True, why
+        for undo in [*self.registered.values(), *self.killable.values()]:
+            undo()
+        self.server._forget(self.peer.uid, len(self.registered))
+        self.registered.clear()
+        self.killable.clear()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(Gone(why))
+        self.pending.clear()
+        self.writer.transport.abort()
+
+    def tell(self, notice: Notice) -> None:
+        """A notice that takes no answer, written at once (a fan-out makes no tasks)."""
+        if self.send(self._line(next(self.server._ids), notice)):
+            self.server._notices += 1
+
+    @staticmethod
+    def _line(nid: int, notice: Notice) -> bytes:
+        # encode("notice", ...) by hand: a fan-out writes one per client (measured: half
+        # the time of json.dumps for 1,000 clients). The same bytes, key for key.
+        return (f'{{"v":{VERSION},"op":"notice","id":{nid},"level":"{notice.level}",'
+                f'"domain":{_quoted(notice.domain)},"cgroup":{_quoted(notice.cgroup)},'
+                f'"usage":{_number(notice.usage)},"threshold":{_number(notice.threshold)},'
+                f'"reclaim_target":{notice.reclaim_target},'
+                f'"deadline":{_number(notice.deadline)}}}\n').encode()
+
+    async def on_notice(self, notice: Notice) -> Answer | None:
+        """The handler registered for this client's cgroups: write the notice; for a first
+        chance, wait for the answer (the engine cuts it off at the deadline)."""
+        nid = next(self.server._ids)
+        if not self.send(self._line(nid, notice)):
+            raise Gone(self.why)
+        self.server._notices += 1
+        if notice.deadline is None:
+            return None
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.pending[nid] = future
+        try:
+            return await future
+        finally:
+            self.pending.pop(nid, None)
+
+
+class _UnixServer:
+    """What both sockets share: a stale socket replaced, the listening socket with its mode,
+    one task per connection (``_converse``), who is let in (``max_clients``, ``max_per_user``
+    and the process's file descriptors: the module docstring), and a stop that aborts the
+    connections (``_abort_all``), lets their tasks end, and removes the socket."""
+
+    #: Connections held by every server of this process: they share its fd limit.
+    _in_process: ClassVar[int] = 0
+
+    def __init__(self, path: str, mode: int, *, max_clients: int, max_per_user: int,
+                 limit: int = 2 ** 16) -> None:
+        self.path = path
+        self.mode = mode
+        self.max_clients = max_clients
+        self.max_per_user = max_per_user
+        self._limit = limit  # the longest line a reader takes (asyncio's default here)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[int, int] = {}  # connections by uid
+        self._refused = 0
+        self._refusals_said = (0, -_REFUSAL_LOG_INTERVAL)  # (count, when) at the last log
+
+    async def start(self) -> None:
+        _remove_stale(self.path)
+        # A backlog as large as the kernel allows (net.core.somaxconn caps it): clients
+        # that all connect at once, at boot or after a restart, are not refused.
+        self._server = await asyncio.start_unix_server(self._serve, self.path,
+                                                       limit=self._limit, backlog=BACKLOG)
+        os.chmod(self.path, self.mode)
+        room = fd_room()
+        if room < self.max_clients:
+            log.warning("cgoom: %s: at most %d clients, not %d: the file descriptor limit is "
+                        "%d (%d kept for the engine); raise it (LimitNOFILE= in the unit)",
+                        self.path, room, self.max_clients, room + FD_RESERVE, FD_RESERVE)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._abort_all()
+        if self._tasks:  # each ends on its own once its connection is aborted
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def _admit(self, uid: int) -> str | None:
+        """Why a connection of ``uid`` may not be held now, or ``None``."""
+        if sum(self._held.values()) >= self.max_clients:
+            return f"this socket holds max_clients ({self.max_clients}) connections"
+        if uid != 0 and self._held.get(uid, 0) >= self.max_per_user:
+            return f"uid {uid} holds max_per_user ({self.max_per_user}) connections"
+        room = fd_room()
+        if _UnixServer._in_process >= room:
+            return (f"cgoom's clients hold every file descriptor it may give them "
+                    f"({room}: RLIMIT_NOFILE less {FD_RESERVE} kept for the engine)")
+        return None
+
+    def _turned_away(self, why: str) -> None:
+        self._refused += 1
+        count, when = self._refusals_said
+        now = time.monotonic()
+        if now - when >= _REFUSAL_LOG_INTERVAL:
+            log.warning("cgoom: %s: a client was turned away (%d since the last time said): "
+                        "%s", self.path, self._refused - count, why)
+            self._refusals_said = (self._refused, now)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        uid: int | None = None
+        try:
+            sock = writer.get_extra_info("socket")
+            try:
+                peer = Peer.of(sock) if sock is not None else None
+            except OSError:
+                peer = None  # gone before it was looked at
+            if peer is None:
+                return
+            why = self._admit(peer.uid)
+            if why is not None:
+                self._turned_away(why)
+                self._refuse(writer, why)
+                return
+            uid = peer.uid
+            self._held[uid] = self._held.get(uid, 0) + 1
+            _UnixServer._in_process += 1
+            await self._converse(reader, writer, peer)
+        except (asyncio.CancelledError, ConnectionError):
+            # Cancelled only when stopping (asyncio's stream callback would log it).
+            pass
+        finally:
+            if uid is not None:
+                _UnixServer._in_process -= 1
+                _count_down(self._held, uid, 1)
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        """Say ``why`` to a client turned away, if the protocol has a way (then it is closed)."""
+
+    def _abort_all(self) -> None:
+        raise NotImplementedError
+
+    async def _converse(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, peer: Peer) -> None:
+        raise NotImplementedError
+
+
+class NoticeServer(_UnixServer):
+    """The notice socket at ``path`` for ``handler`` (use :func:`open_notice_server`).
+    ``mode``: the socket's permissions (0o666: anyone may connect; what they may register
+    for is decided by their credentials)."""
+
+    def __init__(self, handler: Handler, path: str, *, mode: int = 0o666,
+                 max_clients: int = 4096, max_rate: float = 100.0, max_errors: int = 20,
+                 max_buffered: int = 4 * MAX_LINE, max_registrations: int = 64,
+                 max_per_user: int = 256, max_registrations_per_user: int = 1024) -> None:
+        super().__init__(path, mode, max_clients=max_clients, max_per_user=max_per_user,
+                         limit=MAX_LINE)
+        self.handler = handler
+        self.max_rate = max_rate
+        self.max_errors = max_errors
+        self.max_buffered = max_buffered
+        self.max_registrations = max_registrations
+        self.max_registrations_per_user = max_registrations_per_user
+        self._registrations_by_uid: dict[int, int] = {}
+        self._clients: set[_Client] = set()
+        self._ids = itertools.count(1)
+        self._connected = self._dropped = self._bad = self._notices = 0
+
+    def __repr__(self) -> str:
+        return f"<NoticeServer {self.path} clients={len(self._clients)}>"
+
+    def _abort_all(self) -> None:
+        for client in list(self._clients):
+            client.close("cgoom stopped")
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            clients=len(self._clients), connected=self._connected,
+            registrations=sum(len(c.registered) for c in self._clients),
+            refused=self._refused, dropped=self._dropped, bad_messages=self._bad,
+            notices=self._notices)
+
+    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+        writer.write(encode("error", to=None, error=f"turned away: {why}"))
+
+    async def _converse(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter, peer: Peer) -> None:
+        client = _Client(self, reader, writer, peer)
+        self._clients.add(client)
+        self._connected += 1
+        errors = 0
+        budget, refilled = self.max_rate, time.monotonic()
+        try:
+            while not client.closed:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than MAX_LINE
+                    self._dropped += 1
+                    client.send(encode("error", to=None, error=f"a line longer than "
+                                       f"{MAX_LINE} bytes: connection closed"))
+                    client.close("sent too long a line")
+                    break
+                except ConnectionError:
+                    break
+                if not line:
+                    break
+                try:
+                    self._handle(client, parse_request(line))
+                except (ProtocolError, Refused, CgoomError) as exc:
+                    self._bad += isinstance(exc, ProtocolError)
+                    errors += 1
+                    client.send(encode("error", to=_op_of(line), error=str(exc)))
+                    if errors >= self.max_errors:
+                        self._dropped += 1
+                        client.send(encode("error", to=None, error=f"{errors} bad messages: "
+                                           "connection closed"))
+                        client.close("sent too many bad messages")
+                        break
+                # The rate limit: a token per message, max_rate a second.
+                now = time.monotonic()
+                budget = min(self.max_rate, budget + (now - refilled) * self.max_rate) - 1
+                refilled = now
+                if budget < 0:
+                    await asyncio.sleep(-budget / self.max_rate)
+        finally:
+            self._clients.discard(client)
+            client.close(client.why if client.closed else "disconnected")
+
+    def _handle(self, client: _Client, request: object) -> None:
+        domains = tuple(sorted({r.domain for r in self.handler.rules}))
+        if isinstance(request, Register):
+            path = authorize(self.handler.hierarchy, client.peer, request.cgroup, domains)
+            uid = client.peer.uid
+            held = self._registrations_by_uid.get(uid, 0)
+            new = path not in client.registered
+            if new and len(client.registered) >= self.max_registrations:
+                raise Refused(f"cgroup {path}: this connection already has "
+                              f"{self.max_registrations} registrations, the most it may have")
+            if new and uid != 0 and held >= self.max_registrations_per_user:
+                raise Refused(f"cgroup {path}: uid {uid} already holds {held} registrations "
+                              "on this socket, the most one user may have")
+            old = client.registered.pop(path, None)
+            if old is not None:
+                old()
+            try:
+                client.registered[path] = self.handler.register(
+                    path, client.on_notice, deadline=request.deadline, levels=request.levels,
+                    tell=client.tell)
+            except BaseException:
+                if not new:  # the one it replaced is gone too
+                    self._forget(uid, 1)
+                raise
+            if new:
+                self._registrations_by_uid[uid] = held + 1
+            if request.killable is not None:
+                self._set_killable(client, path, request.killable)
+            client.send(encode("registered", to="register", cgroup=path,
+                               deadline=request.deadline,
+                               levels=[x for x in LEVELS if x in request.levels],
+                               killable=path in client.killable))
+        elif isinstance(request, SetKillable):
+            path = authorize(self.handler.hierarchy, client.peer, request.cgroup, domains)
+            self._set_killable(client, path, request.value)
+            client.send(encode("ok", to="killable", cgroup=path, killable=request.value))
+        elif isinstance(request, Reply):
+            future = client.pending.get(request.notice)
+            if future is None:
+                raise ProtocolError(f"notice {request.notice}: no such notice awaits an "
+                                    "answer (answered, past its deadline, or never sent)")
+            if not future.done():
+                future.set_result(Answer(request.status, request.freed))
+            client.send(encode("ok", to="answer", notice=request.notice))
+        elif isinstance(request, Unregister):
+            path = authorize(self.handler.hierarchy, client.peer, request.cgroup, domains)
+            undo = client.registered.pop(path, None)
+            if undo is None:
+                raise ProtocolError(f"cgroup {path}: not registered on this connection")
+            undo()
+            self._forget(client.peer.uid, 1)
+            clear = client.killable.pop(path, None)
+            if clear is not None:
+                clear()
+            client.send(encode("ok", to="unregister", cgroup=path))
+
+    def _forget(self, uid: int, count: int) -> None:
+        """``count`` registrations of ``uid`` ended."""
+        _count_down(self._registrations_by_uid, uid, count)
+
+    def _set_killable(self, client: _Client, path: str, value: bool) -> None:
+        if value and path not in client.killable:
+            client.killable[path] = self.handler.declare_killable(path)
+        elif not value:
+            clear = client.killable.pop(path, None)
+            if clear is not None:
+                clear()
+
+
+@functools.lru_cache(maxsize=4096)
+def _quoted(text: str) -> str:
+    return json.dumps(text)
+
+
+def _number(value: float | None) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _op_of(line: bytes) -> str | None:
+    with contextlib.suppress(Exception):
+        op = json.loads(line).get("op")
+        return op if isinstance(op, str) else None
+    return None
+
+
+def _remove_stale(path: str) -> None:
+    """A socket left by a cgoom that died goes; anything else at ``path`` is an error."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise CgoomError(f"{path} exists and is not a socket: will not replace it",
+                         path=path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: a stale socket
+    else:
+        raise CgoomError(f"{path}: another process serves this socket", path=path)
+    finally:
+        probe.close()
+
+
+@contextlib.asynccontextmanager
+async def open_pressure_socket(handler: Handler, path: str, *, level: str = "low",
+                               mode: int = 0o666) -> AsyncIterator[PressureSocket]:
+    """Serve systemd's memory pressure protocol for ``handler`` at ``path`` while the block
+    runs (:class:`PressureSocket`)."""
+    server = PressureSocket(handler, path, level=level, mode=mode)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_notice_server(handler: Handler, path: str, **options: float,
+                             ) -> AsyncIterator[NoticeServer]:
+    """Serve the notice protocol for ``handler`` at ``path`` (a Unix stream socket) while
+    the block runs; ``options``: :class:`NoticeServer`'s limits."""
+    server = NoticeServer(handler, path, **options)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.aclose()
+
+
+class PressureSocket(_UnixServer):
+    """systemd's memory pressure protocol (docs/PRESSURE.md in systemd), served: point a
+    service's ``$MEMORY_PRESSURE_WATCH`` at ``path`` and a program built on sd-event or
+    GLib (or anything that connects and waits for POLLIN) is woken, with a line naming the
+    level, when the domain holding its cgroup reaches ``level`` or above. The peer's cgroup
+    comes from its credentials; what it writes after connecting (``$MEMORY_PRESSURE_WRITE``,
+    a PSI trigger meant for the kernel) is read and ignored."""
+
+    def __init__(self, handler: Handler, path: str, *, level: str = "low",
+                 mode: int = 0o666, max_clients: int = 4096,
+                 max_per_user: int = 256) -> None:
+        if level not in LEVELS:
+            raise CgoomError(f"pressure level {level!r}: one of {', '.join(LEVELS)}")
+        super().__init__(path, mode, max_clients=max_clients, max_per_user=max_per_user)
+        self.handler = handler
+        self.level = level
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.woken = 0
+
+    def _abort_all(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        peer: Peer) -> None:
+        domains = tuple(sorted({r.domain for r in self.handler.rules}))
+        try:
+            path = authorize(self.handler.hierarchy, peer, None, domains)
+        except (Refused, OSError) as exc:
+            log.info("cgoom: a memory pressure watcher was turned away: %s", exc)
+            return
+        levels = LEVELS[LEVELS.index(self.level):]
+
+        def wake(notice: Notice) -> None:
+            if writer.transport.is_closing() or \
+                    writer.transport.get_write_buffer_size() > MAX_LINE:
+                writer.transport.abort()  # it has stopped reading
+                return
+            writer.write(f"{notice.level}\n".encode())
+            self.woken += 1
+
+        async def answer_nothing(notice: Notice) -> None:
+            wake(notice)
+
+        self._writers.add(writer)
+        unregister = self.handler.register(path, answer_nothing, levels=levels, tell=wake)
+        try:
+            while await reader.read(4096):  # the trigger it may write: not ours to act on
+                pass
+        finally:
+            unregister()
+            self._writers.discard(writer)
