@@ -1,23 +1,23 @@
 """cgoom: out-of-memory policy for Linux cgroup v2.
 
-General layout (data flows up; lower layers never import higher ones):
+The package by layer, lowest first (data flows up; a layer imports only the layers below it
+and no module reaches into another's private names: tests/test_layers.py enforces both):
 
-- ``_parse`` / ``_types``: pure parsers of the kernel's file formats and the frozen records
-  they return. No I/O.
-- ``_fs``: the I/O edge (``CgroupFS``, ``OsFS``) and the one place errnos become errors.
-- ``_cgroup`` / ``_hierarchy``: typed handles on cgroups and on the cgroup2 mount.
-- ``_linux``: inotify and the other few interfaces the stdlib lacks.
-- ``_events`` / ``_watcher``: event records (pure) and the watcher that produces them from
-  inotify and PSI triggers on the event loop.
-- ``_snapshot``: candidate snapshots read in one pass (I/O); ``_policy``: the policy contract
-  and the built-in policies (pure); ``_plugins``: finding, validating and guarding policies.
-- ``_rules`` / ``_actions`` / ``_incident`` / ``_handler``: the engine (rules, the I/O of
-  acting, the record, the orchestration); ``_config`` / ``_daemon``: ``cgoom run``.
-- ``_firstchance``: notices, levels and first-chance registrations (pure);
-  ``_protocol``: the notice protocol's messages (pure); ``_server``: its socket and
-  systemd's pressure socket (I/O); ``_dbus``: low-memory-monitor's signal (optional extra).
-- ``cli``: the ``cgoom`` command. ``client``: the applications' side of the notice socket.
-  ``testing``: fakes and the VM runner, for our tests and yours.
+- ``_errors``: the exception classes, grouped by how callers react.
+- ``_kernel/``: what the kernel says and how to ask it: pure parsers and the frozen records
+  they build (``_parse``, ``_types``), the I/O edge where errnos become errors (``_fs``),
+  syscalls (``_linux``), ``Cgroup`` and ``Hierarchy``, path spelling (``_paths``), /proc and
+  meminfo readers, the kernel log, netlink, and the worker thread for blocking calls.
+- ``_watch/``: event records (pure) and the watcher (inotify, PSI triggers) on the loop.
+- ``_decide/``: candidate records (pure), snapshots, the policies (pure) and their plugins
+  and guard.
+- ``_engine/``: rules, set-up and undo, tripwires, actions, the workloads' first chance,
+  incident records, the handler (orchestration only) and the stall watchdog.
+- ``_notices/``: the notice protocol (pure), its socket and systemd's pressure socket, D-Bus.
+- ``_ops/``: ``cgoom run``: configuration, daemon, sd_notify, journal, record log, metrics,
+  privileges, self-protection.
+- On top: ``cli`` (the ``cgoom`` command), ``client`` (the applications' side of the notice
+  socket), ``testing`` (fakes and the VM runner, for our tests and yours).
 
 Everything public is re-exported here; import from ``cgoom``, not from the private modules.
 """

@@ -13,51 +13,16 @@ kernel's ``cgroup_id()`` on 64-bit), ``ProcessSnapshot.start_time`` is field 22 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Final, Literal
+from typing import Literal
 
 import attrs
 
-from .._errors import InvalidValue
+from .._kernel._parse import PRIORITY_MAX as PRIORITY_MAX
+from .._kernel._parse import PRIORITY_MIN as PRIORITY_MIN
+from .._kernel._paths import ancestors_and_self, normalize_path, parent_path
 from .._kernel._types import Limit, MemoryEvents, Pressure
 
 Preference = Literal["prefer", "avoid", "omit"]
-
-#: The range of a priority (``user.cgoom.priority``, configured patterns): a signed 32-bit
-#: integer. Values outside it are refused when written and ignored (with a problem) when read.
-PRIORITY_MIN: Final = -(2**31)
-PRIORITY_MAX: Final = 2**31 - 1
-
-
-def normalize_path(path: str) -> str:
-    """``"lab/batch/"``, ``"//lab/./batch"`` -> ``"/lab/batch"``: the one spelling of a cgroup
-    path below the mount. Refuses ``..`` so a path never leaves its mount."""
-    if not isinstance(path, str):
-        raise InvalidValue(f"a cgroup path is a str, not {path!r}", value=repr(path))
-    if path == "/" or (path[:1] == "/" and path[-1] != "/" and "//" not in path
-                       and "/." not in path):
-        return path  # already in the one spelling (the common case, at OOM time)
-    parts = [p for p in path.split("/") if p and p != "."]
-    if ".." in parts:
-        raise InvalidValue(f"cgroup path {path!r} must not contain '..'", value=path)
-    return "/" + "/".join(parts)
-
-
-def check_priority(value: object, source: str) -> int:
-    """``value`` if it is an ``int`` (not a bool) within :data:`PRIORITY_MIN`..
-    :data:`PRIORITY_MAX`; :class:`~cgoom.InvalidValue` naming ``source`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidValue(f"{source}: a priority is an int, not {value!r}", value=repr(value))
-    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
-        raise InvalidValue(
-            f"{source}: priority {_short(value)} is outside {PRIORITY_MIN}..{PRIORITY_MAX}",
-            value=_short(value))
-    return value
-
-
-def _short(value: int) -> str:
-    text = str(value)
-    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
-
 
 @attrs.frozen
 class ProcessSnapshot:
@@ -153,12 +118,6 @@ class CgroupSnapshot:
         return self.path.rsplit("/", 1)[1]
 
 
-def ancestors_and_self(path: str) -> frozenset[str]:
-    """``"/a/b"`` -> ``{"/", "/a", "/a/b"}``."""
-    parts = [p for p in path.split("/") if p]
-    return frozenset(["/"] + ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)])
-
-
 def _paths(value: object) -> frozenset[str]:
     return frozenset(normalize_path(p) for p in value)  # type: ignore[attr-defined]
 
@@ -183,10 +142,6 @@ class Incident:
         protected = (frozenset() if own_cgroup is None
                      else ancestors_and_self(normalize_path(own_cgroup)))
         return cls(cgroup, trigger, protected)
-
-
-def parent_path(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
 
 
 def tree_children(candidates: Mapping[str, CgroupSnapshot]) -> dict[str, list[str]]:

@@ -36,11 +36,11 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from .._kernel._parse import format_size
+from .._kernel._paths import ancestors_and_self, inside
 from ._candidates import (
     CgroupSnapshot,
     Incident,
     ProcessSnapshot,
-    ancestors_and_self,
     str_tuple,
     tree_children,
 )
@@ -48,10 +48,6 @@ from ._candidates import (
 
 def _size(value: int | None) -> str:
     return "unknown" if value is None else format_size(value)
-
-
-def _within(path: str, top: str) -> bool:
-    return top == "/" or path == top or path.startswith(top + "/")
 
 
 @attrs.frozen
@@ -519,7 +515,7 @@ class KubernetesQoSPolicy:
     def __call__(self, incident: Incident,
                  candidates: Mapping[str, CgroupSnapshot]) -> Decision:
         pods = [s for path, s in candidates.items()
-                if is_pod(path) and _within(path, incident.cgroup) and has_memory(s)
+                if is_pod(path) and inside(path, incident.cgroup) and has_memory(s)
                 and path not in incident.protected
                 and not any(candidates.get(a) is not None
                             and candidates[a].preference == "omit"

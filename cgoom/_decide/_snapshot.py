@@ -57,13 +57,13 @@ from .._kernel._cgroup import (
     Cgroup,
 )
 from .._kernel._hierarchy import Hierarchy
+from .._kernel._parse import check_priority
+from .._kernel._paths import inside, normalize_path, parent_path
+from .._kernel._proc import oom_score_adj, process_now, readable
 from ._candidates import (
     CgroupSnapshot,
     Preference,
     ProcessSnapshot,
-    check_priority,
-    normalize_path,
-    parent_path,
     tree_children,
 )
 
@@ -396,18 +396,13 @@ class Snapshotter:
                 continue
             try:
                 comm, state, flags, start, rss_pages = _parse.parse_proc_stat(
-                    _replace(stat_text), f"{base}/stat")
+                    readable(stat_text), f"{base}/stat")
             except CgoomError:
                 result.append(ProcessSnapshot(pid, "?", None, 0))
                 continue
             if flags & _parse.PF_KTHREAD or state in ("Z", "X"):
                 continue  # a kernel thread or already dead: nothing to kill or free
-            try:
-                adj: int | None = int(fs.read(f"{base}/oom_score_adj").strip())
-            except (OSError, ValueError):
-                adj = None
-            if adj is not None and not -1000 <= adj <= 1000:
-                adj = None
+            adj = oom_score_adj(self.hierarchy, pid)
             result.append(ProcessSnapshot(pid, comm, adj, rss_pages * self._page_size, start))
         return tuple(result)
 
@@ -430,9 +425,8 @@ class Snapshotter:
         if paths is None:
             cgroups: Iterable[Cgroup] = self.hierarchy.cgroup(root).walk()
         else:
-            inside = sorted({p for p in map(normalize_path, paths)
-                             if root == "/" or p == root or p.startswith(root + "/")} | {root})
-            cgroups = (self.hierarchy.cgroup(p) for p in inside)
+            below = sorted({p for p in map(normalize_path, paths) if inside(p, root)} | {root})
+            cgroups = (self.hierarchy.cgroup(p) for p in below)
         for cgroup in cgroups:
             if cgroup.path != root and parent_path(cgroup.path) not in result:
                 continue  # its parent vanished (or was never there): so did it
@@ -475,7 +469,7 @@ class Snapshotter:
         ctx = _Pass(root, frozenset(fields) & FIELDS, None)
         children: dict[str, list[str]] = {}
         for path in sorted(set(map(normalize_path, paths))):
-            if path != root and (root == "/" or path.startswith(root + "/")):
+            if path != root and inside(path, root):
                 children.setdefault(parent_path(path), []).append(path)
 
         def read(path: str) -> CgroupSnapshot | None:
@@ -648,22 +642,6 @@ def walk_descent(root: str, children: Mapping[str, Sequence[str]],
     return result, stop
 
 
-def process_now(hierarchy: Hierarchy, pid: int) -> tuple[int, str, str] | None:
-    """``(start time, state, cgroup path)`` of process ``pid`` now, from /proc/PID/stat and
-    /proc/PID/cgroup (``0::/path``), or ``None`` if it is gone."""
-    base = f"{hierarchy.proc_root}/{pid}"
-    try:
-        _, state, _, start, _ = _parse.parse_proc_stat(
-            _replace(hierarchy.fs.read(f"{base}/stat")), f"{base}/stat")
-        cgroup_text = hierarchy.fs.read(f"{base}/cgroup")
-    except (OSError, CgoomError):
-        return None
-    for line in cgroup_text.splitlines():
-        if line.startswith("0::"):
-            return start, state, line[3:]
-    return None
-
-
 def identity_problem(hierarchy: Hierarchy, victim: Victim) -> str | None:
     """Why acting on ``victim`` now would hit something else than was decided on, or
     ``None``: the cgroup is gone or was re-created (another id), the process is gone, its
@@ -688,12 +666,6 @@ def identity_problem(hierarchy: Hierarchy, victim: Victim) -> str | None:
     if state in ("Z", "X"):
         return f"process {victim.pid} is already dead"
     return None
-
-
-def _replace(text: str) -> str:
-    # OsFS decodes with surrogateescape; a process name may be any bytes: show them with
-    # U+FFFD rather than carry lone surrogates that no strict encoder can print.
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _shown(text: str) -> str:

@@ -36,12 +36,14 @@ from typing import Protocol
 import attrs
 
 from .._decide._policy import Victim
-from .._decide._snapshot import identity_problem, process_now
+from .._decide._snapshot import identity_problem
 from .._errors import CgoomError
 from .._kernel._cgroup import Cgroup, if_supported
 from .._kernel._fs import OsFS
 from .._kernel._hierarchy import Hierarchy
 from .._kernel._linux import process_mrelease
+from .._kernel._paths import inside
+from .._kernel._proc import oom_score_adj, process_now
 from .._kernel._taskstats import MemoryStall
 
 
@@ -134,14 +136,6 @@ def _subtree_pids(hierarchy: Hierarchy, path: str) -> list[tuple[int, str]]:
     return found
 
 
-def oom_score_adj(hierarchy: Hierarchy, pid: int) -> int | None:
-    """Process ``pid``'s oom_score_adj now, ``None`` if it cannot be read."""
-    try:
-        return int(hierarchy.fs.read(f"{hierarchy.proc_root}/{pid}/oom_score_adj").strip())
-    except (OSError, ValueError):
-        return None
-
-
 def _has_cgroup_kill(hierarchy: Hierarchy, cgroup: Cgroup) -> bool:
     """Whether this kernel has ``cgroup.kill`` (5.14): from the features probed once on a
     child of the root (the root has none), else from the victim's own files."""
@@ -221,8 +215,7 @@ def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessContro
                 except OSError:
                     continue  # gone already
                 now = process_now(hierarchy, pid)  # with the pidfd open: still in the subtree?
-                if now is None or not (now[2] == victim.cgroup
-                                       or now[2].startswith(victim.cgroup + "/")):
+                if now is None or not inside(now[2], victim.cgroup):
                     processes.close(handle)  # exited, or moved out: not ours to kill
                     continue
                 try:
@@ -356,8 +349,7 @@ def terminate_cgroup(hierarchy: Hierarchy, victim: Victim, processes: ProcessCon
             continue
         try:
             now = process_now(hierarchy, pid)
-            if now is None or not (now[2] == victim.cgroup
-                                   or now[2].startswith(victim.cgroup + "/")):
+            if now is None or not inside(now[2], victim.cgroup):
                 continue
             with contextlib.suppress(ProcessLookupError):
                 processes.terminate(handle)

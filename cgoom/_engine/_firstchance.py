@@ -22,9 +22,9 @@ from typing import Literal
 
 import attrs
 
-from .._decide._candidates import normalize_path
 from .._errors import InvalidValue
 from .._kernel._parse import format_size
+from .._kernel._paths import normalize_path
 
 #: The levels a registration may hear, least urgent first.
 LEVELS_ALL = frozenset({"low", "critical", "oom"})

@@ -24,7 +24,7 @@ from types import TracebackType
 
 import attrs
 
-from .._decide._candidates import CgroupSnapshot, Incident, normalize_path, parent_path
+from .._decide._candidates import CgroupSnapshot, Incident
 from .._decide._plugins import adecide, load_policy, start_policy_worker, validate_policy
 from .._decide._policy import Decision, Policy, PriorityPolicy, Victim
 from .._decide._snapshot import (
@@ -32,7 +32,6 @@ from .._decide._snapshot import (
     UsageHistory,
     check_patterns,
     policy_fields,
-    process_now,
 )
 from .._errors import CgoomError, CgroupGone, InvalidValue, PermissionDenied
 from .._kernel._cgroup import OVERLIMIT_XATTR, if_supported
@@ -42,6 +41,8 @@ from .._kernel._kmsg import KernelOomKill, KmsgReader
 from .._kernel._meminfo import MemInfo, read_meminfo
 from .._kernel._netlink import ProcConnector, ProcessFork, ProcEvent, load, now_ns
 from .._kernel._parse import format_size
+from .._kernel._paths import inside, normalize_path, parent_path
+from .._kernel._proc import oom_score_adj, process_now
 from .._kernel._taskstats import ExitStats, MemoryStall, delay_accounting, family_id
 from .._kernel._types import MemoryEvents
 from .._watch._events import (
@@ -65,7 +66,6 @@ from ._actions import (
     freeze_cgroup,
     kill_cgroup,
     kill_process,
-    oom_score_adj,
     reclaim_cgroup,
     terminate_cgroup,
     terminate_process,
@@ -556,7 +556,7 @@ class Handler:
         scan every watched path (1.2 ms for 1,000 of them)."""
         assert self._watcher is not None
         watched = self._watcher.watched()
-        self._paths = {d: {p for p in watched if _inside(p, d)} for d in self._paths}
+        self._paths = {d: {p for p in watched if inside(p, d)} for d in self._paths}
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -619,14 +619,14 @@ class Handler:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, CgroupCreated | CgroupRemoved):
             for domain, paths in self._paths.items():
-                if _inside(event.cgroup, domain):
+                if inside(event.cgroup, domain):
                     (paths.add if isinstance(event, CgroupCreated) else paths.discard)(
                         event.cgroup)
             if isinstance(event, CgroupCreated) and not self._closed:
                 for rule in self.rules:  # a new top-level workload needs its tripwire
                     if rule.machine and parent_path(event.cgroup) == rule.domain:
                         self._schedule_arm(rule)
-                    if (rule.oom_group and _inside(event.cgroup, rule.domain)
+                    if (rule.oom_group and inside(event.cgroup, rule.domain)
                             and _matches(event.cgroup, rule.oom_group)):
                         problem = self._set_oom_group(event.cgroup)  # a new pod: whole
                         if problem is not None:
@@ -942,7 +942,7 @@ class Handler:
         try:
             now = process_now(self.hierarchy, pid)
             cgroup = watch.cgroup
-            if cgroup is None or now is None or not _inside(now[2], cgroup):
+            if cgroup is None or now is None or not inside(now[2], cgroup):
                 return
             if oom_score_adj(self.hierarchy, pid) == -1000:
                 return  # the child of a spared process: spared too, as the kernel would
@@ -956,7 +956,7 @@ class Handler:
         self._counts["kernel_kills"] += 1
         log.warning("cgoom: %s", kill)
         for domain, window in self._windows.items():
-            if kill.task_memcg is None or _inside(kill.task_memcg, domain):
+            if kill.task_memcg is None or inside(kill.task_memcg, domain):
                 window.kills.append(kill)
         self._deliver(kill)
 
@@ -1705,10 +1705,6 @@ def _said(what: str, exc: BaseException | None) -> str:
 def _matches(path: str, patterns: Iterable[str]) -> bool:
     rel = path.lstrip("/")
     return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
-
-
-def _inside(path: str, domain: str) -> bool:
-    return domain == "/" or path == domain or path.startswith(domain + "/")
 
 
 def _readable(loop: asyncio.AbstractEventLoop, handle: int) -> asyncio.Future[float]:

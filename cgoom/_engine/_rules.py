@@ -29,9 +29,9 @@ from typing import Any, Literal, cast
 
 import attrs
 
-from .._decide._candidates import normalize_path
 from .._errors import InvalidValue
 from .._kernel._parse import parse_size
+from .._kernel._paths import normalize_path
 from .._watch._events import PressureTrigger, SustainedPressure
 
 #: The memory.events counters a rule may fire on.

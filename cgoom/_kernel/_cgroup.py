@@ -32,10 +32,11 @@ from typing import TypeVar
 
 import attrs
 
-from .._decide._candidates import check_priority, normalize_path
 from .._errors import CgroupGone, InvalidValue, NotSupported
 from . import _parse
 from ._fs import CgroupFS, OsFS, translate_os_error
+from ._parse import check_priority
+from ._paths import normalize_path
 from ._types import (
     CgroupEvents,
     CgroupType,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Final
 
 from .._errors import InvalidValue, ParseError
 from ._types import (
@@ -338,22 +339,40 @@ def parse_mountinfo(text: str, source: str) -> list[tuple[str, str, frozenset[st
 
 # --- settings and /proc -------------------------------------------------------------------
 
+#: The range of a priority (``user.cgoom.priority``, configured patterns): a signed 32-bit
+#: integer. Values outside it are refused when written and ignored (with a problem) when read.
+PRIORITY_MIN: Final = -(2**31)
+PRIORITY_MAX: Final = 2**31 - 1
+
 _PRIORITY_RE = re.compile(r"-?[0-9]{1,10}")
 
 
 def parse_priority(text: str, source: str) -> int:
     """A priority as stored in ``user.cgoom.priority``: an optional ``-`` and ASCII digits,
-    surrounding whitespace allowed, within the signed 32-bit range (``PRIORITY_MIN`` ..
-    ``PRIORITY_MAX`` in :mod:`cgoom._decide._candidates`). No ``+``, no ``_``, no other digits:
-    :class:`~cgoom.ParseError` quoting the text otherwise."""
+    surrounding whitespace allowed, within :data:`PRIORITY_MIN` .. :data:`PRIORITY_MAX`. No
+    ``+``, no ``_``, no other digits: :class:`~cgoom.ParseError` quoting the text otherwise."""
     stripped = text.strip(" \t\n")
     if _PRIORITY_RE.fullmatch(stripped) is None:
         raise ParseError(f"{source}: {_quote(text, 40)} is not a priority (an integer from "
-                         f"{-(2**31)} to {2**31 - 1}, ASCII digits)", path=source)
+                         f"{PRIORITY_MIN} to {PRIORITY_MAX}, ASCII digits)", path=source)
     value = int(stripped)
-    if not -(2**31) <= value <= 2**31 - 1:
-        raise ParseError(f"{source}: priority {stripped} is outside {-(2**31)}..{2**31 - 1}",
-                         path=source)
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ParseError(f"{source}: priority {stripped} is outside "
+                         f"{PRIORITY_MIN}..{PRIORITY_MAX}", path=source)
+    return value
+
+
+def check_priority(value: object, source: str) -> int:
+    """``value`` if it is an ``int`` (not a bool) within :data:`PRIORITY_MIN`..
+    :data:`PRIORITY_MAX`; :class:`~cgoom.InvalidValue` naming ``source`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue(f"{source}: a priority is an int, not {value!r}", value=repr(value))
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        shown = str(value)
+        shown = shown if len(shown) <= 24 else f"{shown[:12]}...({len(shown)} digits)"
+        raise InvalidValue(
+            f"{source}: priority {shown} is outside {PRIORITY_MIN}..{PRIORITY_MAX}",
+            value=shown)
     return value
 
 

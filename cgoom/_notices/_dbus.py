@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._engine._firstchance import Notice
 from .._errors import CgoomError
+from .._kernel._paths import inside, normalize_path
 
 if TYPE_CHECKING:
     from .._engine._handler import Handler
@@ -42,7 +43,7 @@ class LowMemoryMonitor:
 
     def __init__(self, handler: Handler, domain: str = "/", bus: str = "system") -> None:
         self.handler = handler
-        self.domain = domain
+        self.domain = normalize_path(domain)
         self.bus_name = bus
         self.owns_name = False
         self.sent = 0
@@ -51,8 +52,7 @@ class LowMemoryMonitor:
 
     async def start(self) -> None:
         domains = sorted({r.domain for r in self.handler.rules})
-        if not any(self.domain == d or d == "/" or self.domain.startswith(d.rstrip("/") + "/")
-                   for d in domains):
+        if not any(inside(self.domain, d) for d in domains):
             raise CgoomError(f"D-Bus warnings for {self.domain}: in no rule's domain "
                              f"({', '.join(domains)}): there would be no level to send")
         try:

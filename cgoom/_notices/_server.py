@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
-from .._decide._candidates import normalize_path
 from .._engine._firstchance import Answer, Gone, Notice
 from .._errors import CgoomError
+from .._kernel._paths import inside, normalize_path
 from ._protocol import (
     LEVELS,
     MAX_LINE,
@@ -166,8 +166,7 @@ def authorize(hierarchy: Hierarchy, peer: Peer, requested: str | None,
         raise Refused(f"cgroup {path}: not yours: uid {peer.uid} may register for its own "
                       f"cgroup ({own or 'unknown'}) or one its user owns (delegated); "
                       f"{path} belongs to uid {owner}")
-    if not any(path == d or d == "/" or path.startswith(d.rstrip("/") + "/")
-               for d in domains):
+    if not any(inside(path, d) for d in domains):
         raise Refused(f"cgroup {path}: in no rule's domain ({', '.join(domains)}): it "
                       "would hear nothing")
     return path

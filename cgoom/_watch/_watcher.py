@@ -49,7 +49,6 @@ from types import TracebackType
 
 import attrs
 
-from .._decide._candidates import parent_path
 from .._errors import CgoomError, CgroupGone, InvalidValue, NotSupported, ParseError
 from .._kernel._cgroup import Cgroup
 from .._kernel._fs import translate_os_error
@@ -69,6 +68,7 @@ from .._kernel._linux import (
     kernel_release,
     read_int,
 )
+from .._kernel._paths import inside, parent_path
 from .._kernel._types import CgroupEvents, MemoryEvents, SwapEvents
 from ._events import (
     CgroupCreated,
@@ -484,9 +484,9 @@ class Watcher:
             self._last.pop((path, name), None)
 
     def _untrack_tree(self, top: str, *, announce: bool) -> None:
-        gone = sorted((p for p in self._tracked if p == top or p.startswith(top + "/")),
+        gone = sorted((p for p in self._tracked if inside(p, top)),
                       key=lambda p: -p.count("/"))
-        for path in [p for p in self._untracked if p == top or p.startswith(top + "/")]:
+        for path in [p for p in self._untracked if inside(p, top)]:
             del self._untracked[path]
         now = time.monotonic()
         for path in gone:
