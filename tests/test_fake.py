@@ -54,3 +54,34 @@ def test_paths_outside_the_mount_are_plain_files(tree: FakeCgroupTree) -> None:
     assert tree.fs.read(os.path.join(outside, "f")) == "x"
     os.unlink(os.path.join(outside, "f"))
     tree.fs.rmdir(outside)
+
+
+def test_a_reader_never_sees_a_write_half_done(tree: FakeCgroupTree) -> None:
+    """kernfs shows a file's old text or its new one, never the empty file between a
+    truncate and a write (a unit test read memory.max as '' from another thread, and failed
+    CI on a fresh clone). A thread reads while the test writes; every read parses."""
+    import threading
+
+    lab = tree.add("lab", memory_max=1 << 30)
+    inode = os.stat(os.path.join(lab.dir, "memory.max")).st_ino
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(tree.fs.read(os.path.join(lab.dir, "memory.max")))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(300):
+            lab.set_memory_max("max" if i % 2 else (1 << 30) + i * 4096)
+            tree.set(lab.path, "memory.current", f"{i}\n")
+    finally:
+        stop.set()
+        reader.join()
+    assert len(seen) > 10
+    assert all(text == "max\n" or text.strip().isdigit() for text in seen), \
+        sorted(set(seen) - {"max\n"})[:3]
+    # Written in place: a watch on the file stays valid.
+    assert os.stat(os.path.join(lab.dir, "memory.max")).st_ino == inode

@@ -22,7 +22,10 @@ What it simulates (Linux 6.1 semantics, kernel/cgroup/cgroup.c and mm/memcontrol
 - Read-only files refuse writes with EINVAL, as kernfs does for root.
 
 Files are rewritten only when their content changes, so inotify sees what it would see on a
-real kernel (minus its 10-16 ms rate limit).
+real kernel (minus its 10-16 ms rate limit). A write and a read never interleave: kernfs shows
+a file's old text or its new one, never the empty file between truncate and write, so every
+read and write of the fake's files (its cgroups, /proc and /sys alike) holds one lock
+(:meth:`FakeCgroupFS.replace`). Files keep their inode: a watch on them stays valid.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 
 from .._kernel._fs import OsFS
 
@@ -179,7 +183,7 @@ class FakeCgroupFS(OsFS):
     Paths outside ``mount`` (the fake /proc and /sys) are plain files.
     """
 
-    __slots__ = ("kernel", "mount", "owners", "pids", "proc_root")
+    __slots__ = ("kernel", "lock", "mount", "owners", "pids", "proc_root")
 
     def __init__(self, mount: str, *, kernel: tuple[int, int] = (6, 1)) -> None:
         self.mount = os.path.normpath(mount)
@@ -191,6 +195,24 @@ class FakeCgroupFS(OsFS):
         self.proc_root: str | None = None
         #: Where each pid was last moved to (a hint: files written directly bypass it).
         self.pids: dict[int, str] = {}
+        #: Held by every read and write of the fake's files, from any thread.
+        self.lock = threading.RLock()
+
+    def read(self, path: str) -> str:
+        with self.lock:
+            return OsFS.read(self, path)
+
+    def replace(self, path: str, data: str | bytes) -> None:
+        """Write ``data`` as the whole content of ``path`` (created if missing), in place
+        (same inode, so inotify watches stay) and atomically for every reader that goes
+        through this object."""
+        raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+        with self.lock:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, raw)
+            finally:
+                os.close(fd)
 
     def stat(self, path: str) -> os.stat_result:
         st = os.stat(path)
@@ -215,17 +237,17 @@ class FakeCgroupFS(OsFS):
         return os.path.normpath(directory) == self.mount
 
     def _get(self, directory: str, name: str) -> str:
-        return OsFS.read(self, os.path.join(directory, name))
+        return self.read(os.path.join(directory, name))
 
     def _put(self, directory: str, name: str, text: str) -> None:
         path = os.path.join(directory, name)
-        try:
-            if OsFS.read(self, path) == text:
-                return
-        except FileNotFoundError:
-            pass
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        with self.lock:
+            try:
+                if OsFS.read(self, path) == text:
+                    return
+            except FileNotFoundError:
+                pass
+            self.replace(path, text)
 
     def _subdirs(self, directory: str) -> list[str]:
         return [os.path.join(directory, n) for n, is_dir in OsFS.listdir(self, directory) if is_dir]
@@ -281,6 +303,10 @@ class FakeCgroupFS(OsFS):
         OsFS.rmdir(self, path)
 
     def write(self, path: str, data: str) -> None:
+        with self.lock:  # the kernel's side effects and the file, seen as one change
+            self._write(path, data)
+
+    def _write(self, path: str, data: str) -> None:
         if not self._inside(path):
             OsFS.write(self, path, data)
             return
@@ -360,8 +386,7 @@ class FakeCgroupFS(OsFS):
         """Write the fake ``/proc/<pid>/cgroup`` (``0::/path``) if that process exists."""
         if self.proc_root is not None and os.path.isdir(f"{self.proc_root}/{pid}"):
             rel = os.path.relpath(directory, self.mount)
-            with open(f"{self.proc_root}/{pid}/cgroup", "w", encoding="utf-8") as f:
-                f.write(f"0::/{'' if rel == '.' else rel}\n")
+            self.replace(f"{self.proc_root}/{pid}/cgroup", f"0::/{'' if rel == '.' else rel}\n")
 
     def remove_pid(self, pid: int) -> None:
         """The process exits: out of whichever ``cgroup.procs`` holds it."""

@@ -77,10 +77,8 @@ class FakeCgroupTree:
         self.hierarchy = Hierarchy.discover(proc_root=proc, sys_root=os.path.join(self.base, "sys"),
                                             fs=self.fs)
 
-    @staticmethod
-    def _write(path: str, text: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+    def _write(self, path: str, text: str | bytes) -> None:
+        self.fs.replace(path, text)
 
     def cgroup(self, path: str) -> Cgroup:
         return self.hierarchy.cgroup(path)
@@ -170,10 +168,9 @@ class FakeCgroupTree:
         # vsize(23) rss(24) ...
         fields = [state, "1", str(pid), str(pid), "0", "-1", str(flags)] + ["0"] * 12
         fields += [str(start), str(pages * 2 * 4096), str(pages)] + ["0"] * 28
-        with open(os.path.join(base, "stat"), "wb") as f:
-            f.write(f"{pid} (".encode() + comm + b") " + " ".join(fields).encode() + b"\n")
-        with open(os.path.join(base, "comm"), "wb") as f:
-            f.write(comm + b"\n")
+        self._write(os.path.join(base, "stat"),
+                    f"{pid} (".encode() + comm + b") " + " ".join(fields).encode() + b"\n")
+        self._write(os.path.join(base, "comm"), comm + b"\n")
         self._write(os.path.join(base, "oom_score_adj"), f"{oom_score_adj}\n")
         self._write(os.path.join(base, "statm"), f"{pages * 2} {pages} 0 0 0 0 0\n")
         where = self.fs.cgroup_of(pid)
