@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 
 import cgoom
-import cgoom._engine._handler
+import cgoom._engine._notifier
 from cgoom._notices import _server
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
@@ -64,7 +64,7 @@ async def measure(clients: int, rounds: int) -> dict[str, float | int]:
         domain.set_memory_max(300 * M)
         domain.set_memory_high(270 * M)
         tree.set("t", "memory.current", f"{280 * M}\n")
-        cgoom._engine._handler.SETTLE_EVERY = 0.005  # recover quickly between rounds
+        cgoom._engine._notifier.SETTLE_EVERY = 0.005  # recover quickly between rounds
         rule = cgoom.Rule("t", "t", on="max")  # high events are levels, never incidents
         path = os.path.join(sockdir, "n.sock")
         writes: list[float] = []
@@ -108,7 +108,7 @@ async def measure(clients: int, rounds: int) -> dict[str, float | int]:
                 last.append((writes[-1] - started) * 1000)
                 first.append((writes[0] - started) * 1000)
                 tree.set("t", "memory.current", f"{100 * M}\n")  # recovered
-                await wait_for(lambda: handler._levels["/t"].level is None)
+                await wait_for(lambda: handler.level("/t") is None)
                 for s in socks:  # empty the buffers between rounds (not timed)
                     try:
                         while s.recv(65536):

@@ -144,8 +144,10 @@ class TestTripwires:
             machine.memory_event("hog", "high")
             record = await first_record(handler)
             assert high(machine.cgroup("hog")) == "max"  # released at once
-        assert record.trigger.startswith("MemAvailable 300.0M < 10% of MemTotal 4.0G "
-                                         "(tripwire on /hog)"), record.trigger
+        assert record.trigger.text.startswith("MemAvailable 300.0M < 10% of MemTotal 4.0G "
+                                              "(tripwire on /hog)"), record.trigger
+        assert (record.trigger.kind, record.trigger.reading, record.trigger.source) == (
+            "available", 300 * M, "tripwire on /hog")
         assert record.victim is not None and record.victim.cgroup == "/hog"
         assert record.available_before == 300 * M
         assert machine.cgroup("db").cgroup_procs() == (100,)
@@ -157,7 +159,7 @@ class TestTripwires:
         async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
                                       processes=FakeProcesses(machine)) as handler:
             record = await first_record(handler)
-        assert "(when arming)" in record.trigger
+        assert "(when arming)" in record.trigger.text and record.trigger.kind == "available"
         assert record.victim is not None and record.victim.cgroup == "/hog"
 
     async def test_a_lower_memory_high_is_left_alone(self, machine: FakeCgroupTree) -> None:
@@ -201,7 +203,8 @@ class TestTripwires:
             await wait_until(lambda: handler.statistics().polls >= 1, 5, "polling")
             machine.set_meminfo(total=4 * G, available=200 * M)  # below the reserve
             record = await first_record(handler)
-        assert record.trigger.endswith("(poll)") and record.victim is not None
+        assert record.trigger.text.endswith("(poll)") and record.victim is not None
+        assert record.trigger.source == "poll"
         assert record.victim.cgroup == "/hog"
 
 
@@ -431,7 +434,7 @@ class TestProcessConnector:
         assert _event({"event": "PROC_EVENT_EXEC"}) is None
 
     async def test_a_kill_watch(self) -> None:
-        from cgoom._engine._handler import _KillWatch
+        from cgoom._engine._executor import KillWatch as _KillWatch
         from cgoom._kernel._netlink import ProcessExit, ProcessFork
 
         watch = _KillWatch([10, 11], 100, "/t/lose", asyncio.get_running_loop())
@@ -527,7 +530,7 @@ class TestTaskstats:
             parse_exit(error, 31)
 
     async def test_a_kill_watch_keeps_the_process_totals(self) -> None:
-        from cgoom._engine._handler import _KillWatch
+        from cgoom._engine._executor import KillWatch as _KillWatch
         from cgoom._kernel._taskstats import MemoryStall
 
         watch = _KillWatch([7, 8], 0, "/t", asyncio.get_running_loop())
@@ -642,8 +645,10 @@ class TestSustainedAndUsage:
             two.memory_event("t/lose", "high")
             record = await first_record(handler)
             assert high(two.cgroup("t")) in ("max", level)  # released, or re-armed after
-        assert record.trigger.startswith("usage 380.0M >= 90% of memory.max (360.0M, "
-                                         "tripwire on /t)"), record.trigger
+        assert record.trigger.text.startswith("usage 380.0M >= 90% of memory.max (360.0M, "
+                                              "tripwire on /t)"), record.trigger
+        assert (record.trigger.kind, record.trigger.cgroup, record.trigger.reading) == (
+            "usage", "/t", 380 * M)
         assert record.victim is not None and record.victim.cgroup == "/t/lose"
         assert high(two.cgroup("t")) == "max"  # restored
 
@@ -722,7 +727,7 @@ async def test_a_fork_racing_a_whole_kill_is_killed_unless_minus_1000(
     """The process connector reports forks during a whole kill of /t/lose: a child inside
     the subtree is killed; one with oom_score_adj -1000 (a spared process's child) is not,
     nor one outside the subtree."""
-    from cgoom._engine._handler import _KillWatch
+    from cgoom._engine._executor import KillWatch as _KillWatch
     from cgoom._kernel._netlink import ProcessFork
 
     procs = FakeProcesses(two)
@@ -735,9 +740,9 @@ async def test_a_fork_racing_a_whole_kill_is_killed_unless_minus_1000(
     handler = cgoom.Handler(two.hierarchy, [cgoom.Rule("r", "t")], own_cgroup="/",
                             processes=procs)
     watch = _KillWatch([300, 301], 0, "/t/lose", asyncio.get_running_loop())
-    handler._kill_watches.append(watch)
+    handler._executor._watches.append(watch)
     for child in (310, 311, 312):
-        handler._on_proc_event(ProcessFork(300, child, 10))
+        handler._executor._on_proc_event(ProcessFork(300, child, 10))
     assert procs.killed == [310] and watch.raced == [310]
 
 

@@ -75,7 +75,9 @@ class TestHandler:
         assert t.started_ms is not None and 0 <= t.started_ms <= t.snapshot_ms <= t.kill_ms
         assert t.kill_ms <= t.confirmed_ms
         assert "timings: started " in record.explain()
-        assert record.trigger == "/t memory.events: high +5" and record.memory_before == 300 * M
+        assert record.memory_before == 300 * M
+        assert record.trigger == cgoom.Trigger("memory.events", "/t memory.events: high +5",
+                                               "/t", {"high": 5})
         assert {c.path for c in record.candidates} == {"/t", "/t/db", "/t/web", "/t/batch"}
         line = json.loads(record.to_json())
         assert line["decision"]["victims"][0]["cgroup"] == "/t/batch"

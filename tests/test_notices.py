@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import cgoom
-import cgoom._engine._handler
+import cgoom._engine._notifier
 from cgoom import client as notices
 from cgoom._engine._firstchance import Gone, Levels, Registry, level_of
 from cgoom._notices._protocol import MAX_LINE, ProtocolError, Register, Reply, parse_request
@@ -157,7 +157,7 @@ def test_who_may_register_for_what(domain: FakeCgroupTree) -> None:
 
 async def test_levels_reach_registrations_with_a_reclaim_target(
         domain: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cgoom._engine._handler, "SETTLE_EVERY", 0.05)
+    monkeypatch.setattr(cgoom._engine._notifier, "SETTLE_EVERY", 0.05)
     heard: list[cgoom.Notice] = []
 
     async def note(notice: cgoom.Notice) -> None:
@@ -175,7 +175,7 @@ async def test_levels_reach_registrations_with_a_reclaim_target(
         await until(lambda: len(heard) == 2)
         assert heard[1].level == "critical"
         domain.set("t", "memory.current", f"{200 * M}\n")  # recovered: the level clears
-        await until(lambda: handler._levels["/t"].level is None)
+        await until(lambda: handler.level("/t") is None)
         await asyncio.sleep(0.6)  # past the rate limit
         domain.set("t", "memory.current", f"{270 * M}\n")
         domain.memory_event("t", "high")
@@ -275,7 +275,7 @@ async def test_a_client_that_stops_reading_is_dropped(
         await until(lambda: server.statistics().registrations == 1)
         # Notices it never reads: the kernel's buffers fill, then cgoom's, then it is
         # dropped; the loop never waits on it.
-        reg = handler._first.inside("/t")[0]
+        reg = handler._notifier.registry.inside("/t")[0]
         sent, why = 0, None
         for sent in range(100_000):  # noqa: B007
             try:
@@ -447,7 +447,7 @@ async def test_a_poll_consumer_of_memory_pressure_watch_is_woken(
         proc.stdin.write(b"go\n")
         await proc.stdin.drain()
         assert await proc.stdout.readline() == b"waiting\n"
-        await until(lambda: len(handler._first.inside("/t")) == 1)
+        await until(lambda: len(handler._notifier.registry.inside("/t")) == 1)
         domain.memory_event("t", "high")
         said = await asyncio.wait_for(proc.stdout.readline(), 10)
         await proc.wait()
@@ -463,7 +463,7 @@ async def test_a_pressure_watcher_outside_every_domain_is_turned_away(
         reader, writer = await asyncio.open_unix_connection(sock_path)
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
         writer.close()
-        assert len(handler._first) == 0
+        assert len(handler._notifier.registry) == 0
     with pytest.raises(cgoom.CgoomError, match="pressure level 'urgent'"):
         cgoom.PressureSocket(handler, sock_path, level="urgent")
 
@@ -739,4 +739,4 @@ async def test_one_user_holds_at_most_max_registrations_per_user(
     assert len(replies) == 3, replies
     assert all(b'"op":"registered"' in line for line in replies[:2]), replies
     assert b"uid 65534 already holds 2 registrations on this socket" in replies[2], replies
-    assert left == {} and len(handler._first) == 0
+    assert left == {} and len(handler._notifier.registry) == 0

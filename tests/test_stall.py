@@ -62,8 +62,9 @@ async def test_a_stalled_loop_with_memory_short_kills_the_last_ranking(
         stall_loop(1.0, 0.1, lambda: inversion.memory_event("t", "max", 2))
         assert len(records) == 1
         record = records[0]
-        assert record.trigger.startswith("stall watchdog: the event loop did not run for ")
-        assert "/t memory.events rose unhandled: max +2" in record.trigger
+        assert record.trigger.text.startswith("stall watchdog: the event loop did not run for ")
+        assert "/t memory.events rose unhandled: max +2" in record.trigger.text
+        assert record.trigger.kind == "stall"
         assert record.victim is not None and record.victim.cgroup == "/t/batch"
         assert inversion.hierarchy.cgroup("t/batch").cgroup_procs() == ()
         assert inversion.hierarchy.cgroup("t/db").cgroup_procs() == (100,)

@@ -9,6 +9,7 @@ each step, and the domain's memory before and after.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 import attrs
 
@@ -18,6 +19,10 @@ from .._kernel._kmsg import KernelOomKill
 from .._kernel._parse import format_size
 from ._actions import ActionResult
 from ._firstchance import FirstChanceOutcome
+from ._trigger import Trigger, as_trigger
+
+#: Actions that kill a victim (or end it gracefully), counted as kills.
+KILLING = ("kill", "terminate")
 
 
 @attrs.frozen
@@ -44,8 +49,8 @@ class IncidentRecord:
     id: str
     rule: str
     domain: str
-    #: The event that fired the rule, as a log line.
-    trigger: str
+    #: Why the rule fired: a :class:`cgoom.Trigger` (``str()`` of it is the log line).
+    trigger: Trigger = attrs.field(converter=as_trigger)
     #: Events of the rule that arrived while it was being handled, folded into it.
     folded: int
     dry_run: bool
@@ -67,6 +72,25 @@ class IncidentRecord:
     #: The workloads' first chance before cgoom acted (a rule's ``first_chance``): who was
     #: told, what each answered, what memory did meanwhile.
     first_chance: FirstChanceOutcome | None = None
+    #: The rule's own policy: a decision by another one is the fallback's.
+    policy: str | None = None
+
+    @property
+    def kills(self) -> int:
+        """Victims killed or ended gracefully (actions that succeeded)."""
+        return sum(a.ok and a.action.startswith(KILLING) for a in self.actions)
+
+    @property
+    def failed(self) -> bool:
+        """The incident failed inside the engine (the record says why)."""
+        return self.decision.policy == "none" and any(a.action == "error"
+                                                      for a in self.actions)
+
+    @property
+    def fell_back(self) -> bool:
+        """The rule's policy failed (raised, hung, lied) and the fallback decided."""
+        return (self.policy is not None
+                and self.decision.policy not in (self.policy, "none"))
 
     @property
     def victim(self) -> ActionResult | None:
@@ -148,3 +172,60 @@ class IncidentRecord:
                          f"oom_kill event(s) in {self.domain}")
             lines += [f"    {k}" for k in self.kernel_kills]
         return "\n".join(lines)
+
+
+@attrs.define
+class RecordBuilder:
+    """An incident's record while the incident runs: who and why, and the clock's readings
+    of each step (monotonic seconds, ``None`` until the step happens). One builder makes
+    every :class:`IncidentRecord` the engine and the stall watchdog deliver."""
+
+    id: str
+    rule: str
+    domain: str
+    trigger: Trigger
+    dry_run: bool
+    #: The kernel's notification as read, and the incident's start (monotonic).
+    notified: float
+    started: float | None
+    #: The wall clock at the start (seconds since the epoch).
+    started_at: float
+    policy: str | None = None
+    snapshot_done: float | None = None
+    decided: float | None = None
+    kill_at: float | None = None
+    gone_at: float | None = None
+
+    def timings(self) -> Timings:
+        def since(moment: float | None, start: float) -> float | None:
+            return None if moment is None else (moment - start) * 1000
+
+        return Timings(
+            notified=self.notified,
+            snapshot_ms=since(self.snapshot_done, self.notified) or 0.0,
+            decision_ms=since(self.decided, self.snapshot_done or self.notified) or 0.0,
+            kill_ms=since(self.kill_at, self.notified),
+            confirmed_ms=since(self.gone_at, self.notified),
+            started_ms=since(self.started, self.notified))
+
+    def build(self, decision: Decision, *, candidates: Iterable[CgroupSnapshot] = (),
+              actions: Iterable[ActionResult] = (), memory_before: int | None = None,
+              memory_after: int | None = None, available_before: int | None = None,
+              available_after: int | None = None,
+              kernel_kills: Iterable[KernelOomKill] = (), kernel_oom_kills: int = 0,
+              first_chance: FirstChanceOutcome | None = None) -> IncidentRecord:
+        return IncidentRecord(
+            id=self.id, rule=self.rule, domain=self.domain, trigger=self.trigger, folded=0,
+            dry_run=self.dry_run, decision=decision, candidates=tuple(candidates),
+            actions=tuple(actions), timings=self.timings(), memory_before=memory_before,
+            memory_after=memory_after, started_at=self.started_at,
+            available_before=available_before, available_after=available_after,
+            kernel_kills=tuple(kernel_kills), kernel_oom_kills=kernel_oom_kills,
+            first_chance=first_chance, policy=self.policy)
+
+    def failed(self, exc: BaseException) -> IncidentRecord:
+        """The record of an incident that failed inside the engine (the domain vanished
+        mid-snapshot, or a bug): said, so no decision is silently lost."""
+        reason = f"the incident failed: {type(exc).__name__}: {exc}"
+        return self.build(Decision("none", (), (reason,)),
+                          actions=(ActionResult("error", self.domain, None, False, reason),))

@@ -232,6 +232,31 @@ def setup_changes(old: Rule, new: Rule) -> list[str]:
             for name in SETUP_FIELDS if getattr(old, name) != getattr(new, name)]
 
 
+def unique_names(rules: Iterable[Rule]) -> list[str]:
+    """The rules' names; :class:`~cgoom.InvalidValue` if one is given twice."""
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise InvalidValue(f"rule names must be unique: {names}", value=repr(names))
+    return names
+
+
+def restart_needed(old: Iterable[Rule], new: Iterable[Rule]) -> list[str]:
+    """What in going from rules ``old`` to ``new`` a running handler cannot apply (rules
+    added or removed, a set-up field changed), one sentence each: the one place that
+    decides it (:meth:`Handler.reconfigure`, and so ``cgoom run``'s reload)."""
+    before = {r.name: r for r in old}
+    after = {r.name: r for r in new}
+    problems = []
+    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    if added:
+        problems.append(f"rule(s) added: {', '.join(added)}")
+    if removed:
+        problems.append(f"rule(s) removed: {', '.join(removed)}")
+    problems += [f"rule {name!r}: {change}" for name, rule in after.items() if name in before
+                 for change in setup_changes(before[name], rule)]
+    return problems
+
+
 class RuleState:
     """A rule's memory between events: recent counts, the cooldown, the incident in
     flight. ``observe`` is called with each delta of the domain's memory.events."""

@@ -45,13 +45,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._decide._candidates import CgroupSnapshot, Incident
-from .._decide._plugins import decide
+from .._decide._candidates import CgroupSnapshot
 from .._decide._policy import Decision
-from .._decide._snapshot import policy_fields
 from .._errors import CgoomError
+from . import _trigger
 from ._actions import ActionResult, Pidfds, ProcessControl, kill_cgroup, kill_process
-from ._incident import IncidentRecord, Timings
+from ._incident import IncidentRecord, RecordBuilder
 
 if TYPE_CHECKING:
     from ._handler import Handler
@@ -167,8 +166,7 @@ class StallWatchdog:
             reason = self.handler.stall_check(name)
             if reason is None:
                 continue
-            state = self.handler._states[name]
-            if not state.claim():
+            if not self.handler.claim(name):
                 said = (f"the loop stalled {stalled:.1f} s and {reason}; rule {name!r} has an "
                         "incident in flight: left to it")
                 log.error("cgoom stall watchdog: %s", said)
@@ -176,7 +174,7 @@ class StallWatchdog:
             try:
                 record = self._kill(name, self.rankings.get(name), stalled, reason)
             finally:
-                state.finished(time.monotonic())
+                self.handler.release(name)
             self.actions += 1
             log.error("cgoom stall watchdog: %s", record.explain().replace("\n", "; "))
             try:
@@ -192,31 +190,27 @@ class StallWatchdog:
 
     def _decide_now(self, name: str, trigger: str,
                     ) -> tuple[Decision, tuple[CgroupSnapshot, ...]] | None:
-        """A fresh decision from this thread: the domain walked and read now (the loop's
-        list of cgroups may be stale), the policy under its guard and budget."""
-        handler = self.handler
-        rule = handler._states[name].rule
-        policy = handler.policies[name]
+        """A fresh decision from this thread (:meth:`Handler.decide_now`), or ``None``."""
         try:
-            snaps = handler._snapshotter.snapshot(rule.domain, fields=policy_fields(policy))
-            snaps = handler._declared(snaps)
-            incident = Incident.create(rule.domain, trigger, own_cgroup=handler.own_cgroup)
-            decision = decide(policy, incident, snaps, budget=rule.budget)
+            return self.handler.decide_now(name, trigger)
         except (CgoomError, OSError) as exc:
             log.error("cgoom stall watchdog: %s: no fresh decision (%s): the last ranking "
                       "is used", name, exc)
             return None
-        return decision, tuple(snaps.values())
 
     def _kill(self, name: str, ranking: tuple[Decision, float] | None, stalled: float,
               reason: str) -> IncidentRecord:
         handler = self.handler
-        rule = handler._states[name].rule
-        notified = time.monotonic()
-        started_at = time.time()
-        trigger = f"stall watchdog: the event loop did not run for {stalled:.1f} s; {reason}"
-        fresh = self._decide_now(name, trigger)
-        decided = time.monotonic()
+        rule = handler.rule(name)
+        clock = handler.clock
+        wall = clock.wall()
+        draft = RecordBuilder(id=f"{int(wall)}-stall-{self.actions + 1}", rule=name,
+                              domain=rule.domain,
+                              trigger=_trigger.stall(stalled, reason, rule.domain),
+                              dry_run=False, notified=clock.monotonic(), started=None,
+                              started_at=wall, policy=handler.policies[name].name)
+        fresh = self._decide_now(name, str(draft.trigger))
+        draft.decided = clock.monotonic()
         if fresh is not None:
             decision, candidates = fresh
             note = "decided afresh by the stall watchdog thread (the event loop had stalled)"
@@ -225,20 +219,15 @@ class StallWatchdog:
             note = "no fresh decision could be made and there was no ranking: nothing done"
         else:
             decision, candidates = ranking[0], ()
-            note = (f"the last ranking, {notified - ranking[1]:.1f} s old, acted on by the "
-                    "stall watchdog thread (no fresh decision could be made)")
+            note = (f"the last ranking, {draft.notified - ranking[1]:.1f} s old, acted on by "
+                    "the stall watchdog thread (no fresh decision could be made)")
         domain = handler.hierarchy.cgroup(rule.domain)
-        try:
-            before: int | None = domain.memory_current()
-        except CgoomError:
-            before = None
+        before = if_readable(domain.memory_current)
         actions: list[ActionResult] = []
-        kill_at = gone_at = None
-        processes = handler._processes or Pidfds(handler.hierarchy)
+        processes = handler.processes
         for victim in decision.victims:
             if victim.whole or victim.pid is None:
                 result, handles = kill_cgroup(handler.hierarchy, victim, processes)
-                handle = None
             else:
                 result, handle = kill_process(handler.hierarchy, victim, processes)
                 handles = [] if handle is None else [handle]
@@ -247,28 +236,15 @@ class StallWatchdog:
                 for h in handles:
                     processes.close(h)
                 continue
-            kill_at = time.monotonic()
-            gone_at = self._wait_gone(handler, victim.cgroup, handles, processes,
-                                      whole=victim.whole, seconds=rule.confirm_timeout)
+            draft.kill_at = clock.monotonic()
+            draft.gone_at = self._wait_gone(handler, victim.cgroup, handles, processes,
+                                            whole=victim.whole, seconds=rule.confirm_timeout)
             for h in handles:
                 processes.close(h)
             break
-        try:
-            after: int | None = domain.memory_current()
-        except CgoomError:
-            after = None
-        ms = 1000.0
-        return IncidentRecord(
-            id=f"{int(started_at)}-stall-{self.actions + 1}", rule=name, domain=rule.domain,
-            trigger=trigger, folded=0, dry_run=False,
-            decision=Decision(decision.policy, decision.victims, (*decision.notes, note)),
-            candidates=candidates, actions=tuple(actions),
-            timings=Timings(notified=notified, snapshot_ms=0.0,
-                            decision_ms=(decided - notified) * ms,
-                            kill_ms=None if kill_at is None else (kill_at - notified) * ms,
-                            confirmed_ms=None if gone_at is None
-                            else (gone_at - notified) * ms),
-            memory_before=before, memory_after=after, started_at=started_at)
+        return draft.build(Decision(decision.policy, decision.victims, (*decision.notes, note)),
+                           candidates=candidates, actions=actions, memory_before=before,
+                           memory_after=if_readable(domain.memory_current))
 
     @staticmethod
     def _wait_gone(handler: Handler, cgroup: str, handles: list[int],
@@ -297,4 +273,11 @@ class StallWatchdog:
             except CgoomError:
                 return time.monotonic()  # removed: gone
             time.sleep(0.01)
+        return None
+
+
+def if_readable(read: Callable[[], int]) -> int | None:
+    try:
+        return read()
+    except CgoomError:
         return None

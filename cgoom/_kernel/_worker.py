@@ -25,12 +25,19 @@ _STOP = object()
 class Worker:
     """A daemon thread running submitted callables one at a time."""
 
-    def __init__(self, name: str = "cgoom-worker") -> None:
+    def __init__(self, name: str = "cgoom-worker", *, start: bool = True) -> None:
         self.name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
-        self._thread.start()
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start the thread now (made with ``start=False``: its owner starts it before any
+        incident). Safe to call twice."""
+        if not self._thread.is_alive() and not self._closed and self._thread.ident is None:
+            self._thread.start()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
@@ -56,6 +63,7 @@ class Worker:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed")
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self.start()  # never waits: started long before, by whoever owns it
         self._queue.put((future, func))
         return future
 

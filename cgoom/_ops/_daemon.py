@@ -181,8 +181,7 @@ class _Daemon:
                 log.error("cgoom: cannot append to the record log %s: %s", self.records.path,
                           exc)
         if self.metrics is not None:
-            policy = self.handler.policies.get(getattr(record, "rule", ""))
-            self.metrics.record(record, None if policy is None else policy.name)
+            self.metrics.record(record)
         if self.stall is not None and not isinstance(record, KernelOomKill):
             self.stall.stale()  # an incident changed the domain: rank again
 

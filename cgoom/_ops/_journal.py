@@ -78,7 +78,8 @@ def record_fields(record: IncidentRecord | KernelOomKill) -> dict[str, str]:
               "PRIORITY": "4" if victim is not None else "6",
               "MESSAGE_ID": INCIDENT_MESSAGE_ID, "SYSLOG_IDENTIFIER": "cgoom",
               "CGOOM_INCIDENT": record.id, "CGOOM_RULE": record.rule,
-              "CGOOM_DOMAIN": record.domain, "CGOOM_TRIGGER": record.trigger,
+              "CGOOM_DOMAIN": record.domain, "CGOOM_TRIGGER": str(record.trigger),
+              "CGOOM_TRIGGER_KIND": record.trigger.kind,
               "CGOOM_POLICY": record.decision.policy,
               "CGOOM_DRY_RUN": str(record.dry_run).lower(),
               "CGOOM_EXPLAIN": record.explain()}

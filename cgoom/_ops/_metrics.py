@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._engine._incident import IncidentRecord
+from .._engine._incident import KILLING, IncidentRecord
 from .._errors import CgoomError
 from .._kernel._kmsg import KernelOomKill
 
@@ -24,20 +24,6 @@ Record = IncidentRecord | KernelOomKill
 #: Buckets for decision and notification-to-kill times: cgoom decides in milliseconds, and
 #: anything beyond a second is the peers' territory (oomd 1.3-1.8 s).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-#: What a rule's trigger text starts with (the engine writes them: ``_handler``) -> the
-#: ``trigger`` label; anything else is a PSI trigger.
-_KINDS = (("MemAvailable ", "available"), ("usage ", "usage"))
-
-
-def trigger_kind(trigger: str) -> str:
-    """The ``trigger`` label of an incident: ``memory.events``, ``pressure``,
-    ``available`` (the whole machine's memory) or ``usage`` (a share of memory.max)."""
-    for prefix, kind in _KINDS:
-        if trigger.startswith(prefix):
-            return kind
-    return "memory.events" if " memory.events: " in trigger else "pressure"
-
 
 class Metrics:
     """The daemon's metrics. ``watched``: how many cgroups are watched now (read when
@@ -110,19 +96,17 @@ class Metrics:
             self._server.server_close()
             self._server = None
 
-    def record(self, record: Record, policy: str | None = None) -> None:
-        """Count one record the handler delivered; ``policy``: the name of the rule's own
-        policy (a decision by another one is the fallback's)."""
+    def record(self, record: Record) -> None:
+        """Count one record the handler delivered, as the record counts itself
+        (``failed``, ``fell_back``, ``kills``): the handler's statistics read the same."""
         if isinstance(record, KernelOomKill):
             self.kernel_kills.inc()
             return
         rule, t = record.rule, record.timings
-        self.incidents.labels(rule, trigger_kind(record.trigger),
-                              str(record.dry_run).lower()).inc()
-        if record.decision.policy == "none" and any(a.action == "error"
-                                                    for a in record.actions):
+        self.incidents.labels(rule, record.trigger.kind, str(record.dry_run).lower()).inc()
+        if record.failed:
             self.errors.labels(rule).inc()
-        elif policy is not None and record.decision.policy not in (policy, "none"):
+        elif record.fell_back:
             self.fallbacks.labels(rule).inc()
         self.decision.labels(rule).observe(t.decision_ms / 1000)
         if t.kill_ms is not None:
@@ -131,7 +115,7 @@ class Metrics:
             self.to_gone.labels(rule).observe(t.confirmed_ms / 1000)
         for action in record.actions:
             self.actions.labels(rule, action.action, "ok" if action.ok else "failed").inc()
-            if action.ok and action.action.startswith(("kill", "terminate")):
+            if action.ok and action.action.startswith(KILLING):
                 self.kills.labels(rule, record.decision.policy, action.action).inc()
 
     def reloaded(self, ok: bool) -> None:

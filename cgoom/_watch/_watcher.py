@@ -51,6 +51,7 @@ import attrs
 
 from .._errors import CgoomError, CgroupGone, InvalidValue, NotSupported, ParseError
 from .._kernel._cgroup import Cgroup
+from .._kernel._clock import SYSTEM, Clock
 from .._kernel._fs import translate_os_error
 from .._kernel._hierarchy import Hierarchy
 from .._kernel._linux import (
@@ -173,7 +174,10 @@ class Watcher:
     with their subtrees. ``files``: which of :data:`DEFAULT_FILES` to watch.
     ``raise_watch_limit``: when the inotify watch limit is hit and cgoom runs as root, raise
     the host-wide sysctl ``fs.inotify.max_user_watches`` (off by default: a library should not
-    change host settings; the error says which value is needed).
+    change host settings; the error says which value is needed). ``queued=False``: listeners
+    only (an engine that reacts in its listener queues nothing it would have to drain;
+    ``async for`` then raises :class:`~cgoom.CgoomError`). ``clock``: the source of the events'
+    ``time`` (:class:`cgoom.testing.ManualClock` in tests).
     """
 
     def __init__(
@@ -186,6 +190,8 @@ class Watcher:
         files: Iterable[str] = DEFAULT_FILES,
         raise_watch_limit: bool = False,
         max_queued: int = 10_000,
+        queued: bool = True,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.hierarchy = hierarchy
         self.roots = tuple(hierarchy.cgroup(r).path for r in roots)
@@ -201,6 +207,8 @@ class Watcher:
         if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 1:
             raise InvalidValue(f"max_queued={max_queued!r}: a positive int", value=repr(max_queued))
         self.max_queued = max_queued
+        self.queued = queued
+        self.clock = clock
         self._dropped = 0
         self._ids: dict[str, int] = {}
         self._untracked: dict[str, str] = {}
@@ -310,6 +318,9 @@ class Watcher:
         return self
 
     async def __anext__(self) -> Event:
+        if not self.queued:
+            raise CgoomError("this watcher delivers to its listeners only (queued=False): "
+                             "there is nothing to iterate")
         # Cancelling a waiting `async for` loses nothing: asyncio.Queue.get is cancel-safe.
         item = await self._queue.get()
         if isinstance(item, _Closed):
@@ -319,16 +330,18 @@ class Watcher:
 
     def _emit(self, event: Event) -> None:
         self._events += 1
-        if self._queue.qsize() >= self.max_queued:
-            dropped = 0
-            while not self._queue.empty():
-                self._queue.get_nowait()
-                dropped += 1
-            self._dropped += dropped
-            self._queue.put_nowait(Resynchronized(
-                f"the consumer fell behind: {dropped} queued events were dropped (max_queued="
-                f"{self.max_queued}); re-read the state you need", time.monotonic()))
-        self._queue.put_nowait(event)
+        if self.queued:
+            if self._queue.qsize() >= self.max_queued:
+                dropped = 0
+                while not self._queue.empty():
+                    self._queue.get_nowait()
+                    dropped += 1
+                self._dropped += dropped
+                self._queue.put_nowait(Resynchronized(
+                    f"the consumer fell behind: {dropped} queued events were dropped "
+                    f"(max_queued={self.max_queued}); re-read the state you need",
+                    self.clock.monotonic()))
+            self._queue.put_nowait(event)
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -449,10 +462,10 @@ class Watcher:
                 if not announce:
                     raise
                 self._untracked[cgroup.path] = exc.message
-                self._emit(WatchFailed(cgroup.path, exc.message, time.monotonic()))
+                self._emit(WatchFailed(cgroup.path, exc.message, self.clock.monotonic()))
                 continue
             if announce and self._included(cgroup.path):
-                self._emit(CgroupCreated(cgroup.path, time.monotonic()))
+                self._emit(CgroupCreated(cgroup.path, self.clock.monotonic()))
             stack.extend(reversed(children))
             yield
 
@@ -488,7 +501,7 @@ class Watcher:
                       key=lambda p: -p.count("/"))
         for path in [p for p in self._untracked if inside(p, top)]:
             del self._untracked[path]
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for path in gone:
             self._untrack(path)
             for fd, t in list(self._triggers.items()):
@@ -553,7 +566,7 @@ class Watcher:
             return
         old = self._last.get((path, name))
         self._last[(path, name)] = new
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if isinstance(new, CgroupEvents):
             assert old is None or isinstance(old, CgroupEvents)
             if old is None or (old.populated, old.frozen) != (new.populated, new.frozen):
@@ -575,7 +588,7 @@ class Watcher:
         """Re-read everything, in a task that yields to the loop; an overflow during it
         runs it once more after."""
         self._resyncs += 1
-        self._emit(Resynchronized(reason, time.monotonic()))
+        self._emit(Resynchronized(reason, self.clock.monotonic()))
         if self._resync_task is not None and not self._resync_task.done():
             self._resync_reason = reason
             return
@@ -701,14 +714,14 @@ class Watcher:
         entry = self._drop_trigger(fd)
         if entry is not None:
             self._emit(PressureTriggerEnded(entry.cgroup, entry.trigger, reason,
-                                            time.monotonic()))
+                                            self.clock.monotonic()))
 
     def _on_pressure(self, fd: int) -> None:
         entry = self._triggers.get(fd)
         if entry is None:
             return
         self._wakeups += 1
-        now = time.monotonic()
+        now = self.clock.monotonic()
         # Usually empty, or EPOLLPRI: the readiness check on the way here consumed the event.
         # Only EPOLLERR (the trigger was destroyed with its cgroup) persists.
         mask = 0
@@ -731,6 +744,8 @@ def open_watcher(
     files: Iterable[str] = DEFAULT_FILES,
     raise_watch_limit: bool = False,
     max_queued: int = 10_000,
+    queued: bool = True,
+    clock: Clock = SYSTEM,
 ) -> Watcher:
     """A :class:`Watcher` for ``roots`` (default: the whole hierarchy), to use as
     ``async with cgoom.open_watcher(h, "workload.slice") as watcher:``."""
@@ -742,4 +757,6 @@ def open_watcher(
         files=files,
         raise_watch_limit=raise_watch_limit,
         max_queued=max_queued,
+        queued=queued,
+        clock=clock,
     )

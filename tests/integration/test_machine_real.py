@@ -129,7 +129,8 @@ async def test_a_psi_rule_on_the_domain(box: cgoom.Cgroup, spawn: Spawn,
     finally:
         sysctl("/proc/sys/kernel/task_delayacct", accounting)
     assert isinstance(record, cgoom.IncidentRecord), record
-    assert record.trigger == f"{domain.path} memory pressure: {trigger}"
+    assert str(record.trigger) == f"{domain.path} memory pressure: {trigger}"
+    assert record.trigger.kind == "pressure"
     victim = record.victim
     assert victim is not None and victim.cgroup == stalled.path
     assert proc.proc.wait(10) == -9
@@ -267,7 +268,7 @@ async def test_usage_above_a_fraction(box: cgoom.Cgroup, spawn: Spawn,
         spawn(job, python_cmd(GROW))
         record = await asyncio.wait_for(handler.__anext__(), 60)
     assert isinstance(record, cgoom.IncidentRecord)
-    assert record.trigger.startswith("usage "), record.trigger
+    assert record.trigger.kind == "usage", record.trigger
     assert record.victim is not None and record.victim.cgroup == job.path
     assert domain.memory_high() == "max" and domain.memory_events().oom_kill == 0
     t = record.timings
