@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from cgoom._ops._daemon import run
-from cgoom.testing import FakeCgroupTree
+from cgoom.testing import FakeCgroupTree, ManualClock
+
+from .daemon import send, stop
 
 M = 1 << 20
 
@@ -66,15 +68,30 @@ async def test_the_daemon_on_a_fake_tree(tree: FakeCgroupTree, tmp_path: Path,
         assert line["rule"] == "t" and line["dry_run"] is True
         assert line["decision"]["victims"][0]["cgroup"] == "/t/batch"
         config.write_text("[[rule]\n")  # broken
-        os.kill(os.getpid(), signal.SIGHUP)
+        send(daemon, signal.SIGHUP)
         assert (await receive(server)).startswith("RELOADING=1\nMONOTONIC_USEC=")
         assert (await receive(server)).startswith("READY=1\nSTATUS=")
         assert "the configuration cannot be used; the running one is kept" in caplog.text
-        os.kill(os.getpid(), signal.SIGTERM)
+        send(daemon, signal.SIGTERM)
         assert await receive(server) == "STOPPING=1"
         assert await asyncio.wait_for(daemon, 10) == 0
     finally:
         server.close()
+
+
+async def test_a_daemon_that_stopped_fails_its_test_not_the_run(tree: FakeCgroupTree,
+                                                              tmp_path: Path) -> None:
+    """A signal for a daemon that already ended is not sent: SIGTERM's default action would
+    end pytest itself (status 143, no report). The test fails with how the daemon ended."""
+    config = tmp_path / "cgoom.toml"
+    config.write_text("[[rule]\n")  # broken: the daemon ends at once
+    daemon = asyncio.get_running_loop().create_task(
+        run(str(config), dry_run=True, hierarchy=tree.hierarchy))
+    await asyncio.wait([daemon], timeout=10)
+    with pytest.raises(AssertionError, match=r"cannot send SIGTERM: the daemon is not taking "
+                       r"it \(ConfigError: "):
+        await stop(daemon)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # what it would have met
 
 
 def lines_of(path: Path) -> list[str]:
@@ -121,8 +138,9 @@ async def test_a_reload_applies_priorities_and_keeps_the_cooldown(
     rule = '[[rule]]\nname = "t"\ndomain = "t"\ncooldown = 1.0\n'
     config.write_text(head + '[priorities]\n"t/db" = 100\n"t/batch" = 0\n' + rule)
     caplog.set_level("INFO", "cgoom")
+    clock = ManualClock()
     daemon = asyncio.get_running_loop().create_task(
-        run(str(config), dry_run=True, hierarchy=tree.hierarchy))
+        run(str(config), dry_run=True, hierarchy=tree.hierarchy, clock=clock))
     try:
         for _ in range(500):
             if "running 1 rule(s)" in caplog.text:
@@ -135,21 +153,22 @@ async def test_a_reload_applies_priorities_and_keeps_the_cooldown(
         first = json.loads((await wait_lines(records, 1))[0])
         assert first["decision"]["victims"][0]["cgroup"] == "/t/batch"
         config.write_text(head + '[priorities]\n"t/db" = 0\n"t/batch" = 100\n' + rule)
-        os.kill(os.getpid(), signal.SIGHUP)
+        send(daemon, signal.SIGHUP)
         for _ in range(500):
             if "reload: applied" in caplog.text:
                 break
             await asyncio.sleep(0.01)
         assert "reload: applied: priorities: 2 pattern(s)" in caplog.text, caplog.text
         tree.memory_event("t", "high")  # resting: the cooldown survived the reload
-        await asyncio.sleep(0.3)
-        assert len(records.read_text().splitlines()) == 1
-        await asyncio.sleep(1.0)
+        await clock.advance(1.0)  # the cooldown ends
         tree.memory_event("t", "high")
         second = json.loads((await wait_lines(records, 2))[1])
         assert second["decision"]["victims"][0]["cgroup"] == "/t/db"
+        # Had the cooldown been lost, the resting event's incident would be this one, at
+        # the first one's time on the manual clock.
+        assert second["started_at"] - first["started_at"] == pytest.approx(1.0)
         config.write_text(head + rule.replace('domain = "t"', 'domain = "u"'))
-        os.kill(os.getpid(), signal.SIGHUP)
+        send(daemon, signal.SIGHUP)
         for _ in range(500):
             if "was not applied" in caplog.text:
                 break
@@ -165,8 +184,7 @@ async def test_a_reload_applies_priorities_and_keeps_the_cooldown(
         assert "cgoom_kills_total" not in text.replace("# HELP cgoom_kills_total", "") \
             .replace("# TYPE cgoom_kills_total", "")  # a dry run kills nothing
     finally:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert await asyncio.wait_for(daemon, 10) == 0
+        assert await stop(daemon) == 0
 
 
 def test_the_example_unit() -> None:
@@ -240,8 +258,7 @@ async def test_the_daemon_serves_notices_and_pressure(
         assert (notice.level, notice.cgroup, notice.domain) == ("low", "/t/batch", "/t")
         raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert await asyncio.wait_for(daemon, 10) == 0
+        assert await stop(daemon) == 0
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert not exists(sock) and not exists(pressure)
     assert raised == hard

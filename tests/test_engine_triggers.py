@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import pytest
 
@@ -15,41 +15,14 @@ import cgoom
 from cgoom._engine._rules import RuleState
 from cgoom._engine._tripwire import MIN_STEP, levels
 from cgoom._kernel._meminfo import parse_meminfo
-from cgoom.testing import FakeCgroupTree, FakeProcesses
+from cgoom.testing import FakeCgroupTree, FakeProcesses, next_incident, until
 
 M = 1 << 20
 G = 1 << 30
 
 
-async def first_record(handler: cgoom.Handler) -> cgoom.IncidentRecord:
-    while True:
-        record = await asyncio.wait_for(handler.__anext__(), 10)
-        if isinstance(record, cgoom.IncidentRecord):
-            return record
-
-
 async def settle(seconds: float = 0.05) -> None:
     await asyncio.sleep(seconds)
-
-
-async def wait_until(predicate: Callable[[], object], seconds: float, what: str) -> None:
-    """Yield to the loop until ``predicate()`` holds (the engine runs meanwhile)."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"timed out after {seconds} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def high(cgroup: cgoom.Cgroup) -> cgoom.Limit:
-    """memory.high, read while the engine's worker thread may be writing it: the fake's
-    write truncates, then writes (kernfs's is atomic), so a read can see it empty."""
-    for _ in range(1000):
-        try:
-            return cgroup.memory_high()
-        except cgoom.ParseError:
-            continue
-    return cgroup.memory_high()
 
 
 @pytest.fixture
@@ -120,14 +93,14 @@ class TestTripwires:
         async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
                                       processes=FakeProcesses(machine)) as handler:
             share = headroom // 3
-            assert high(machine.cgroup("hog")) == -(-(400 * M + share) // 4096) * 4096
-            assert high(machine.cgroup("db")) == -(-(140 * M + share) // 4096) * 4096
+            assert machine.cgroup("hog").memory_high() == -(-(400 * M + share) // 4096) * 4096
+            assert machine.cgroup("db").memory_high() == -(-(140 * M + share) // 4096) * 4096
             assert any("memory.high tripwires on 3 of 3" in s for s in handler.setup)
             machine.set("hog", "memory.current", f"{900 * M}\n")
             machine.memory_event("hog", "high")
-            await wait_until(lambda: high(machine.cgroup("hog"))
-                             == -(-(900 * M + (headroom // 3)) // 4096) * 4096, 5,
-                             "the hog's tripwire re-armed above its new usage")
+            await until(lambda: machine.cgroup("hog").memory_high()
+                        == -(-(900 * M + (headroom // 3)) // 4096) * 4096, 5,
+                        what="the hog's tripwire re-armed above its new usage")
             assert handler.statistics().tripwire_trips == 1
             assert handler.statistics().incidents == 0
         for name in ("db", "web", "hog"):
@@ -142,8 +115,8 @@ class TestTripwires:
             machine.set_meminfo(total=4 * G, available=300 * M)
             machine.set("hog", "memory.current", f"{3000 * M}\n")
             machine.memory_event("hog", "high")
-            record = await first_record(handler)
-            assert high(machine.cgroup("hog")) == "max"  # released at once
+            record = await next_incident(handler)
+            assert machine.cgroup("hog").memory_high() == "max"  # released at once
         assert record.trigger.text.startswith("MemAvailable 300.0M < 10% of MemTotal 4.0G "
                                               "(tripwire on /hog)"), record.trigger
         assert (record.trigger.kind, record.trigger.reading, record.trigger.source) == (
@@ -158,7 +131,7 @@ class TestTripwires:
         rule = cgoom.Rule("machine", "/", available_below=0.1, max_victims=1)
         async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
                                       processes=FakeProcesses(machine)) as handler:
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert "(when arming)" in record.trigger.text and record.trigger.kind == "available"
         assert record.victim is not None and record.victim.cgroup == "/hog"
 
@@ -167,16 +140,16 @@ class TestTripwires:
         async with cgoom.open_handler(machine.hierarchy, cgoom.Rule(
                 "m", "/", available_below=0.1), own_cgroup="/",
                 processes=FakeProcesses(machine)):
-            assert high(machine.cgroup("web")) == 60 * M
-        assert high(machine.cgroup("web")) == 60 * M
+            assert machine.cgroup("web").memory_high() == 60 * M
+        assert machine.cgroup("web").memory_high() == 60 * M
 
     async def test_a_new_top_level_cgroup_is_armed(self, machine: FakeCgroupTree) -> None:
         async with cgoom.open_handler(machine.hierarchy, cgoom.Rule(
                 "m", "/", available_below=0.1), own_cgroup="/",
                 processes=FakeProcesses(machine)):
             late = machine.add("late", memory_current=10 * M)
-            await wait_until(lambda: high(late) != "max", 5, "the new tripwire")
-        assert high(late) == "max"
+            await until(lambda: late.memory_high() != "max", 5, what="the new tripwire")
+        assert late.memory_high() == "max"
 
     async def test_a_machine_rule_goes_on_while_memory_stays_short(
             self, machine: FakeCgroupTree) -> None:
@@ -188,21 +161,26 @@ class TestTripwires:
                                       processes=procs) as handler:
             machine.set_meminfo(total=4 * G, available=100 * M)
             machine.memory_event("hog", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert [a.cgroup for a in record.actions if a.ok] == ["/hog", "/web"]
         assert machine.cgroup("db").cgroup_procs() == (100,)
 
     async def test_adaptive_polling_only_while_low(self, machine: FakeCgroupTree) -> None:
         rule = cgoom.Rule("m", "/", available_below=0.1, poll_below=0.3)
-        async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/",
+        clock = cgoom.testing.ManualClock()
+        async with cgoom.open_handler(machine.hierarchy, rule, own_cgroup="/", clock=clock,
                                       processes=FakeProcesses(machine)) as handler:
-            await settle(0.3)
+            await clock.advance(10.0)
             assert handler.statistics().polls == 0  # 75% available: no polling
             machine.set_meminfo(total=4 * G, available=1 * G)  # 25%: below poll_below
             machine.memory_event("db", "high")  # any event that re-reads MemAvailable
-            await wait_until(lambda: handler.statistics().polls >= 1, 5, "polling")
+            await until(lambda: handler.statistics().polls >= 1, 5, what="polling")
+            polls = handler.statistics().polls
+            await clock.advance(1.0)  # at most a second between two reads while low
+            assert handler.statistics().polls > polls
             machine.set_meminfo(total=4 * G, available=200 * M)  # below the reserve
-            record = await first_record(handler)
+            await clock.advance(1.0)
+            record = await next_incident(handler)
         assert record.trigger.text.endswith("(poll)") and record.victim is not None
         assert record.trigger.source == "poll"
         assert record.victim.cgroup == "/hog"
@@ -242,7 +220,7 @@ class TestActions:
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             two.memory_event("t/lose", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert sorted(procs.terminated) == [300, 301] and procs.killed == []
         victim = record.victim  # stopped by SIGTERM: nothing had to be killed
         assert victim is not None and victim.action == "terminate-cgroup"
@@ -256,7 +234,7 @@ class TestActions:
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             two.memory_event("t/lose", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert record.victim is not None and record.victim.action == "kill-cgroup"
         assert "still there after 0.2 s" in record.victim.detail
         assert two.cgroup("t/lose").cgroup_procs() == ()
@@ -272,7 +250,7 @@ class TestActions:
         async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             tree.memory_event("t/a", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert procs.terminated == [300] and procs.killed == [300]
         assert record.victim is not None and record.victim.pid == 300
         assert "SIGTERM sent through a pidfd; still there after 0.2 s" in record.victim.detail
@@ -282,7 +260,7 @@ class TestActions:
         rule = cgoom.Rule("r", "t", action="freeze")
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/") as handler:
             two.memory_event("t/lose", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
             assert two.cgroup("t/lose").cgroup_freeze()
         assert record.actions[0].action == "freeze" and record.actions[0].ok
         assert not two.cgroup("t/lose").cgroup_freeze()
@@ -292,7 +270,7 @@ class TestActions:
         rule = cgoom.Rule("r", "t", action="reclaim", reclaim="64M")
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/") as handler:
             two.memory_event("t/lose", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         action = record.actions[0]
         assert action.action == "reclaim" and action.ok, action
         assert f"memory.reclaim {64 * M}" in action.detail
@@ -304,26 +282,33 @@ class TestActions:
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             two.memory_event("t/lose", "max")
-            record = await first_record(handler)
+            record = await next_incident(handler)
             assert two.cgroup("t").memory_max() == 500 * M
             assert two.cgroup("t").get_xattr("user.cgoom.overlimit") == "1"
             # Usage fits under the old limit again: put back after the cooldown.
             two.set("t", "memory.current", f"{200 * M}\n")
-            await wait_until(lambda: two.cgroup("t").memory_max() == 400 * M, 5,
-                             "the limit put back")
+            await until(lambda: two.cgroup("t").memory_max() == 400 * M,
+                        5, what="the limit put back")
             assert two.cgroup("t").get_xattr("user.cgoom.overlimit") is None
         assert [a.action for a in record.actions] == ["raise-limit"] and procs.killed == []
 
-    async def test_raise_limit_stays_while_usage_is_above(self, two: FakeCgroupTree) -> None:
+    async def test_raise_limit_stays_while_usage_is_above(
+            self, two: FakeCgroupTree, caplog: pytest.LogCaptureFixture) -> None:
         rule = cgoom.Rule("r", "t", action="raise-limit", raise_by="100M", cooldown=0.1)
-        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
+        clock = cgoom.testing.ManualClock()
+        async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/", clock=clock,
                                       processes=FakeProcesses(two)) as handler:
             two.set("t", "memory.current", f"{450 * M}\n")
             two.memory_event("t/lose", "max")
-            await first_record(handler)
-            await settle(1.3)
-            assert two.cgroup("t").memory_max() == 500 * M  # never below usage
-        assert two.cgroup("t").memory_max() == 500 * M  # kept, and a warning said so
+            await next_incident(handler)
+            assert clock.pending >= 1  # the look to put it back, a second on
+            for _ in range(3):  # three looks: usage stays above the original 400M
+                await clock.advance(1.0)
+                assert two.cgroup("t").memory_max() == 500 * M  # never below usage
+            assert clock.pending >= 1  # and it keeps looking
+        assert two.cgroup("t").memory_max() == 500 * M
+        assert "memory.max of /t stays raised: usage 471859200 is above the original " \
+            "419430400" in caplog.text
 
     async def test_raise_limit_without_room_kills(self, two: FakeCgroupTree) -> None:
         two.set_meminfo(total=4 * G, available=420 * M)
@@ -332,7 +317,7 @@ class TestActions:
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             two.memory_event("t/lose", "max")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert [a.action for a in record.actions] == ["raise-limit", "kill-cgroup"]
         assert "the machine has no room" in record.actions[0].detail
         assert two.cgroup("t").memory_max() == 400 * M
@@ -343,7 +328,7 @@ class TestActions:
         async with cgoom.open_handler(two.hierarchy, cgoom.Rule("r", "t", action="notify"),
                                       own_cgroup="/", processes=procs) as handler:
             two.memory_event("t/lose", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert record.actions[0].action == "notify" and not record.dry_run
         assert procs.killed == [] and record.decision.first is not None
 
@@ -355,7 +340,7 @@ class TestActions:
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             two.memory_event("t/lose", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert [a.cgroup for a in record.actions if a.ok] == ["/t/lose", "/t/keep"]
 
     async def test_enough_freed_stops_at_one(self, two: FakeCgroupTree) -> None:
@@ -376,7 +361,7 @@ class TestActions:
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             two.memory_event("t/lose", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert record.memory_before == 300 * M and record.memory_after == 100 * M
         assert [a.cgroup for a in record.actions if a.ok] == ["/t/lose"]
 
@@ -392,7 +377,7 @@ async def test_kill_without_cgroup_kill_before_5_14(tmp_path: object) -> None:
     async with cgoom.open_handler(tree.hierarchy, cgoom.Rule("r", "t"), own_cgroup="/",
                                   processes=procs) as handler:
         tree.memory_event("t/lose", "oom")
-        record = await first_record(handler)
+        record = await next_incident(handler)
     assert procs.killed == [300]
     assert record.victim is not None and "no cgroup.kill on this kernel" in record.victim.detail
     assert not tree.cgroup("t/lose").cgroup_freeze()  # thawed
@@ -408,9 +393,9 @@ async def test_kernel_kills_during_an_incident_are_in_its_record(two: FakeCgroup
     async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
                                   processes=procs) as handler:
         two.memory_event("t/lose", "high")
-        await wait_until(lambda: procs.killed, 5, "the kill")
+        await until(lambda: procs.killed, 5, what="the kill")
         two.memory_event("t/lose", "oom_kill")
-        record = await first_record(handler)
+        record = await next_incident(handler)
     assert record.kernel_oom_kills == 1
     assert "meanwhile the kernel's OOM killer: 1 oom_kill event(s)" in record.explain()
 
@@ -554,13 +539,13 @@ async def test_a_child_removed_behind_our_back_does_not_stop_the_tripwires(
         machine.remove_behind_our_back("web")
         machine.set("hog", "memory.current", f"{1000 * M}\n")
         machine.memory_event("hog", "high")
-        await wait_until(lambda: high(machine.cgroup("hog")) not in ("max",)
-                         and high(machine.cgroup("hog")) > 1000 * M, 5, "re-armed")
+        await until(lambda: machine.cgroup("hog").memory_high() not in ("max",)
+                         and machine.cgroup("hog").memory_high() > 1000 * M, 5, what="re-armed")
         machine.set_meminfo(total=4 * G, available=100 * M)
         machine.memory_event("hog", "high")
-        record = await first_record(handler)
+        record = await next_incident(handler)
     assert record.victim is not None and record.victim.cgroup == "/hog"
-    assert high(machine.cgroup("db")) == "max"
+    assert machine.cgroup("db").memory_high() == "max"
 
 
 def test_arming_skips_a_vanished_child(machine: FakeCgroupTree) -> None:
@@ -570,7 +555,7 @@ def test_arming_skips_a_vanished_child(machine: FakeCgroupTree) -> None:
     info, problems = wires.arm(["/gone", "/hog"])
     assert problems == [] and set(wires.armed) == {"/hog"}
     assert info.available == 3 * G
-    assert wires.restore() == [] and high(machine.cgroup("hog")) == "max"
+    assert wires.restore() == [] and machine.cgroup("hog").memory_high() == "max"
 
 
 async def test_tripwires_come_back_after_another_rules_incident(
@@ -598,17 +583,17 @@ async def test_tripwires_come_back_after_another_rules_incident(
     machine = cgoom.Rule("machine", "lab", available_below=0.1, cooldown=0)
     async with cgoom.open_handler(tree.hierarchy, events, machine, own_cgroup="/",
                                   processes=FakeProcesses(tree)) as handler:
-        assert high(tree.cgroup("lab/hog")) != "max"
+        assert tree.cgroup("lab/hog").memory_high() != "max"
         tree.memory_event("lab", "max")
-        await wait_until(lambda: handler.statistics().in_flight == 1, 5, "the incident")
+        await until(lambda: handler.statistics().in_flight == 1, 5, what="the incident")
         tree.memory_event("lab/hog", "high")
-        await wait_until(lambda: handler.statistics().tripwire_trips == 1, 5, "the trip")
+        await until(lambda: handler.statistics().tripwire_trips == 1, 5, what="the trip")
         await settle(0.1)
-        assert high(tree.cgroup("lab/hog")) == "max"  # released, left to the incident
-        record = await first_record(handler)
+        assert tree.cgroup("lab/hog").memory_high() == "max"  # released, left to the incident
+        record = await next_incident(handler)
         assert record.rule == "events"
-        await wait_until(lambda: high(tree.cgroup("lab/hog")) != "max", 5,
-                         "the tripwire re-armed")
+        await until(lambda: tree.cgroup("lab/hog").memory_high() != "max", 5,
+                    what="the tripwire re-armed")
 
 
 class TestSustainedAndUsage:
@@ -634,23 +619,23 @@ class TestSustainedAndUsage:
         async with cgoom.open_handler(two.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             level = 360 * M // 4096 * 4096
-            assert high(two.cgroup("t")) == level
+            assert two.cgroup("t").memory_high() == level
             assert any("usage tripwire on /t at 360.0M (90% of memory.max" in line
                        for line in handler.setup), handler.setup
             two.memory_event("t/keep", "high")  # a descendant's own: usage still 300M
-            await wait_until(lambda: handler.statistics().tripwire_trips == 1, 5, "trip")
-            await wait_until(lambda: high(two.cgroup("t")) == level, 5, "re-armed")
+            await until(lambda: handler.statistics().tripwire_trips == 1, 5, what="trip")
+            await until(lambda: two.cgroup("t").memory_high() == level, 5, what="re-armed")
             assert handler.statistics().incidents == 0
             two.set("t", "memory.current", f"{380 * M}\n")
             two.memory_event("t/lose", "high")
-            record = await first_record(handler)
-            assert high(two.cgroup("t")) in ("max", level)  # released, or re-armed after
+            record = await next_incident(handler)
+            assert two.cgroup("t").memory_high() in ("max", level)  # released, or re-armed after
         assert record.trigger.text.startswith("usage 380.0M >= 90% of memory.max (360.0M, "
                                               "tripwire on /t)"), record.trigger
         assert (record.trigger.kind, record.trigger.cgroup, record.trigger.reading) == (
             "usage", "/t", 380 * M)
         assert record.victim is not None and record.victim.cgroup == "/t/lose"
-        assert high(two.cgroup("t")) == "max"  # restored
+        assert two.cgroup("t").memory_high() == "max"  # restored
 
     async def test_usage_above_without_memory_max_is_said(self, tree: FakeCgroupTree) -> None:
         tree.add("t/a")
@@ -669,7 +654,7 @@ async def test_an_incident_that_fails_inside_the_engine_still_yields_a_record(
 
         monkeypatch.setattr(handler._snapshotter, "snapshot", broken)
         two.memory_event("t/lose", "high")
-        record = await first_record(handler)
+        record = await next_incident(handler)
         assert handler.statistics().errors == 1
         assert handler.statistics().fallbacks == 0
     assert record.actions[0].action == "error" and procs.killed == []
@@ -687,7 +672,7 @@ def test_a_tripwire_steps_up_at_once(machine: FakeCgroupTree) -> None:
     info = MemInfo(total=4 * G, available=2 * G)
     assert wires.step("/hog", info)
     share = (2 * G - int(4 * G * 0.1)) // 2
-    assert wires.armed["/hog"] == high(machine.cgroup("hog")) == \
+    assert wires.armed["/hog"] == machine.cgroup("hog").memory_high() == \
         -(-(before + M + share) // 4096) * 4096  # a page up
     machine.set("hog", "memory.current", f"{100 * M}\n")
     assert not wires.step("/hog", MemInfo(total=4 * G, available=int(0.1 * 4 * G)))  # no raise
@@ -718,7 +703,7 @@ def test_an_arm_older_than_a_step_leaves_that_tripwire_alone(machine: FakeCgroup
 
     monkeypatch.setattr(_tripwire, "read_meminfo", read_then_step)
     wires.arm(["/db", "/hog"])
-    assert wires.armed["/hog"] == stepped[0] == high(machine.cgroup("hog"))
+    assert wires.armed["/hog"] == stepped[0] == machine.cgroup("hog").memory_high()
     wires.restore()
 
 
@@ -759,7 +744,7 @@ async def test_freeze_never_reaches_child_cgroups_of_an_internal_unit(
     rule = cgoom.Rule("r", "t", action="freeze")
     async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/") as handler:
         tree.memory_event("t/mid", "high")
-        record = await first_record(handler)
+        record = await next_incident(handler)
     assert record.decision.first is not None and record.decision.first.pid == 300
     assert not record.actions[0].ok, record.explain()
     assert "also has child cgroups (/t/mid/child)" in record.actions[0].detail
@@ -815,9 +800,9 @@ async def test_an_early_trigger_and_a_tripwire_on_one_cgroup(machine: FakeCgroup
              cgoom.Rule("db", "db", high_below_max=0.1, dry_run=True)]
     async with cgoom.open_handler(machine.hierarchy, *rules, own_cgroup="/", kmsg=None,
                                   proc_events=False) as handler:
-        assert high(db) == 180 * M, handler.setup
-        assert high(machine.hierarchy.cgroup("hog")) != "max"  # the others are armed
-    assert high(db) == "max"
+        assert db.memory_high() == 180 * M, handler.setup
+        assert machine.hierarchy.cgroup("hog").memory_high() != "max"  # the others are armed
+    assert db.memory_high() == "max"
 
 
 async def test_oom_group_patterns_make_pods_units_as_they_appear(tree: FakeCgroupTree) -> None:
@@ -834,11 +819,11 @@ async def test_oom_group_patterns_make_pods_units_as_they_appear(tree: FakeCgrou
         assert tree.cgroup(pod.format("a")).memory_oom_group()
         tree.add(pod.format("b") + "/ctr", procs=[20], memory_current=80 * M)
         tree.set(pod.format("b"), "memory.current", f"{80 * M}\n")
-        await wait_until(lambda: tree.cgroup(pod.format("b")).memory_oom_group(), 5,
-                         "the new pod's memory.oom.group")
+        await until(lambda: tree.cgroup(pod.format("b")).memory_oom_group(),
+                    5, what="the new pod's memory.oom.group")
         assert not tree.cgroup(pod.format("b") + "/ctr").memory_oom_group()
         tree.memory_event("kubepods.slice", "oom")
-        record = await first_record(handler)
+        record = await next_incident(handler)
         assert [v.cgroup for v in record.decision.victims] == [
             "/" + pod.format("b"), "/" + pod.format("a")], record.explain()
         assert record.decision.policy == "kubernetes-qos"

@@ -137,12 +137,13 @@ async def test_no_first_chance_in_a_dry_run_nor_without_registrations(
         told.append(notice)
 
     rule = cgoom.Rule("t", "t", on="high", first_chance=1.0, dry_run=True)
+    clock = cgoom.testing.ManualClock()
     async with cgoom.open_handler(domain.hierarchy, rule, own_cgroup="/", kmsg=None,
-                                  proc_events=False) as handler:
+                                  proc_events=False, clock=clock) as handler:
         handler.register("u", h, deadline=1.0)  # another domain's: not told
         record = await incident(domain, handler)
         assert record.first_chance is None and told == []
         handler.register("t/batch", h, deadline=1.0)
-        await asyncio.sleep(5.1)  # the rule's cooldown
+        await clock.advance(rule.cooldown + 0.1)
         record = await incident(domain, handler)
     assert record.first_chance is None and told == []  # a dry run tells no one

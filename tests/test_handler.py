@@ -12,7 +12,7 @@ import pytest
 import cgoom
 from cgoom import CgroupSnapshot as S
 from cgoom._engine._rules import RuleState
-from cgoom.testing import FakeCgroupTree, FakeProcesses
+from cgoom.testing import FakeCgroupTree, FakeProcesses, next_incident
 
 M = 1 << 20
 
@@ -53,17 +53,13 @@ def inversion(tree: FakeCgroupTree) -> FakeCgroupTree:
     return tree
 
 
-async def first_record(handler: cgoom.Handler) -> cgoom.IncidentRecord:
-    return await asyncio.wait_for(handler.__anext__(), 10)
-
-
 class TestHandler:
     async def test_kills_the_low_priority_cgroup_whole(self, inversion: FakeCgroupTree) -> None:
         rule = cgoom.Rule("inversion", "t", on="high")
         async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
                                       processes=FakeProcesses(inversion)) as handler:
             inversion.memory_event("t/batch", "high", 5)
-            record = await first_record(handler)
+            record = await next_incident(handler)
             assert handler.statistics().kills == 1
         assert record.victim is not None and record.victim.cgroup == "/t/batch"
         assert "populated 0" in record.victim.detail and record.victim.confirmed_ms is not None
@@ -94,7 +90,7 @@ class TestHandler:
         async with cgoom.open_handler(tree.hierarchy, cgoom.Rule("r", "t"), own_cgroup="/",
                                       processes=procs) as handler:
             tree.memory_event("t/batch", "max")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert procs.killed == procs.released == [300]
         assert record.victim is not None and record.victim.pid == 300
         assert "process_mrelease" in record.victim.detail and "exited" in record.victim.detail
@@ -106,7 +102,7 @@ class TestHandler:
         async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             inversion.memory_event("t/batch", "oom")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert record.dry_run and record.victim is None and procs.killed == []
         assert record.decision.first is not None and record.decision.first.cgroup == "/t/batch"
         assert inversion.cgroup("t/batch").cgroup_procs() == (300,)
@@ -136,7 +132,7 @@ class TestHandler:
         async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             tree.memory_event("t/a", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert [a.ok for a in record.actions] == [False, True]
         assert "pid 300 was reused (start time 1 is now 99)" in record.actions[0].detail
         assert procs.killed == [400]
@@ -147,7 +143,7 @@ class TestHandler:
         async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
                                       processes=procs) as handler:
             inversion.memory_event("t/batch", "high")
-            await first_record(handler)
+            await next_incident(handler)
             inversion.memory_event("t/batch", "high")
             await asyncio.sleep(0.2)
             assert handler.statistics().incidents == 1  # resting
@@ -157,7 +153,7 @@ class TestHandler:
                                       own_cgroup="/t/batch",
                                       processes=FakeProcesses(inversion)) as handler:
             inversion.memory_event("t/web", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         assert record.victim is not None and record.victim.cgroup == "/t/web"
 
     def test_real_pidfds_refuse_a_fake_tree(self, tree: FakeCgroupTree) -> None:
@@ -220,7 +216,7 @@ class TestSparing:
         async with cgoom.open_handler(inversion.hierarchy, cgoom.Rule("r", "t"),
                                       own_cgroup="/", processes=procs) as handler:
             inversion.memory_event("t/batch", "high")
-            record = await first_record(handler)
+            record = await next_incident(handler)
         victim = record.victim
         assert victim is not None and victim.cgroup == "/t/batch", record.explain()
         assert procs.killed == [300]
@@ -247,7 +243,7 @@ async def test_one_incident_per_domain_across_rules(inversion: FakeCgroupTree) -
     second = cgoom.Rule("second", "t", on={"high", "max"}, dry_run=True, cooldown=60)
     async with cgoom.open_handler(inversion.hierarchy, first, second, own_cgroup="/") as h:
         inversion.memory_event("t/batch", "high")
-        record = await first_record(h)
+        record = await next_incident(h)
         await asyncio.sleep(0.3)  # room for a second incident, were there one
         assert h.statistics().incidents == 1
     assert (record.rule, record.folded) == ("first", 1)
@@ -275,7 +271,7 @@ class TestDescent:
         async with cgoom.open_handler(groups.hierarchy, cgoom.Rule("r", "t", on="high"),
                                       own_cgroup="/", processes=FakeProcesses(groups)) as h:
             groups.memory_event("t/g2/c45", "high")
-            record = await first_record(h)
+            record = await next_incident(h)
         assert record.victim is not None and record.victim.cgroup == "/t/g2/c45"
         assert len(record.candidates) == 1 + 4 + 20
         assert "read level by level: 25 of 85 cgroups" in "\n".join(record.decision.notes)
@@ -291,7 +287,7 @@ class TestDescent:
         async with cgoom.open_handler(groups.hierarchy, rule, own_cgroup="/",
                                       processes=FakeProcesses(groups)) as h:
             groups.memory_event("t/g2/c45", "high")
-            record = await first_record(h)
+            record = await next_incident(h)
         killed = [a.cgroup for a in record.actions if a.ok]
         assert killed == [v.cgroup for v in full.victims[:2]]
         assert killed[0] == "/t/g2/c45"
@@ -304,6 +300,6 @@ class TestDescent:
                                       own_cgroup="/", processes=FakeProcesses(groups)) as h:
             h.declare_killable("t/g0")
             groups.memory_event("t/g2/c45", "high")
-            record = await first_record(h)
+            record = await next_incident(h)
         assert record.victim is not None and record.victim.cgroup.startswith("/t/g0/")
         assert "read level by level" in "\n".join(record.decision.notes)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import struct
 from pathlib import Path
@@ -18,6 +17,8 @@ from cgoom._ops import _journal
 from cgoom._ops._daemon import run
 from cgoom._ops._journal import INCIDENT_MESSAGE_ID, encode, stderr_is_journal
 from cgoom.testing import FakeCgroupTree
+
+from .daemon import stop
 
 M = 1 << 20
 
@@ -80,8 +81,7 @@ async def test_cgoom_run_sends_each_record_to_the_journal(
         tree.memory_event("t", "high")
         fields = decode(await asyncio.wait_for(loop.sock_recv(journal, 65536), 10))
     finally:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert await asyncio.wait_for(daemon, 10) == 0
+        assert await stop(daemon) == 0
         journal.close()
     assert fields["MESSAGE_ID"] == INCIDENT_MESSAGE_ID and fields["CGOOM_RULE"] == "t"
     assert fields["SYSLOG_IDENTIFIER"] == "cgoom" and fields["CGOOM_DRY_RUN"] == "true"

@@ -106,10 +106,15 @@ class TestHierarchyChanges:
                 "/lab/new", "/lab/new/deep"]
             assert w.watched() == ["/lab", "/lab/new", "/lab/new/deep"]
             tree.memory_event("lab/new/deep", "high")
-            events = await collect(w, lambda ev: any(
-                isinstance(e, cgoom.MemoryEventsChanged) and e.cgroup == "/lab/new/deep"
-                for e in ev))
-        assert events
+            events = await collect(w, lambda ev: len([
+                e for e in of_type(ev, cgoom.MemoryEventsChanged)
+                if e.cgroup == "/lab/new/deep"]) == 2)
+        # The new cgroup's own files are watched, memory.events and memory.events.local:
+        # each says the counter that rose.
+        deep = [e for e in of_type(events, cgoom.MemoryEventsChanged)
+                if e.cgroup == "/lab/new/deep"]
+        assert sorted((e.local, dict(e.delta)) for e in deep) == [
+            (False, {"high": 1}), (True, {"high": 1})], events
 
     async def test_removed_subtree_ends(self, tree: FakeCgroupTree) -> None:
         tree.add("lab/old/deep")

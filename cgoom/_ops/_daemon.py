@@ -27,6 +27,7 @@ from .._engine._incident import IncidentRecord
 from .._engine._rules import Rule
 from .._engine._stall import StallWatchdog
 from .._errors import CgoomError
+from .._kernel._clock import SYSTEM, Clock
 from .._kernel._hierarchy import Hierarchy
 from .._kernel._kmsg import KernelOomKill
 from . import _journal
@@ -39,9 +40,10 @@ log = logging.getLogger("cgoom")
 
 
 async def run(config_path: str, *, dry_run: bool = False,
-              hierarchy: Hierarchy | None = None) -> int:
+              hierarchy: Hierarchy | None = None, clock: Clock = SYSTEM) -> int:
     """Run the handler that ``config_path`` describes until SIGTERM or SIGINT; 0 when it
-    stopped cleanly. ``dry_run``: every rule decides and records, none acts."""
+    stopped cleanly. ``dry_run``: every rule decides and records, none acts. ``hierarchy``
+    and ``clock``: the engine's (a fake tree and a manual clock in tests)."""
     config = load_config(config_path)
     h = hierarchy if hierarchy is not None else Hierarchy.discover()
     h.require_memory()
@@ -53,13 +55,13 @@ async def run(config_path: str, *, dry_run: bool = False,
                  "clients; %d are always kept for the engine)", before, after, FD_RESERVE)
     for line in limits(h, config.rules):
         log.warning("cgoom: not allowed here: %s", line)
-    daemon = _Daemon(config_path, config, h, dry_run=dry_run)
+    daemon = _Daemon(config_path, config, h, dry_run=dry_run, clock=clock)
     return await daemon.run()
 
 
 class _Daemon:
     def __init__(self, path: str, config: Config, hierarchy: Hierarchy, *,
-                 dry_run: bool) -> None:
+                 dry_run: bool, clock: Clock) -> None:
         from .._engine._handler import Handler
 
         self.path, self.config, self.dry_run = path, config, dry_run
@@ -69,7 +71,7 @@ class _Daemon:
                                restore=settings.restore,
                                kmsg="" if settings.kmsg else None,
                                proc_events=settings.proc_events, priorities=config.priorities,
-                               notice_interval=config.notices.interval)
+                               notice_interval=config.notices.interval, clock=clock)
         self.stall: StallWatchdog | None = None
         # stderr is the journal: each record also goes there with its fields.
         self.journal = _journal.Journal(_journal.JOURNAL_SOCKET) \

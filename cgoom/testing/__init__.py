@@ -7,6 +7,8 @@
   for your own integration tests, removed afterwards even when the test fails.
 - :func:`collect_events` / :func:`events_of_type`: gather a watcher's events until a
   condition holds, with a timeout that shows what did arrive.
+- :class:`ManualClock`: the engine's time, moved by the test (``await clock.advance(5)``)
+  instead of slept; :func:`until` and :func:`next_incident`: wait for what the engine does.
 - :mod:`cgoom.testing.vm` boots a throwaway VM with a stock cgroup v2 kernel to run tests
   against the real thing (``cgoom-vm test``).
 """
@@ -19,16 +21,22 @@ from ._realkernel import find_test_parent as find_test_parent
 from ._realkernel import kill_and_remove as kill_and_remove
 from ._realkernel import sandbox as sandbox
 from ._realkernel import wait_until as wait_until
+from ._time import ManualClock as ManualClock
+from ._time import next_incident as next_incident
+from ._time import until as until
 from ._tree import FakeCgroupTree as FakeCgroupTree
 
 __all__ = [
     "FakeCgroupFS",
     "FakeCgroupTree",
     "FakeProcesses",
+    "ManualClock",
     "collect_events",
     "events_of_type",
     "find_test_parent",
     "kill_and_remove",
+    "next_incident",
     "sandbox",
+    "until",
     "wait_until",
 ]

@@ -122,3 +122,13 @@ def sysctl(path: str, value: int | None = None) -> int:
             f.write(f"{value}\n")
     with open(path) as f:
         return int(f.read())
+
+
+@pytest.fixture
+def root() -> None:
+    """Tests that act as other users (setuid in a forked child) need root: the VM's tests
+    have it; elsewhere they skip, or fail under CGOOM_REQUIRE_CGROUP2=1 (CI)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CGOOM_REQUIRE_CGROUP2") == "1":
+            pytest.fail("CGOOM_REQUIRE_CGROUP2=1 but not root: cannot act as another user")
+        pytest.skip("acting as another user needs root")

@@ -1,0 +1,129 @@
+"""The notice socket against other users: forked children that setuid to uid 65534 and
+connect, as a tenant would. Here, in the real-kernel tier, because it needs root (which the
+VM's tests have; the unit tier may run as anyone, and skips nothing), not a real cgroup: the
+cgroups are the fake tree's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import cgoom
+from cgoom import client as notices
+from cgoom.testing import FakeCgroupTree, until
+
+from ..test_notices import domain, handler_for
+
+__all__ = ["domain"]  # a fixture, used by name
+
+
+def as_user(uid: int, work: Callable[[], bytes]) -> bytes:
+    """``work()`` in a forked child running as ``uid`` (plain syscalls only, then _exit);
+    what it returned, or the exception it raised, as text."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(w, work())
+        except BaseException as exc:
+            os.write(w, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+def connect_as(uid: int, path: str, count: int) -> list[bytes]:
+    """As ``uid``: ``count`` connections to ``path``; what the last one was told, what came
+    after it, and whether the first is still open."""
+    def work() -> bytes:
+        socks = [socket.socket(socket.AF_UNIX) for _ in range(count)]
+        for s in socks:
+            s.connect(path)
+            s.settimeout(5)
+        told, after = socks[-1].recv(1000), socks[-1].recv(1000)
+        socks[0].settimeout(0.3)
+        try:
+            first = socks[0].recv(1000) or b"closed"
+        except TimeoutError:
+            first = b"open"
+        return b"\0".join((told.strip(), after, first))
+    return as_user(uid, work).split(b"\0")
+
+
+def register_as(uid: int, path: str, plan: list[list[str]]) -> list[bytes]:
+    """As ``uid``: a connection per list of ``plan``, each registering those cgroups in
+    turn; every reply line, in order."""
+    def work() -> bytes:
+        replies, socks = [], []
+        for cgroups in plan:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.settimeout(5)
+            socks.append(s)
+            f = s.makefile("rb")
+            for cgroup in cgroups:
+                s.sendall(b'{"v":1,"op":"register","cgroup":"%s"}\n' % cgroup.encode())
+                replies.append(f.readline().strip())
+        return b"\n".join(replies)
+    return as_user(uid, work).split(b"\n")
+
+
+@pytest.fixture
+def shared_sock() -> Iterator[str]:
+    """A socket path another user may reach (pytest's tmp_path is root's alone)."""
+    import tempfile
+
+    where = tempfile.mkdtemp(prefix="cgoom-n-")
+    os.chmod(where, 0o755)
+    yield os.path.join(where, "n.sock")
+    shutil.rmtree(where, ignore_errors=True)
+
+
+async def test_one_user_holds_at_most_max_per_user_connections(
+        domain: FakeCgroupTree, shared_sock: str, root: None) -> None:
+    sock_path = shared_sock
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path, max_per_user=2) as server, \
+            notices.connect(sock_path), notices.connect(sock_path), \
+            notices.connect(sock_path):  # root: not counted against anyone's share
+        said = await asyncio.to_thread(connect_as, 65534, sock_path, 3)
+        statistics = server.statistics()
+    assert len(said) == 3, said
+    told, after, first = said
+    assert b"turned away: uid 65534 holds max_per_user (2) connections" in told, told
+    assert after == b"" and first == b"open"
+    assert statistics.refused == 1 and statistics.connected == 5
+
+
+async def test_one_user_holds_at_most_max_registrations_per_user(
+        domain: FakeCgroupTree, shared_sock: str, root: None) -> None:
+    # One user's registrations across its connections are bounded, not only per connection
+    # (256 connections x 64 registrations would be 16,384 notices to write per level).
+    for name in ("web", "batch"):
+        domain.chown(f"t/{name}", 65534)  # delegated: the user may register for them
+    sock_path = shared_sock
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path,
+                                     max_registrations_per_user=2) as server:
+        replies = await asyncio.to_thread(register_as, 65534, sock_path,
+                                          [["t/web", "t/batch"], ["t/web"]])
+        # The child has exited: its registrations end with its connections, and so does
+        # its count (a count that drifted would lock the user out for good).
+        await until(lambda: server.statistics().clients == 0)
+        left = dict(server._registrations_by_uid)
+    assert len(replies) == 3, replies
+    assert all(b'"op":"registered"' in line for line in replies[:2]), replies
+    assert b"uid 65534 already holds 2 registrations on this socket" in replies[2], replies
+    assert left == {} and len(handler._notifier.registry) == 0
