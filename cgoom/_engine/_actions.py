@@ -31,6 +31,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -207,24 +208,13 @@ def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessContro
             if not fresh:
                 break
             for pid in fresh:
-                if oom_score_adj(hierarchy, pid) == -1000:
+                handle, is_spared = signal_in_subtree(hierarchy, processes, pid,
+                                                      victim.cgroup, processes.kill)
+                if is_spared:
                     spared.add(pid)
-                    continue
-                try:
-                    handle = processes.open(pid)
-                except OSError:
-                    continue  # gone already
-                now = process_now(hierarchy, pid)  # with the pidfd open: still in the subtree?
-                if now is None or not inside(now[2], victim.cgroup):
-                    processes.close(handle)  # exited, or moved out: not ours to kill
-                    continue
-                try:
-                    processes.kill(handle)
-                except ProcessLookupError:
-                    processes.close(handle)
-                    continue
-                killed.add(pid)
-                handles.append(handle)
+                elif handle is not None:
+                    killed.add(pid)
+                    handles.append(handle)
     finally:
         with contextlib.suppress(CgoomError):  # gone meanwhile: nothing left to thaw
             cgroup.thaw()
@@ -245,21 +235,10 @@ def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl
     caller closes it), or ``None``."""
     pid = victim.pid
     assert pid is not None
-    try:
-        handle = processes.open(pid)
-    except ProcessLookupError:
-        return ActionResult("kill-process", victim.cgroup, pid, False,
-                            f"not killed: process {pid} is gone"), None
-    except OSError as exc:
-        return ActionResult("kill-process", victim.cgroup, pid, False,
-                            f"not killed: pidfd_open({pid}): {exc.strerror}"), None
-    problem = identity_problem(hierarchy, victim)  # with the pidfd open: race-free
-    if problem is None and victim.start_time is None:
-        problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
-    if problem is not None:
-        processes.close(handle)
-        return ActionResult("kill-process", victim.cgroup, pid, False,
-                            f"not killed: {problem}"), None
+    handle, refused = _open_checked(hierarchy, victim, processes, "kill-process", "killed")
+    if handle is None:
+        assert refused is not None
+        return refused, None
     started = time.perf_counter()
     try:
         processes.kill(handle)
@@ -286,27 +265,56 @@ def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl
 
 
 def _open_checked(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
-                  action: str) -> tuple[int | None, ActionResult | None]:
+                  action: str, verb: str = "signalled",
+                  ) -> tuple[int | None, ActionResult | None]:
     """A handle on the victim's process, opened and then checked to be the one decided on;
-    or ``None`` and the result saying why not."""
+    or ``None`` and the result saying why it was not ``verb``."""
     pid = victim.pid
     assert pid is not None
     try:
         handle = processes.open(pid)
     except ProcessLookupError:
         return None, ActionResult(action, victim.cgroup, pid, False,
-                                  f"not signalled: process {pid} is gone")
+                                  f"not {verb}: process {pid} is gone")
     except OSError as exc:
         return None, ActionResult(action, victim.cgroup, pid, False,
-                                  f"not signalled: pidfd_open({pid}): {exc.strerror}")
+                                  f"not {verb}: pidfd_open({pid}): {exc.strerror}")
     problem = identity_problem(hierarchy, victim)  # with the pidfd open: race-free
     if problem is None and victim.start_time is None:
         problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
     if problem is not None:
         processes.close(handle)
         return None, ActionResult(action, victim.cgroup, pid, False,
-                                  f"not signalled: {problem}")
+                                  f"not {verb}: {problem}")
     return handle, None
+
+
+def signal_in_subtree(hierarchy: Hierarchy, processes: ProcessControl, pid: int, top: str,
+                      send: Callable[[int], None]) -> tuple[int | None, bool]:
+    """``send`` (a kill or a SIGTERM) to process ``pid`` through a pidfd, if, with the pidfd
+    open, it is still inside ``top``'s subtree and not ``oom_score_adj`` -1000 (spared, as
+    the kernel's memory.oom.group kill spares it). Returns the handle when it was signalled
+    (the caller closes it), and whether it was spared; one that exited or moved out
+    meanwhile is neither: not ours to signal."""
+    try:
+        handle = processes.open(pid)
+    except OSError:
+        return None, False  # gone already
+    signalled = spared = False
+    try:
+        now = process_now(hierarchy, pid)
+        if now is not None and inside(now[2], top):
+            if oom_score_adj(hierarchy, pid) == -1000:
+                spared = True
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    send(handle)
+                    signalled = True
+    finally:
+        if not signalled:
+            processes.close(handle)
+    return (handle if signalled else None), spared
+
 
 
 def terminate_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
@@ -341,21 +349,11 @@ def terminate_cgroup(hierarchy: Hierarchy, victim: Victim, processes: ProcessCon
     started = time.perf_counter()
     sent = 0
     for pid, _ in _subtree_pids(hierarchy, victim.cgroup):
-        if oom_score_adj(hierarchy, pid) == -1000:
-            continue
-        try:
-            handle = processes.open(pid)
-        except OSError:
-            continue
-        try:
-            now = process_now(hierarchy, pid)
-            if now is None or not inside(now[2], victim.cgroup):
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                processes.terminate(handle)
-                sent += 1
-        finally:
+        handle, _spared = signal_in_subtree(hierarchy, processes, pid, victim.cgroup,
+                                            processes.terminate)
+        if handle is not None:
             processes.close(handle)
+            sent += 1
     return ActionResult("terminate-cgroup", victim.cgroup, None, sent > 0,
                         f"SIGTERM sent through pidfds to {sent} process(es) of the subtree",
                         syscall_ms=(time.perf_counter() - started) * 1000)

@@ -30,8 +30,6 @@ from .._kernel._hierarchy import Hierarchy
 from .._kernel._meminfo import read_meminfo
 from .._kernel._netlink import ProcConnector, ProcessFork, ProcEvent, load, now_ns
 from .._kernel._parse import format_size
-from .._kernel._paths import inside
-from .._kernel._proc import oom_score_adj, process_now
 from .._kernel._taskstats import ExitStats, MemoryStall, delay_accounting, family_id
 from .._kernel._worker import Worker
 from ._actions import (
@@ -41,6 +39,7 @@ from ._actions import (
     kill_cgroup,
     kill_process,
     reclaim_cgroup,
+    signal_in_subtree,
     terminate_cgroup,
     terminate_process,
 )
@@ -192,22 +191,14 @@ class Executor:
         such a fork can escape ``cgroup.kill`` (b69bb476dee9), and ``populated 0`` would
         never come."""
         assert self.processes is not None
-        try:
-            handle = self.processes.open(pid)
-        except OSError:
-            return  # gone already
-        try:
-            now = process_now(self.hierarchy, pid)
-            cgroup = watch.cgroup
-            if cgroup is None or now is None or not inside(now[2], cgroup):
-                return
-            if oom_score_adj(self.hierarchy, pid) == -1000:
-                return  # the child of a spared process: spared too, as the kernel would
-            with contextlib.suppress(ProcessLookupError):
-                self.processes.kill(handle)
-                watch.raced.append(pid)
-        finally:
+        if watch.cgroup is None:
+            return
+        # The child of a spared (-1000) process is spared too, as the kernel would.
+        handle, _spared = signal_in_subtree(self.hierarchy, self.processes, pid, watch.cgroup,
+                                            self.processes.kill)
+        if handle is not None:
             self.processes.close(handle)
+            watch.raced.append(pid)
 
     def emptied(self, cgroup: str, when: float) -> None:
         """``cgroup`` reads ``populated 0`` (the handler's watcher saw it at ``when``)."""
