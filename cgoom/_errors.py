@@ -31,6 +31,8 @@ class CgoomError(Exception):
         path: the file or directory concerned, when there is one.
         value: the value that was being written, when the error came from a write.
         errno: the kernel's errno, when the error came from the kernel.
+        key: the setting concerned (a rule's field, a configuration key), when there is one:
+            callers find it here, never by searching the message.
     """
 
     def __init__(
@@ -40,12 +42,14 @@ class CgoomError(Exception):
         path: str | None = None,
         value: str | None = None,
         errno: int | None = None,
+        key: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.path = path
         self.value = value
         self.errno = errno
+        self.key = key
 
     def __str__(self) -> str:
         return self.message

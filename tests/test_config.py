@@ -11,6 +11,7 @@ import pytest
 import cgoom
 from cgoom._ops._config import ConfigError, load_config
 from cgoom.cli import main
+from cgoom.testing import FakeCgroupTree
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "cgoom.example.toml"
 
@@ -71,6 +72,12 @@ def test_drop_ins_merge_in_name_order(tmp_path: Path) -> None:
     ('[priorities]\n"db*" = "high"\n', r"line 2: \[priorities\] 'db\*' = 'high': an integer"),
     ('[handler]\nrestore = true\n', r"no \[\[rule\]\]: the handler needs at least one rule"),
     ('[[rule]\nname = "r"\n', r"not valid TOML: .*line 1"),
+    # The key comes with the error (InvalidValue.key), so the line is found for sizes too.
+    ('[[rule]]\nname = "r"\ndomain = "t"\naction = "reclaim"\nreclaim = "12Q"\n',
+     r"line 5: rule 'r': reclaim: '12Q' is not a size"),
+    ('[[rule]]\nname = "r"\ndomain = "t"\noom_group = [""]\n',
+     r"line 4: rule 'r': oom_group pattern ''"),
+    ('[[rule]]\nname = "r"\ndomain = "t"\non = []\n', r"line 4: rule 'r': .*no trigger"),
 ])
 def test_mistakes_name_file_key_line_and_value(tmp_path: Path, text: str,
                                                 message: str) -> None:
@@ -132,3 +139,21 @@ def test_notices_settings_load(tmp_path: Path) -> None:
     assert loaded.notices.socket == "/run/cgoom/notices.sock"
     assert loaded.notices.pressure_level == "critical" and loaded.notices.mode == 0o666
     assert "notices: socket=/run/cgoom/notices.sock" in loaded.describe()
+
+
+async def test_each_policy_is_loaded_once(tree: FakeCgroupTree, tmp_path: Path) -> None:
+    """load_config loads (and so validates) each rule's policy; the handler takes those
+    instead of loading them again, at start and on a reload."""
+    path = write(tmp_path / "cgoom.toml", '[[rule]]\nname = "r"\ndomain = "t"\n'
+                 'policy = "largest"\n')
+    config = load_config(path)
+    tree.add("t")
+    handler = cgoom.Handler(tree.hierarchy, config.rules, own_cgroup="/",
+                            policies=config.policies, kmsg=None, proc_events=False)
+    assert handler.policies["r"] is config.policies["r"]
+    write(tmp_path / "cgoom.toml", '[[rule]]\nname = "r"\ndomain = "t"\n'
+          'policy = "priority"\n')
+    fresh = load_config(path)
+    assert handler.reconfigure(fresh.rules, policies=fresh.policies) == [
+        "rule 'r': policy changed"]
+    assert handler.policies["r"] is fresh.policies["r"]

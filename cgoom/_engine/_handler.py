@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 
 import attrs
@@ -130,7 +130,9 @@ class Handler:
     ``priorities``: ``(pattern, priority)`` pairs for cgroups without a priority xattr
     (:class:`cgoom.Snapshotter`). ``notice_interval``: a registration hears the same level
     at most once in this many seconds (:meth:`register`). ``clock``: every time the engine
-    reads (:class:`cgoom.testing.ManualClock` drives it in tests).
+    reads (:class:`cgoom.testing.ManualClock` drives it in tests). ``policies``: rule name
+    -> the policy already loaded for it (``cgoom.load_config`` loads each once), else the
+    handler loads the rule's.
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
@@ -139,13 +141,16 @@ class Handler:
                  restore: bool = True, kmsg: str | None = "",
                  proc_events: bool | None = None,
                  priorities: Iterable[tuple[str, int]] = (),
-                 notice_interval: float = 10.0, clock: Clock = SYSTEM) -> None:
+                 notice_interval: float = 10.0, clock: Clock = SYSTEM,
+                 policies: Mapping[str, Policy] | None = None) -> None:
         self.hierarchy = hierarchy
         self.rules = tuple(rules)
         if not self.rules:
             raise InvalidValue("a handler needs at least one rule", value="()")
         unique_names(self.rules)
-        self.policies: dict[str, Policy] = {r.name: self._policy(r) for r in self.rules}
+        given = policies or {}
+        self.policies: dict[str, Policy] = {r.name: given.get(r.name) or self._policy(r)
+                                            for r in self.rules}
         if own_cgroup is None:
             try:
                 own_cgroup = hierarchy.own_cgroup().path
@@ -213,7 +218,8 @@ class Handler:
     # --- reconfiguration -----------------------------------------------------------------
 
     def reconfigure(self, rules: Iterable[Rule], *,
-                    priorities: Iterable[tuple[str, int]] | None = None) -> list[str]:
+                    priorities: Iterable[tuple[str, int]] | None = None,
+                    policies: Mapping[str, Policy] | None = None) -> list[str]:
         """Apply new versions of the rules (and new ``priorities``, when given) to the
         running handler, keeping its state: cooldowns, debounce counts, the growth history
         and any incident in flight (which finishes under the version it started with; the
@@ -223,7 +229,8 @@ class Handler:
         (:data:`cgoom._engine._rules.SETUP_FIELDS`: domain, triggers other than ``on``,
         tripwires, early triggers); otherwise :class:`~cgoom.InvalidValue` says which rule
         and field need a restart, and nothing is applied. Policies are loaded and validated
-        before anything changes."""
+        before anything changes (``policies``: those already loaded, by rule name, as
+        :class:`Handler` takes them)."""
         new = tuple(rules)
         old = {r.name: r for r in self.rules}
         names = unique_names(new)
@@ -233,9 +240,10 @@ class Handler:
                                "change is made once, at start): " + "; ".join(problems),
                                value=repr(names))
         checked = None if priorities is None else check_patterns(tuple(priorities))
-        policies = {r.name: (self.policies[r.name] if r.policy == old[r.name].policy
-                             and r.policy_args == old[r.name].policy_args
-                             else self._policy(r)) for r in new}
+        given = policies or {}
+        loaded = {r.name: (self.policies[r.name] if r.policy == old[r.name].policy
+                           and r.policy_args == old[r.name].policy_args
+                           else given.get(r.name) or self._policy(r)) for r in new}
         if (self._executor.processes is None and self._watcher is not None
                 and _acts_on_processes(new)):
             self._executor.processes = Pidfds(self.hierarchy)
@@ -252,7 +260,7 @@ class Handler:
                            f"{len(self._snapshotter.priorities)}")
             self._snapshotter.priorities = checked
         self.rules = new
-        self.policies = policies
+        self.policies = loaded
         return changed
 
     # --- life cycle --------------------------------------------------------------------

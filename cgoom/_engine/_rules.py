@@ -49,20 +49,23 @@ def _triggers(value: str | Iterable[str] | None) -> frozenset[str] | None:
     unknown = names - TRIGGERS
     if unknown:
         raise InvalidValue(f"rule trigger {sorted(unknown) or value!r}: memory.events counters "
-                           f"to fire on are {', '.join(sorted(TRIGGERS))}", value=repr(value))
+                           f"to fire on are {', '.join(sorted(TRIGGERS))}", value=repr(value),
+                           key="on")
     return names
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
-                           f"{value!r}, a positive number", value=repr(value))
+                           f"{value!r}, a positive number", value=repr(value),
+                           key=attribute.name)
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
-                           f"{value!r}, a number of seconds >= 0", value=repr(value))
+                           f"{value!r}, a number of seconds >= 0", value=repr(value),
+                           key=attribute.name)
 
 
 #: What each fraction field is a fraction of, and an example, for the error message.
@@ -82,7 +85,7 @@ def _fraction(instance: object, attribute: attrs.Attribute[Any], value: object) 
         of, example = _FRACTIONS[attribute.name]
         raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
                            f"{value!r}, a fraction of {of} between 0 and 1 ({example})",
-                           value=repr(value))
+                           value=repr(value), key=attribute.name)
 
 
 def _one_of(choices: Iterable[str]) -> Callable[[object, attrs.Attribute[Any], object], None]:
@@ -91,12 +94,31 @@ def _one_of(choices: Iterable[str]) -> Callable[[object, attrs.Attribute[Any], o
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value not in allowed:
             raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}="
-                               f"{value!r}, one of {', '.join(allowed)}", value=repr(value))
+                               f"{value!r}, one of {', '.join(allowed)}", value=repr(value),
+                               key=attribute.name)
     return check
 
 
-def _size(value: int | str | None) -> int | None:
-    return None if value is None else parse_size(value, "rule size")
+def _size(value: int | str | None, key: str) -> int | None:
+    """Bytes for size field ``key``; its errors name the key."""
+    if value is None:
+        return None
+    try:
+        return parse_size(value, key)
+    except InvalidValue as exc:
+        raise InvalidValue(exc.message, value=exc.value, key=key) from exc
+
+
+def _reclaim(value: int | str | None) -> int | None:
+    return _size(value, "reclaim")
+
+
+def _raise_by(value: int | str | None) -> int | None:
+    return _size(value, "raise_by")
+
+
+def _min_freed(value: int | str | None) -> int | None:
+    return _size(value, "min_freed")
 
 
 def _args(value: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -109,7 +131,7 @@ def _patterns(value: str | Iterable[str]) -> tuple[str, ...]:
         if not isinstance(pattern, str) or not pattern.strip("/"):
             raise InvalidValue(f"oom_group pattern {pattern!r}: a glob of cgroup paths below "
                                "the mount, e.g. 'kubepods.slice/*/*-pod*.slice'",
-                               value=repr(pattern))
+                               value=repr(pattern), key="oom_group")
     return tuple(p.strip("/") for p in patterns)
 
 
@@ -168,12 +190,12 @@ class Rule:
     #: ``graceful``: seconds between SIGTERM and SIGKILL.
     grace: float = attrs.field(default=5.0, validator=_positive)
     #: ``reclaim``: how much to reclaim from the victim (bytes, or "64M").
-    reclaim: int | None = attrs.field(default=None, converter=_size)
+    reclaim: int | None = attrs.field(default=None, converter=_reclaim)
     #: ``raise-limit``: how much to raise the domain's memory.max by (bytes, or "64M").
-    raise_by: int | None = attrs.field(default=None, converter=_size)
+    raise_by: int | None = attrs.field(default=None, converter=_raise_by)
     #: Take the next victim of the same decision when a kill freed less than this (bytes of
     #: the domain's memory.current; a machine rule goes on while MemAvailable stays low).
-    min_freed: int | None = attrs.field(default=None, converter=_size)
+    min_freed: int | None = attrs.field(default=None, converter=_min_freed)
     #: At most this many victims acted on in one incident (a victim that cannot be acted
     #: on, being gone, does not count). 1 by default: a second kill in one incident is the
     #: operator's choice (with ``min_freed``, or a machine rule), never a guess.
@@ -200,18 +222,20 @@ class Rule:
         elif not self.on and not other:
             raise InvalidValue(f"rule {self.name!r} has no trigger: give on= (memory.events "
                                f"counters: {', '.join(sorted(TRIGGERS))}), pressure=, "
-                               "available_below= or usage_above=", value="on=()")
+                               "available_below= or usage_above=", value="on=()", key="on")
         if self.poll_below is not None and (self.available_below is None
                                             or self.poll_below <= self.available_below):
             raise InvalidValue(f"rule {self.name!r}: poll_below={self.poll_below!r} polls "
                                "while MemAvailable is low, above available_below: give "
-                               "available_below= smaller than it", value=repr(self.poll_below))
+                               "available_below= smaller than it", value=repr(self.poll_below),
+                               key="poll_below")
         if self.action == "reclaim" and not self.reclaim:
             raise InvalidValue(f"rule {self.name!r}: action 'reclaim' needs reclaim= (how "
-                               "much, e.g. '64M')", value=repr(self.reclaim))
+                               "much, e.g. '64M')", value=repr(self.reclaim), key="reclaim")
         if self.action == "raise-limit" and not self.raise_by:
             raise InvalidValue(f"rule {self.name!r}: action 'raise-limit' needs raise_by= "
-                               "(how much, e.g. '64M')", value=repr(self.raise_by))
+                               "(how much, e.g. '64M')", value=repr(self.raise_by),
+                               key="raise_by")
 
     @property
     def machine(self) -> bool:

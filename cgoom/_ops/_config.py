@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 
 from .._decide._plugins import PluginError, load_policy
+from .._decide._policy import Policy
 from .._engine._rules import Rule
 from .._errors import InvalidValue
 from .._watch._events import PressureTrigger, SustainedPressure
@@ -117,6 +118,9 @@ class Config:
     sources: tuple[str, ...]
     metrics: MetricsSettings | None = None
     notices: NoticeSettings = NoticeSettings()
+    #: Each rule's policy, loaded (and so validated) once, here: the handler takes these
+    #: instead of loading them again.
+    policies: Mapping[str, Policy] = attrs.field(factory=dict, eq=False, repr=False)
 
     def describe(self) -> str:
         """The effective configuration, for ``cgoom check-config``."""
@@ -295,8 +299,10 @@ def load_config(path: str) -> Config:
     if not rules:
         raise ConfigError(f"{path}: no [[rule]]: the handler needs at least one rule",
                           path=path)
-    built = tuple(_rule(origin[name][0], origin[name][1], raw) for name, raw in rules.items())
-    return Config(rules=built, priorities=tuple(priorities.items()),
+    built = [_rule(origin[name][0], origin[name][1], raw) for name, raw in rules.items()]
+    return Config(rules=tuple(r for r, _ in built),
+                  policies={r.name: policy for r, policy in built},
+                  priorities=tuple(priorities.items()),
                   handler=HandlerSettings(**handler), sources=tuple(sources),
                   metrics=settings, notices=NoticeSettings(**notices))
 
@@ -362,7 +368,7 @@ def _pressure(source: _Source, where: str, raw: Any, nth: int,
     return PressureTrigger.percent(kind, float(percent), float(window))
 
 
-def _rule(source: _Source, nth: int, raw: Mapping[str, Any]) -> Rule:
+def _rule(source: _Source, nth: int, raw: Mapping[str, Any]) -> tuple[Rule, Policy]:
     name = raw["name"]
     where = f"rule {name!r}"
     kwargs = dict(raw)
@@ -377,13 +383,12 @@ def _rule(source: _Source, nth: int, raw: Mapping[str, Any]) -> Rule:
         raise _error(source, f"{where}: policy = {policy!r}", "a policy name (cgoom "
                      "policies lists them)", key="policy", table="rule", nth=nth)
     try:
-        load_policy(policy, **args)  # a bad name or option is an error now, not at OOM time
+        loaded = load_policy(policy, **args)  # a bad name or option: an error now
     except (PluginError, InvalidValue, TypeError) as exc:
         raise _error(source, f"{where}: policy = {policy!r}", str(exc), key="policy",
                      table="rule", nth=nth) from exc
     try:
-        return Rule(**kwargs)
+        return Rule(**kwargs), loaded
     except (InvalidValue, TypeError, ValueError) as exc:
-        text = str(exc)
-        key = next((k for k in kwargs if f" {k}=" in text or f": {k}=" in text), None)
+        key = exc.key if isinstance(exc, InvalidValue) else None
         raise _error(source, where, str(exc), key=key, table="rule", nth=nth) from exc

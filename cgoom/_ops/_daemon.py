@@ -71,7 +71,8 @@ class _Daemon:
                                restore=settings.restore,
                                kmsg="" if settings.kmsg else None,
                                proc_events=settings.proc_events, priorities=config.priorities,
-                               notice_interval=config.notices.interval, clock=clock)
+                               notice_interval=config.notices.interval, clock=clock,
+                               policies=config.policies)
         self.stall: StallWatchdog | None = None
         # stderr is the journal: each record also goes there with its fields.
         self.journal = _journal.Journal(_journal.JOURNAL_SOCKET) \
@@ -240,7 +241,8 @@ class _Daemon:
         if new.records != old.records and new.records is not None:
             records = _open_log(new.records)  # before anything changes
         try:
-            changes = self.handler.reconfigure(self._rules(fresh), priorities=fresh.priorities)
+            changes = self.handler.reconfigure(self._rules(fresh), priorities=fresh.priorities,
+                                               policies=fresh.policies)
         except CgoomError:
             if records is not self.records and records is not None:
                 records.close()
