@@ -42,7 +42,6 @@ import errno
 import fnmatch
 import logging
 import os
-import select
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -52,7 +51,6 @@ import attrs
 from .._errors import CgoomError, CgroupGone, InvalidValue, NotSupported, ParseError
 from .._kernel._cgroup import Cgroup
 from .._kernel._clock import SYSTEM, Clock
-from .._kernel._fs import translate_os_error
 from .._kernel._hierarchy import Hierarchy
 from .._kernel._linux import (
     IN_CREATE,
@@ -65,7 +63,6 @@ from .._kernel._linux import (
     MAX_USER_WATCHES,
     Inotify,
     InotifyEvent,
-    has_cap_sys_resource,
     kernel_release,
     read_int,
 )
@@ -77,10 +74,7 @@ from ._events import (
     CgroupStateChanged,
     Event,
     MemoryEventsChanged,
-    PressureSustained,
     PressureTrigger,
-    PressureTriggered,
-    PressureTriggerEnded,
     Resynchronized,
     SustainedPressure,
     SustainedState,
@@ -88,8 +82,8 @@ from ._events import (
     WatchFailed,
     counter_delta,
     counters,
-    trigger_problem,
 )
+from ._psi import PsiTriggers
 
 log = logging.getLogger("cgoom")
 
@@ -142,14 +136,6 @@ class WatcherStatistics:
     untracked: int = 0
     #: Events dropped because the queue was full (a ``Resynchronized`` said so).
     dropped: int = 0
-
-
-@attrs.define
-class _Trigger:
-    cgroup: str | None
-    trigger: PressureTrigger
-    state: SustainedState | None
-    epoll: select.epoll
 
 
 class _Closed:
@@ -222,7 +208,7 @@ class Watcher:
         self._wds: dict[int, tuple[str, str]] = {}
         self._tracked: dict[str, list[int]] = {}
         self._last: dict[tuple[str, str], _Record] = {}
-        self._triggers: dict[int, _Trigger] = {}
+        self._psi = PsiTriggers(hierarchy, self._emit, clock, self._kernel)
         self._wakeups = self._notifications = self._events = self._resyncs = 0
         self._closed = False
 
@@ -294,8 +280,7 @@ class Watcher:
             if self._loop is not None and self._inotify.fd >= 0:
                 self._loop.remove_reader(self._inotify.fd)
             self._inotify.close()
-        for fd in list(self._triggers):
-            self._drop_trigger(fd)
+        self._psi.close()
         self._wds.clear()
         self._tracked.clear()
         self._ids.clear()
@@ -366,8 +351,9 @@ class Watcher:
 
     def statistics(self) -> WatcherStatistics:
         return WatcherStatistics(
-            cgroups=len(self._tracked), watches=len(self._wds), triggers=len(self._triggers),
-            wakeups=self._wakeups, notifications=self._notifications, events=self._events,
+            cgroups=len(self._tracked), watches=len(self._wds), triggers=len(self._psi),
+            wakeups=self._wakeups + self._psi.wakeups, notifications=self._notifications,
+            events=self._events,
             resyncs=self._resyncs, queued=self._queue.qsize(),
             untracked=len(self._untracked), dropped=self._dropped,
         )
@@ -504,9 +490,7 @@ class Watcher:
         now = self.clock.monotonic()
         for path in gone:
             self._untrack(path)
-            for fd, t in list(self._triggers.items()):
-                if t.cgroup == path:
-                    self._end_trigger(fd, "the cgroup was removed")
+            self._psi.end(path, "the cgroup was removed")
             if announce and self._included(path):
                 self._emit(CgroupRemoved(path, now))
 
@@ -646,95 +630,18 @@ class Watcher:
     def watch_pressure(self, cgroup: str | None, trigger: PressureTrigger) -> None:
         """Arm a PSI trigger on ``cgroup``'s memory.pressure (``None``: the system's
         /proc/pressure/memory); each firing is a :class:`PressureTriggered` event."""
-        self._arm(cgroup, trigger, None)
+        self._pressure().arm(cgroup, trigger, None)
 
     def watch_sustained_pressure(self, cgroup: str | None, rule: SustainedPressure) -> None:
         """Arm ``rule`` ("some above 40% for 10 s") on ``cgroup`` (``None``: system-wide);
         each time it holds is a :class:`PressureSustained` event."""
-        self._arm(cgroup, rule.trigger, SustainedState(rule))
+        self._pressure().arm(cgroup, rule.trigger, SustainedState(rule))
 
-    def _arm(self, cgroup: str | None, trigger: PressureTrigger, state: SustainedState | None,
-             ) -> None:
+    def _pressure(self) -> PsiTriggers:
         if self._inotify is None or self._loop is None or self._closed:
             raise RuntimeError(f"{self!r} is not running: arm triggers inside `async with`")
-        if cgroup is None:
-            path = os.path.join(self.hierarchy.proc_root, "pressure", "memory")
-            name = None
-        else:
-            handle = self.hierarchy.cgroup(cgroup)
-            path, name = os.path.join(handle.dir, "memory.pressure"), handle.path
-        privileged = has_cap_sys_resource()
-        problem = trigger_problem(trigger, kernel=self._kernel, privileged=privileged)
-        if problem:
-            raise InvalidValue(f"cannot arm the PSI trigger {trigger.line().strip()!r} on "
-                               f"{path}: {problem}", path=path, value=trigger.line().strip())
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            raise self._psi_error(exc, path, trigger, privileged) from exc
-        try:
-            os.write(fd, trigger.line().encode())
-        except OSError as exc:
-            os.close(fd)
-            raise self._psi_error(exc, path, trigger, privileged) from exc
-        epoll = select.epoll()
-        try:
-            epoll.register(fd, select.EPOLLPRI)
-        except OSError as exc:
-            epoll.close()
-            os.close(fd)
-            raise CgoomError(f"cannot poll {path} for PSI events: {exc.strerror}; it is not a "
-                             "kernel pressure file", path=path, errno=exc.errno) from exc
-        self._triggers[fd] = _Trigger(name, trigger, state, epoll)
-        self._loop.add_reader(epoll.fileno(), self._on_pressure, fd)
+        return self._psi
 
-    def _psi_error(self, exc: OSError, path: str, trigger: PressureTrigger,
-                   privileged: bool) -> CgoomError:
-        err = translate_os_error(exc, self.hierarchy.fs, path, mount=self.hierarchy.mount,
-                                 what="write", value=trigger.line().strip())
-        if exc.errno in (errno.EACCES, errno.EPERM) and not privileged:
-            err.message += ("; PSI triggers on /proc/pressure need CAP_SYS_RESOURCE before "
-                            "Linux 6.5 (cgroup pressure files need only write permission)")
-        elif exc.errno == errno.EOPNOTSUPP:
-            err.message += "; PSI is disabled on this kernel (boot with psi=1)"
-        elif exc.errno == errno.EBUSY:
-            err.message += "; a trigger is already armed on this file descriptor"
-        return err
-
-    def _drop_trigger(self, fd: int) -> _Trigger | None:
-        entry = self._triggers.pop(fd, None)
-        if entry is not None:
-            if self._loop is not None:
-                self._loop.remove_reader(entry.epoll.fileno())
-            entry.epoll.close()
-            os.close(fd)
-        return entry
-
-    def _end_trigger(self, fd: int, reason: str) -> None:
-        entry = self._drop_trigger(fd)
-        if entry is not None:
-            self._emit(PressureTriggerEnded(entry.cgroup, entry.trigger, reason,
-                                            self.clock.monotonic()))
-
-    def _on_pressure(self, fd: int) -> None:
-        entry = self._triggers.get(fd)
-        if entry is None:
-            return
-        self._wakeups += 1
-        now = self.clock.monotonic()
-        # Usually empty, or EPOLLPRI: the readiness check on the way here consumed the event.
-        # Only EPOLLERR (the trigger was destroyed with its cgroup) persists.
-        mask = 0
-        for _, bits in entry.epoll.poll(0):
-            mask |= bits
-        if mask & select.EPOLLERR:
-            self._end_trigger(fd, "the cgroup was removed")
-        elif entry.state is None:
-            self._emit(PressureTriggered(entry.cgroup, entry.trigger, now))
-        else:
-            since = entry.state.fired(now)
-            if since is not None:
-                self._emit(PressureSustained(entry.cgroup, entry.state.rule, since, now))
 
 def open_watcher(
     hierarchy: Hierarchy | None = None,
