@@ -237,8 +237,9 @@ class StallWatchdog:
                     processes.close(h)
                 continue
             draft.kill_at = clock.monotonic()
-            draft.gone_at = self._wait_gone(handler, victim.cgroup, handles, processes,
-                                            whole=victim.whole, seconds=rule.confirm_timeout)
+            if self._wait_gone(handler, victim.cgroup, handles, processes,
+                               whole=victim.whole, seconds=rule.confirm_timeout):
+                draft.gone_at = clock.monotonic()
             for h in handles:
                 processes.close(h)
             break
@@ -248,10 +249,10 @@ class StallWatchdog:
 
     @staticmethod
     def _wait_gone(handler: Handler, cgroup: str, handles: list[int],
-                   processes: ProcessControl, *, whole: bool,
-                   seconds: float) -> float | None:
-        """In the thread, the loop being stalled: the pidfds readable, or the cgroup
-        unpopulated (polled every 10 ms for this one action)."""
+                   processes: ProcessControl, *, whole: bool, seconds: float) -> bool:
+        """In the thread, the loop being stalled: whether the pidfds became readable, or
+        the cgroup unpopulated (polled every 10 ms for this one action), within ``seconds``
+        of real time (the watchdog's own: it runs because the loop does not)."""
         deadline = time.monotonic() + seconds
         if handles and isinstance(processes, Pidfds):  # real pidfds: readable when gone
             poller = select.poll()
@@ -262,18 +263,18 @@ class StallWatchdog:
                 for fd, _ in poller.poll(10):
                     left.discard(fd)
                     poller.unregister(fd)
-            return time.monotonic() if not left else None
+            return not left
         if not whole:
-            return None
+            return False
         target = handler.hierarchy.cgroup(cgroup)
         while time.monotonic() < deadline:
             try:
                 if not target.cgroup_events().populated:
-                    return time.monotonic()
+                    return True
             except CgoomError:
-                return time.monotonic()  # removed: gone
+                return True  # removed: gone
             time.sleep(0.01)
-        return None
+        return False
 
 
 def if_readable(read: Callable[[], int]) -> int | None:

@@ -19,10 +19,11 @@ import pytest
 
 import cgoom
 from cgoom._notices._dbus import INTERFACE, NAME, open_low_memory_monitor
+from cgoom.testing import until
 
 from .conftest import python_cmd
 from .test_handler_real import inversion
-from .test_notices_real import GROW, held, mark_low, until
+from .test_notices_real import GROW, held, mark_low
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 
@@ -75,7 +76,7 @@ async def test_low_memory_warning_reaches_a_subscriber(
             async with open_low_memory_monitor(handler, parent.path, address) as monitor:
                 assert monitor.owns_name
                 spawn(kids["batch"], python_cmd(GROW))
-                await until(lambda: bool(heard), 60, "LowMemoryWarning")
+                await until(lambda: bool(heard), 60, what="LowMemoryWarning")
                 sent = monitor.sent
     finally:
         if subscriber is not None:

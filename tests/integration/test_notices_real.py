@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 import cgoom
-from cgoom.testing import wait_until
+from cgoom.testing import until, wait_until
 
 from .conftest import holding_hog, python_cmd
 from .test_daemon_real import NOBODY, interpreter_for, readable_lib
@@ -126,14 +126,6 @@ def reply_of(out: str) -> dict[str, Any]:
     return reply
 
 
-async def until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    end = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def held(kids: dict[str, cgoom.Cgroup], spawn: Spawn) -> None:
     spawn(kids["db"], holding_hog(140))
     spawn(kids["web"], holding_hog(50))
@@ -155,12 +147,12 @@ async def test_a_low_notice_frees_memory_and_nothing_is_killed(
             cgoom.open_notice_server(handler, path):
         told = mark_low(handler, kids["batch"].path)
         spawn(kids["batch"], "exec " + python_cmd(APP) + f" {path} {out} low")
-        await until(lambda: os.path.exists(out + ".reg"), 30, "batch to register")
+        await until(lambda: os.path.exists(out + ".reg"), 30, what="batch to register")
         assert reply_of(out)["cgroup"] == kids["batch"].path
-        await until(lambda: bool(lines(out)), 60, "the low notice")
+        await until(lambda: bool(lines(out)), 60, what="the low notice")
         (notice,) = lines(out)[:1]
         threshold = notice["threshold"]
-        await until(lambda: parent.memory_current() <= threshold, 10, "memory to fall back")
+        await until(lambda: parent.memory_current() <= threshold, 10, what="memory to fall back")
         fell = time.monotonic()
         await asyncio.sleep(6.0)  # longer than the rule's 5 s: no incident comes
         assert handler.statistics().incidents == 0
@@ -247,7 +239,7 @@ async def test_misbehaving_clients_delay_nothing(
         for t in threads:
             t.start()
         spawn(kids["batch"], "exec " + python_cmd(APP) + f" {path} {out} leave")
-        await until(lambda: os.path.exists(out + ".reg"), 30, "batch to register")
+        await until(lambda: os.path.exists(out + ".reg"), 30, what="batch to register")
         record = await asyncio.wait_for(handler.__anext__(), 90)
         stop.set()
         stats = server.statistics()
@@ -287,7 +279,7 @@ async def test_a_background_killable_workload_dies_before_a_bigger_one(
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler, \
             cgoom.open_notice_server(handler, path):
         spawn(saved, "exec " + python_cmd(HOLD_KILLABLE) + f" {path} {out}")
-        await until(lambda: os.path.exists(out + ".reg"), 30, "the declaration")
+        await until(lambda: os.path.exists(out + ".reg"), 30, what="the declaration")
         assert reply_of(out)["killable"] is True
         spawn(kids["batch"], python_cmd(GROW))
         record = await asyncio.wait_for(handler.__anext__(), 90)
@@ -348,10 +340,10 @@ async def test_a_memory_pressure_watch_consumer_is_woken(
             env = (f"MEMORY_PRESSURE_WATCH={path} OUT={out} MEMORY_PRESSURE_WRITE="
                    f"{base64.b64encode(b'some 200000 2000000').decode()} ")
             spawn(service, "exec env " + env + python_cmd(CONSUMER))
-            await until(lambda: os.path.exists(out + ".reg"), 30, "the consumer to connect")
-            await until(lambda: len(handler._first) == 2, 10, "its registration")
+            await until(lambda: os.path.exists(out + ".reg"), 30, what="the consumer to connect")
+            await until(lambda: len(handler._notifier.registry) == 2, 10, what="its registration")
             spawn(kids["batch"], python_cmd(GROW))
-            await until(lambda: os.path.exists(out), 60, "the consumer to be woken")
+            await until(lambda: os.path.exists(out), 60, what="the consumer to be woken")
             at, said = read_text(out).split()
             woken = pressure.woken
     assert said == "low" and woken == 1
@@ -392,7 +384,7 @@ async def test_escalation_notice_deadline_sigterm_grace_sigkill(
     async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler, \
             cgoom.open_notice_server(handler, path):
         spawn(kids["batch"], "exec " + python_cmd(STUBBORN) + f" {path} {out}")
-        await until(lambda: os.path.exists(out + ".reg"), 30, "batch to register")
+        await until(lambda: os.path.exists(out + ".reg"), 30, what="batch to register")
         record = await asyncio.wait_for(handler.__anext__(), 90)
     assert isinstance(record, cgoom.IncidentRecord)
     victim, t = record.victim, record.timings
