@@ -12,7 +12,7 @@ import pytest
 import cgoom
 from cgoom import CgroupSnapshot as S
 from cgoom._engine._rules import RuleState
-from cgoom.testing import FakeCgroupTree, FakeProcesses, next_incident
+from cgoom.testing import FakeCgroupFS, FakeCgroupTree, FakeProcesses, next_incident
 
 M = 1 << 20
 
@@ -148,6 +148,19 @@ class TestHandler:
             await asyncio.sleep(0.2)
             assert handler.statistics().incidents == 1  # resting
 
+    async def test_its_watcher_queues_nothing_nobody_reads(
+            self, inversion: FakeCgroupTree) -> None:
+        """The handler reacts in its watcher's listener: the watcher keeps no queue (it
+        held up to 10,000 events nobody read, and dropped them on the loop)."""
+        rule = cgoom.Rule("r", "t", on="max", dry_run=True)
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/") as handler:
+            for _ in range(50):
+                inversion.memory_event("t/web", "high")
+            inversion.memory_event("t", "max")
+            await next_incident(handler)
+            stats = handler._watcher.statistics()  # type: ignore[union-attr]
+        assert stats.events >= 2 and stats.queued == 0 and stats.dropped == 0
+
     async def test_own_cgroup_is_never_chosen(self, inversion: FakeCgroupTree) -> None:
         async with cgoom.open_handler(inversion.hierarchy, cgoom.Rule("r", "t"),
                                       own_cgroup="/t/batch",
@@ -185,6 +198,33 @@ class TestEarlyTrigger:
         assert inversion.cgroup("t").memory_high() == "max"
         assert not any(inversion.cgroup(f"t/{n}").memory_oom_group()
                        for n in ("db", "web", "batch"))
+
+    async def test_writes_that_may_reclaim_go_through_the_writer_thread(
+            self, inversion: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch) -> None:
+        """memory.high and memory.reclaim writes run on the engine's own writer thread, not
+        on the loop, nor on the snapshotter's thread where a slow reclaim would delay a
+        snapshot queued behind it at OOM time."""
+        import threading
+
+        threads: list[tuple[str, str]] = []
+        write = FakeCgroupFS.write
+
+        def spy(fs: FakeCgroupFS, path: str, data: str) -> None:
+            if path.endswith(("memory.high", "memory.reclaim")):
+                threads.append((path.rsplit("/", 1)[1], threading.current_thread().name))
+            write(fs, path, data)
+
+        monkeypatch.setattr(FakeCgroupFS, "write", spy)
+        inversion.cgroup("t").set_memory_max("300M")
+        rule = cgoom.Rule("r", "t", high_below_max=0.1, action="reclaim", reclaim="8M")
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(inversion)) as handler:
+            inversion.memory_event("t", "high")
+            record = await next_incident(handler)
+        assert record.victim is not None and record.victim.action == "reclaim"
+        assert [name for name, _ in threads] == ["memory.high", "memory.reclaim",
+                                                 "memory.high"]  # set, reclaim, put back
+        assert {thread for _, thread in threads} == {"cgoom-writer"}, threads
 
     async def test_no_memory_max_is_said_not_guessed(self, inversion: FakeCgroupTree) -> None:
         rule = cgoom.Rule("r", "t", high_below_max=0.1, dry_run=True)
