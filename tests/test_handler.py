@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pytest
 
 import cgoom
+import cgoom._engine._handler
 from cgoom import CgroupSnapshot as S
 from cgoom._engine._rules import RuleState
 from cgoom.testing import FakeCgroupFS, FakeCgroupTree, FakeProcesses, next_incident
@@ -108,12 +109,13 @@ class TestHandler:
         assert inversion.cgroup("t/batch").cgroup_procs() == (300,)
         assert handler.statistics().dry_runs == 1
 
-    async def test_a_stale_victim_is_passed_over_for_the_next(self, tree: FakeCgroupTree,
-                                                           ) -> None:
-        """The first victim's pid is reused between the decision and the kill: refused, and
-        the next victim of the same decision is taken."""
-        tree.add("t/a", procs=[300], memory_current=90 * M)
-        tree.add("t/b", procs=[400], memory_current=10 * M)
+    async def test_a_reused_pid_is_never_the_next_victim_s_death(
+            self, tree: FakeCgroupTree) -> None:
+        """The first victim's pid is reused between the decision and the kill: refused, and,
+        memory being still short, the domain is decided afresh (not the decision's next
+        victim taken): the process now in t/a, the lowest-ranked unit, is the one killed."""
+        tree.add("t/a", procs=[300], memory_current=90 * M).set_priority(0)
+        tree.add("t/b", procs=[400], memory_current=10 * M).set_priority(10)
         tree.add_process(300, rss=90 * M, start_time=1)
         tree.add_process(400, rss=10 * M, start_time=2)
 
@@ -133,9 +135,11 @@ class TestHandler:
                                       processes=procs) as handler:
             tree.memory_event("t/a", "high")
             record = await next_incident(handler)
-        assert [a.ok for a in record.actions] == [False, True]
+        assert [(a.ok, a.stale) for a in record.actions] == [(False, True), (True, False)]
         assert "pid 300 was reused (start time 1 is now 99)" in record.actions[0].detail
-        assert procs.killed == [400]
+        assert procs.killed == [300]
+        assert any("slipped away" in n and "decided afresh" in n
+                   for n in record.decision.notes), record.decision.notes
 
     async def test_cooldown_and_one_incident_at_a_time(self, inversion: FakeCgroupTree) -> None:
         procs = FakeProcesses(inversion)
@@ -343,3 +347,124 @@ class TestDescent:
             record = await next_incident(h)
         assert record.victim is not None and record.victim.cgroup.startswith("/t/g0/")
         assert "read level by level" in "\n".join(record.decision.notes)
+
+
+@pytest.fixture(params=["small", "level by level"])
+def tenancy(request: pytest.FixtureRequest, tree: FakeCgroupTree) -> FakeCgroupTree:
+    """/t (memory.max 400M, usage 390M): a delegated tenant (priority 0) whose hog (pid 300,
+    300M) lives in tenant/a, batch (priority 10, pid 500), db (priority 100, pid 600).
+    ``level by level``: db also holds 70 services, so the domain is read as Google's handler
+    descends (over 64 cgroups)."""
+    tree.add("t", memory_current=390 * M).set_memory_max("400M")
+    tree.add("t/tenant", memory_current=300 * M).set_priority(0)
+    tree.add("t/tenant/a", procs=[300], memory_current=300 * M)
+    tree.add("t/tenant/b", memory_current=0)
+    tree.add("t/batch", procs=[500], memory_current=50 * M).set_priority(10)
+    tree.add("t/db", memory_current=40 * M).set_priority(100)
+    tree.add("t/db/main", procs=[600], memory_current=40 * M)
+    for pid, rss in ((300, 300), (500, 50), (600, 40)):
+        tree.add_process(pid, rss=rss * M)
+    if request.param == "level by level":
+        for i in range(70):
+            tree.add(f"t/db/s{i}", memory_current=1 * M)
+    return tree
+
+
+class Staged:
+    """The priority policy, with the tenant's move staged right after its first decision
+    (between the decision and the kill)."""
+
+    name = "staged"
+
+    def __init__(self, stage: Callable[[], None]) -> None:
+        self.stage, self.staged = stage, False
+
+    def __call__(self, incident: cgoom.Incident,
+                 candidates: Mapping[str, S]) -> cgoom.Decision:
+        decision = cgoom.PriorityPolicy()(incident, candidates)
+        if incident.cgroup == "/t" and not self.staged:
+            self.staged = True
+            self.stage()
+        return decision
+
+    def descend(self, *args: object) -> object:
+        return cgoom.PriorityPolicy().descend(*args)  # type: ignore[arg-type]
+
+
+class TestASlippedVictim:
+    """issue 19: a victim that slipped away since the decision never turns into "kill the
+    next one on the list": batch (priority 10) is innocent of what the tenant did."""
+
+    async def test_a_hog_moved_within_its_tenant_is_still_the_tenant_s_to_lose(
+            self, tenancy: FakeCgroupTree) -> None:
+        tree = tenancy
+        move = Staged(lambda: tree.fs.write(
+            tree.cgroup("t/tenant/b").dir + "/cgroup.procs", "300"))
+        procs = FakeProcesses(tree)
+        rule = cgoom.Rule("r", "t", policy=move)  # type: ignore[arg-type]
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            tree.memory_event("t", "max")
+            record = await next_incident(handler)
+        assert move.staged
+        assert procs.killed == [300], record.explain()  # the hog, in its new cgroup
+        stale, kill = record.actions
+        assert stale.stale and "process 300 left /t/tenant/a" in stale.detail
+        assert (kill.ok, kill.cgroup, kill.pid) == (True, "/t/tenant/b", 300)
+        assert tree.cgroup("t/batch").cgroup_procs() == (500,)
+        assert tree.cgroup("t/db/main").cgroup_procs() == (600,)
+
+    async def test_a_hog_that_exited_freed_its_memory_nothing_more_dies(
+            self, tenancy: FakeCgroupTree) -> None:
+        tree = tenancy
+
+        def exits() -> None:  # the hog exits (or the kernel got it): its memory is back
+            tree.remove_process(300)
+            tree.fs.remove_pid(300)
+            for path in ("t", "t/tenant", "t/tenant/a"):
+                usage = {"t": 90, "t/tenant": 0, "t/tenant/a": 0}[path]
+                tree.set(path, "memory.current", f"{usage * M}\n")
+
+        procs = FakeProcesses(tree)
+        exit_staged = Staged(exits)
+        rule = cgoom.Rule("r", "t", policy=exit_staged)  # type: ignore[arg-type]
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            tree.memory_event("t", "max")
+            record = await next_incident(handler)
+        assert exit_staged.staged
+        assert procs.killed == [], record.explain()
+        assert [a.stale for a in record.actions] == [True]
+        assert any("memory came back" in n for n in record.decision.notes), record.explain()
+        assert tree.cgroup("t/batch").cgroup_procs() == (500,)
+
+    async def test_a_hog_that_keeps_moving_is_not_chased_for_ever(
+            self, tenancy: FakeCgroupTree) -> None:
+        """Every decision finds it moved again: after FRESH_DECISIONS the incident ends
+        and says so; nobody else is killed."""
+        tree = tenancy
+        where = ["t/tenant/b"]
+
+        class Flips:
+            name = "flips"
+
+            def __call__(self, incident: cgoom.Incident,
+                         candidates: Mapping[str, S]) -> cgoom.Decision:
+                decision = cgoom.PriorityPolicy()(incident, candidates)
+                if incident.cgroup == "/t":
+                    tree.fs.write(tree.cgroup(where[0]).dir + "/cgroup.procs", "300")
+                    where[0] = "t/tenant/a" if where[0] == "t/tenant/b" else "t/tenant/b"
+                return decision
+
+        procs = FakeProcesses(tree)
+        rule = cgoom.Rule("r", "t", policy=Flips())
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/",
+                                      processes=procs) as handler:
+            tree.memory_event("t", "max")
+            record = await next_incident(handler)
+        fresh = cgoom._engine._handler.FRESH_DECISIONS
+        assert procs.killed == []
+        assert [a.stale for a in record.actions] == [True] * (fresh + 1)
+        assert f"after {fresh} fresh decision(s): left to the next incident" in \
+            record.decision.notes[-1]
+

@@ -132,8 +132,15 @@ class Policy(Protocol):
 
 
 def has_memory(snapshot: CgroupSnapshot) -> bool:
-    """Something to free: populated (or unknown) and usage above zero (or unknown)."""
-    return snapshot.populated is not False and (snapshot.usage is None or snapshot.usage > 0)
+    """Something to free: populated (or unknown), and usage above zero (or unknown) or
+    processes of its own. cgroup v2 does not move a process's charges with it: one that
+    moved in (a tenant moving its hog between its own cgroups) leaves its memory charged
+    where it came from, and its new cgroup may read 0. Killing it frees that memory, so a
+    cgroup with processes is a unit whatever its usage; its place among its siblings is
+    ranked by its ancestors' usage, which holds the charge."""
+    if snapshot.populated is False:
+        return False
+    return snapshot.usage is None or snapshot.usage > 0 or bool(snapshot.pids)
 
 
 def internal_unit(snapshot: CgroupSnapshot) -> CgroupSnapshot:

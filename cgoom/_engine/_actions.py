@@ -72,6 +72,12 @@ class ActionResult:
     #: A graceful action that came to SIGKILL: how long before it the SIGTERM went (the
     #: grace the victim had).
     graced_ms: float | None = None
+    #: Not acted on because the victim slipped away since the decision: its process exited,
+    #: moved out or its pid was reused, its cgroup was removed or re-created, or emptied.
+    #: The engine then never takes the decision's next victim (that would punish whoever
+    #: ranked next for what the victim did): it looks whether memory came back, and decides
+    #: afresh if not.
+    stale: bool = False
 
 
 class ProcessControl(Protocol):
@@ -162,8 +168,12 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
     problem = identity_problem(hierarchy, victim)
     if problem is not None:
         return ActionResult("kill-cgroup", victim.cgroup, None, False,
-                            f"not killed: {problem}"), []
+                            f"not killed: {problem}", stale=True), []
     members = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)]
+    if not members:  # its processes left (moved out, or exited) since the decision
+        return ActionResult("kill-cgroup", victim.cgroup, None, False,
+                            f"not killed: {victim.cgroup} has no process any more",
+                            stale=True), []
     spared = [pid for pid in members if oom_score_adj(hierarchy, pid) == -1000]
     if not _has_cgroup_kill(hierarchy, cgroup) and processes is not None:
         # Before 5.14 there is no cgroup.kill: freeze, kill each process by pidfd, thaw.
@@ -245,7 +255,7 @@ def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl
     except ProcessLookupError:
         processes.close(handle)
         return ActionResult("kill-process", victim.cgroup, pid, False,
-                            f"not killed: process {pid} exited meanwhile"), None
+                            f"not killed: process {pid} exited meanwhile", stale=True), None
     took = (time.perf_counter() - started) * 1000
     detail = "SIGKILL sent through a pidfd"
     released = None
@@ -275,17 +285,18 @@ def _open_checked(hierarchy: Hierarchy, victim: Victim, processes: ProcessContro
         handle = processes.open(pid)
     except ProcessLookupError:
         return None, ActionResult(action, victim.cgroup, pid, False,
-                                  f"not {verb}: process {pid} is gone")
+                                  f"not {verb}: process {pid} is gone", stale=True)
     except OSError as exc:
         return None, ActionResult(action, victim.cgroup, pid, False,
                                   f"not {verb}: pidfd_open({pid}): {exc.strerror}")
     problem = identity_problem(hierarchy, victim)  # with the pidfd open: race-free
+    stale = problem is not None
     if problem is None and victim.start_time is None:
         problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
     if problem is not None:
         processes.close(handle)
         return None, ActionResult(action, victim.cgroup, pid, False,
-                                  f"not {verb}: {problem}")
+                                  f"not {verb}: {problem}", stale=stale)
     return handle, None
 
 
@@ -331,7 +342,8 @@ def terminate_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessCo
     except ProcessLookupError:
         processes.close(handle)
         return ActionResult("terminate-process", victim.cgroup, victim.pid, False,
-                            f"not signalled: process {victim.pid} exited meanwhile"), None
+                            f"not signalled: process {victim.pid} exited meanwhile",
+                            stale=True), None
     return ActionResult("terminate-process", victim.cgroup, victim.pid, True,
                         "SIGTERM sent through a pidfd",
                         syscall_ms=(time.perf_counter() - started) * 1000), handle
@@ -345,7 +357,7 @@ def terminate_cgroup(hierarchy: Hierarchy, victim: Victim, processes: ProcessCon
     problem = identity_problem(hierarchy, victim)
     if problem is not None:
         return ActionResult("terminate-cgroup", victim.cgroup, None, False,
-                            f"not signalled: {problem}")
+                            f"not signalled: {problem}", stale=True)
     started = time.perf_counter()
     sent = 0
     for pid, _ in _subtree_pids(hierarchy, victim.cgroup):

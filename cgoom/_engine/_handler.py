@@ -70,6 +70,10 @@ from ._trigger import Trigger
 
 log = logging.getLogger("cgoom")
 
+#: How many times one incident decides afresh after its victim slipped away: a tenant that
+#: keeps moving its hog between its own cgroups cannot hold the engine in a loop.
+FRESH_DECISIONS = 3
+
 #: What a handler delivers: its own incidents, and the kernel's OOM kills (from /dev/kmsg).
 Record = IncidentRecord | KernelOomKill
 RecordListener = Callable[[Record], object]
@@ -585,8 +589,17 @@ class Handler:
                    decided: Decided, before: int | None, draft: RecordBuilder,
                    ) -> tuple[Decided, list[ActionResult]]:
         """The rule's action on the decision's victims in order, while memory is still
-        short and up to ``max_victims``; the decision acted on (a descent's is replaced by
-        the whole domain's when its first victim was not enough) and the actions."""
+        short and up to ``max_victims``; the decision acted on and the actions.
+
+        A victim that cannot be acted on for a reason of its own (the kernel refused, or
+        -1000 processes with nothing to spare them) gives way to the next. One that slipped
+        away since the decision (``ActionResult.stale``: exited, moved, re-created, emptied)
+        never does: the next on the list ranked behind the victim for what it was then,
+        and a tenant can make its victim slip away on purpose (moving its hog between its
+        own cgroups) to have a neighbour killed. So memory is looked at again: came back,
+        nothing more is done; still short, the domain is read and decided afresh (at most
+        :data:`FRESH_DECISIONS` times an incident). A descent's decision, which vouches for
+        its first victim only, is likewise replaced by a full one before a next victim."""
         first = decided.decision.first
         if rule.dry_run or rule.action == "notify":
             return decided, [ActionResult(
@@ -601,7 +614,8 @@ class Handler:
             if raised.ok:
                 return decided, actions
             # no room: kill instead
-        acted = 0
+        acted = fresh = 0
+        notes: list[str] = []
         queue = list(decided.decision.victims)
         tried: set[tuple[str, int | None]] = set()
         while queue and acted < rule.max_victims:
@@ -615,13 +629,61 @@ class Handler:
                 draft.gone_at = gone
                 if rule.action in ("freeze", "reclaim") or not self._short(rule, before):
                     break
+            elif result.stale:
+                back = self._memory_back(rule)
+                if back is not None:
+                    notes.append(f"{victim.cgroup} slipped away ({result.detail}) and memory "
+                                 f"came back ({back}): nothing more was done")
+                    break
+                if fresh == FRESH_DECISIONS:
+                    notes.append(f"{victim.cgroup} slipped away ({result.detail}) after "
+                                 f"{fresh} fresh decision(s): left to the next incident")
+                    break
+                fresh += 1
+                notes.append(f"{victim.cgroup} slipped away ({result.detail}); memory still "
+                             "short: the domain was read and decided afresh, not the next "
+                             "victim taken")
+                decided = await self._deciding.read_all(rule, policy,
+                                                        sorted(self._paths[rule.domain]),
+                                                        incident)
+                queue = list(decided.decision.victims)
+                continue
             if not queue and decided.descended and acted < rule.max_victims:
                 # The descent vouches for its first victim only: the rest of the list
                 # comes from a snapshot of the whole domain.
                 decided = await self._deciding.read_all(rule, policy, paths, incident)
                 queue = [v for v in decided.decision.victims
                          if (v.cgroup, v.pid) not in tried]
+        if notes:
+            decided = attrs.evolve(decided, decision=attrs.evolve(
+                decided.decision, notes=(*decided.decision.notes, *notes)))
         return decided, actions
+
+    def _memory_back(self, rule: Rule) -> str | None:
+        """Why the rule's trigger no longer holds, read now, or ``None`` while it holds (or
+        cannot be told: PSI, unreadable files). Machine rules: MemAvailable above the
+        reserve; usage rules: usage under the level; others: the domain's usage under the
+        threshold its workloads are asked to free down to (memory.high, memory.max)."""
+        try:
+            if rule.machine:
+                info = read_meminfo(self.hierarchy)
+                reserve = self._arming.reserve(rule, info)
+                if info.available >= reserve:
+                    return (f"MemAvailable {format_size(info.available)}, above the reserve "
+                            f"{format_size(reserve)}")
+                return None
+            if rule.usage_above is not None:
+                level = self._arming.level(rule)
+                used = self.hierarchy.cgroup(rule.domain).memory_current()
+                if level is not None and used < level:
+                    return f"usage {format_size(used)}, under {format_size(level)}"
+                return None
+        except (OSError, CgoomError):
+            return None
+        usage, threshold, _ = self._notifier.numbers(rule.domain, rule.high_below_max)
+        if usage is not None and threshold and usage < threshold:
+            return f"usage {format_size(usage)}, under {format_size(threshold)}"
+        return None
 
     def _short(self, rule: Rule, before: int | None) -> bool:
         """After a victim is gone: is memory still short, so the next victim is needed? A
