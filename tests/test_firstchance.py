@@ -13,6 +13,7 @@ import pytest
 
 import cgoom
 from cgoom._engine._firstchance import RECOVERY_MARGIN, Registry, threshold_of
+from cgoom._kernel._parse import format_size
 from cgoom.testing import FakeCgroupTree, FakeProcesses
 
 M = 1 << 20
@@ -88,6 +89,41 @@ async def test_a_workload_that_frees_memory_is_not_killed(domain: FakeCgroupTree
     assert "first chance (/t/batch: done, freed 70.0M" in record.explain()
     assert "nothing more was done" in record.explain()
     assert cgoom.record_from_json(record.to_json()) == record
+
+
+async def test_an_absurd_answer_is_recorded_not_lost(domain: FakeCgroupTree) -> None:
+    """A workload answering ``freed`` 10**400 (a valid JSON int) made explain() raise
+    OverflowError before the record was delivered: batch killed, and no record anywhere.
+    The number is dropped as out of range, and the record delivered."""
+    async def boast(notice: cgoom.Notice) -> cgoom.Answer:
+        domain.set("t", "memory.current", f"{200 * M}\n")
+        return cgoom.Answer("done", freed=10**400)
+
+    async with handler_for(domain) as handler:
+        handler.register("t/batch", boast, deadline=1.0)
+        record = await incident(domain, handler)
+    assert record.first_chance is not None
+    assert record.first_chance.told[0].answer == "done"
+    assert record.first_chance.told[0].freed is None
+    assert "first chance (/t/batch: done" in record.explain()
+    assert cgoom.parse_size(0) == 0 and format_size(10**400) == "over 8.0E"
+
+
+async def test_a_record_is_delivered_whatever_is_in_it(
+        domain: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A record that cannot be formatted still reaches its readers, and the log says so."""
+    def broken(self: cgoom.IncidentRecord) -> str:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(cgoom.IncidentRecord, "explain", broken)
+    caplog.set_level("INFO", "cgoom")
+    heard: list[object] = []
+    async with handler_for(domain) as handler:
+        handler.add_listener(heard.append)
+        record = await incident(domain, handler)
+    assert heard == [record] and record.victim is not None
+    assert "explain failed: OverflowError" in caplog.text
 
 
 @pytest.mark.parametrize("behaviour", ["hang", "swallow", "raise", "garbage", "cannot",

@@ -543,8 +543,12 @@ class Handler:
         self._counts["kills"] += record.kills
         self._counts["fallbacks"] += record.fell_back
         self._counts["errors"] += record.failed
-        log.info("cgoom: %s", record.explain().splitlines()[0])
-        self._deliver(record)
+        self._deliver(record)  # first: nothing in a record may keep it from its readers
+        try:
+            line = record.explain().splitlines()[0]
+        except Exception as exc:
+            line = f"incident {record.id}: rule {record.rule!r} (explain failed: {exc!r})"
+        log.info("cgoom: %s", line)
 
     def _available(self) -> int | None:
         try:

@@ -23,7 +23,7 @@ from .._errors import CgoomError, CgroupGone
 from .._kernel._cgroup import if_supported
 from .._kernel._clock import Clock, Timer
 from .._kernel._hierarchy import Hierarchy
-from .._kernel._parse import format_size
+from .._kernel._parse import BYTES_MAX, format_size
 from .._kernel._paths import normalize_path
 from ._firstchance import (
     Answer,
@@ -333,7 +333,7 @@ class Notifier:
         if not isinstance(answer, Answer) or answer.status not in ("done", "cannot"):
             return FirstChance(reg.cgroup, seconds, f"garbage: {answer!r}"[:200], None, ms)
         freed = answer.freed if isinstance(answer.freed, int) and not isinstance(
-            answer.freed, bool) and answer.freed >= 0 else None
+            answer.freed, bool) and 0 <= answer.freed <= BYTES_MAX else None
         return FirstChance(reg.cgroup, seconds, answer.status, freed, ms)
 
     def _forget(self, task: asyncio.Future[Answer | None]) -> None:

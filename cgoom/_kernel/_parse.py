@@ -127,10 +127,19 @@ def parse_size(value: int | str, source: str) -> int:
 _SIZE_UNITS = ("B", "K", "M", "G", "T", "P", "E")
 
 
+#: The largest byte count a kernel counter holds (a signed 64-bit value): anything larger
+#: came from outside (a client, an xattr) and is shown, never converted to a float.
+BYTES_MAX = 2**63 - 1
+
+
 def format_size(value: int) -> str:
-    """``1536 -> "1.5K"``: binary units, as the kernel counts (for logs and reasons)."""
+    """``1536 -> "1.5K"``: binary units, as the kernel counts (for logs and reasons). Any
+    int is shown: one past :data:`BYTES_MAX` (from outside: no kernel counts that high) as
+    ``"over 8.0E"``, never an ``OverflowError`` on the way to a record."""
     if value < 1024:
         return f"{value}B"
+    if value > BYTES_MAX:
+        return "over 8.0E"
     exponent = min((value.bit_length() - 1) // 10, len(_SIZE_UNITS) - 1)
     return f"{value / (1 << (10 * exponent)):.1f}{_SIZE_UNITS[exponent]}"
 

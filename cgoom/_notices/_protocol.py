@@ -29,10 +29,15 @@ from typing import Any, Literal
 
 import attrs
 
+from .._kernel._parse import BYTES_MAX
+
 #: The protocol's version: every message carries it as ``"v"``.
 VERSION = 1
 #: The longest line either side sends, newline included; a longer one ends the connection.
 MAX_LINE = 64 * 1024
+#: The longest first chance a client may ask for (seconds); a rule's own ``first_chance``
+#: bounds it further.
+DEADLINE_MAX = 3600
 #: The levels, least urgent first.
 LEVELS: tuple[Literal["low", "critical", "oom"], ...] = ("low", "critical", "oom")
 Level = Literal["low", "critical", "oom"]
@@ -72,15 +77,30 @@ class Unregister:
 Request = Register | SetKillable | Reply | Unregister
 
 
+def _shown(value: object) -> str:
+    """``value`` for an error message, a long one cut (a 4,000-digit number is no message)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
 def _cgroup(message: dict[str, Any]) -> str | None:
     value = message.get("cgroup")
     if value is None:
         return None
     if not isinstance(value, str) or (not value.strip("/") and value != "/") \
-            or "\0" in value or ".." in value.split("/"):
-        raise ProtocolError(f"cgroup {value!r}: a path below the cgroup2 mount, "
+            or "\0" in value or ".." in value.split("/") or not _encodable(value):
+        raise ProtocolError(f"cgroup {_shown(value)}: a path below the cgroup2 mount, "
                             "e.g. 'workload.slice/batch'")
     return value
+
+
+def _encodable(text: str) -> bool:
+    """JSON's ``\\udcff`` is a lone surrogate: no file name can hold it (os.stat raised)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bool(message: dict[str, Any], key: str) -> bool | None:
@@ -97,6 +117,8 @@ def parse_request(line: bytes) -> Request:
         message = json.loads(line)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"not a JSON object on one line: {exc}") from None
+    except RecursionError:  # 30,000 nested '[' in one line
+        raise ProtocolError("not a JSON object on one line: nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"not a JSON object: {type(message).__name__}")
     version = message.get("v")
@@ -108,9 +130,13 @@ def parse_request(line: bytes) -> Request:
         deadline = message.get("deadline")
         if deadline is not None and (isinstance(deadline, bool)
                                      or not isinstance(deadline, int | float)
-                                     or not math.isfinite(deadline) or deadline <= 0):
-            raise ProtocolError(f"deadline {deadline!r}: seconds above 0, or null for "
-                                "notices only")
+                                     # a 4,000-digit int would overflow math.isfinite
+                                     or (isinstance(deadline, int)
+                                         and not 0 < deadline <= DEADLINE_MAX)
+                                     or not math.isfinite(deadline)
+                                     or not 0 < deadline <= DEADLINE_MAX):
+            raise ProtocolError(f"deadline {_shown(deadline)}: seconds above 0 and at most "
+                                f"{DEADLINE_MAX}, or null for notices only")
         levels = message.get("levels", list(LEVELS))
         if not isinstance(levels, list) or not levels \
                 or not all(isinstance(x, str) and x in LEVELS for x in levels):
@@ -130,8 +156,9 @@ def parse_request(line: bytes) -> Request:
         if status not in ("done", "cannot"):
             raise ProtocolError(f"status {status!r}: 'done' or 'cannot'")
         if freed is not None and (isinstance(freed, bool) or not isinstance(freed, int)
-                                  or freed < 0):
-            raise ProtocolError(f"freed {freed!r}: bytes, an integer >= 0")
+                                  or not 0 <= freed <= BYTES_MAX):
+            raise ProtocolError(f"freed {_shown(freed)}: bytes, an integer from 0 to "
+                                f"{BYTES_MAX}")
         return Reply(notice, status, freed)
     if op == "unregister":
         return Unregister(_cgroup(message))

@@ -440,7 +440,12 @@ class NoticeServer(_UnixServer):
                     break
                 try:
                     self._handle(client, parse_request(line))
-                except (ProtocolError, Refused, CgoomError) as exc:
+                except Exception as exc:  # whatever a client sends: an answer, never a crash
+                    if not isinstance(exc, ProtocolError | Refused | CgoomError):
+                        log.debug("cgoom notices: a message from uid %d failed", client.peer.uid,
+                                  exc_info=True)
+                        exc = ProtocolError(f"the message could not be handled: "
+                                            f"{type(exc).__name__}")
                     self._bad += isinstance(exc, ProtocolError)
                     errors += 1
                     client.send(encode("error", to=_op_of(line), error=str(exc)))
@@ -450,6 +455,9 @@ class NoticeServer(_UnixServer):
                                            "connection closed"))
                         client.close("sent too many bad messages")
                         break
+                # Each message gives the loop a turn: buffered lines are read without one, and
+                # an OOM event must not wait for a client's backlog.
+                await asyncio.sleep(0)
                 # The rate limit: a token per message, max_rate a second.
                 now = time.monotonic()
                 budget = min(self.max_rate, budget + (now - refilled) * self.max_rate) - 1

@@ -1,0 +1,92 @@
+"""A hostile tenant on the real kernel (issue 19, item 1): it flips its hog between its own
+delegated cgroups in a tight loop, so that the victim the engine decided on keeps slipping
+away between the decision and the kill. The engine must never turn that into "kill the next
+one on the list": batch (priority 10) and db (priority 100) live while the hog does, in
+every incident."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import cgoom
+
+from .conftest import holding_hog, python_cmd
+from .test_handler_real import GROW
+
+Spawn = Callable[[cgoom.Cgroup, str], Any]
+M = 1 << 20
+ROUNDS = 3
+
+
+def flipper(pid: int, a: cgoom.Cgroup, b: cgoom.Cgroup) -> subprocess.Popen[bytes]:
+    """Moves ``pid`` from ``a`` to ``b`` and back as fast as a shell can write (thousands of
+    times a second), from outside the domain, until killed."""
+    script = (f"while :; do echo {pid} > {a.dir}/cgroup.procs; "
+              f"echo {pid} > {b.dir}/cgroup.procs; done")
+    return subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+async def test_a_hog_flipped_between_its_own_cgroups_never_costs_a_neighbour(
+        box: cgoom.Cgroup, spawn: Spawn, capsys: pytest.CaptureFixture[str]) -> None:
+    parent = box.create_child("inv")
+    parent.enable_controllers("memory", "pids")
+    tenant = parent.create_child("tenant")
+    tenant.set_priority(0)
+    tenant.enable_controllers("memory", "pids")
+    a, b = tenant.create_child("a"), tenant.create_child("b")
+    batch, db = parent.create_child("batch"), parent.create_child("db")
+    batch.set_priority(10)
+    db.set_priority(100)
+    for unit in (batch, db):
+        unit.set_memory_oom_group(True)
+    parent.set_memory_max("300M")
+    parent.set_memory_high("270M")
+    parent.set_memory_swap_max(0)
+    batch_proc, db_proc = spawn(batch, holding_hog(50)), spawn(db, holding_hog(60))
+    deadline = time.monotonic() + 60
+    while batch.memory_current() < 45 * M or db.memory_current() < 55 * M:
+        assert time.monotonic() < deadline, "batch and db to hold their memory"
+        await asyncio.sleep(0.1)
+    rule = cgoom.Rule("tenant", parent.path, on="high", cooldown=0.5, confirm_timeout=20)
+    records: list[cgoom.IncidentRecord] = []
+    figures = []
+    async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        handler.add_listener(lambda r: records.append(r)
+                             if isinstance(r, cgoom.IncidentRecord) else None)
+        for round_ in range(ROUNDS):
+            hog = spawn(a, "exec " + python_cmd(GROW))
+            flips = flipper(hog.pid, a, b)
+            started = time.monotonic()
+            try:
+                while hog.proc.poll() is None:
+                    assert time.monotonic() - started < 120, "the hog to be killed"
+                    # While the hog lives, nobody else dies.
+                    assert batch_proc.proc.poll() is None and db_proc.proc.poll() is None
+                    await asyncio.sleep(0.02)
+            finally:
+                flips.kill()
+                flips.wait(10)
+            figures.append(f"round {round_ + 1}: hog gone after "
+                           f"{time.monotonic() - started:.1f} s")
+            assert hog.proc.returncode == -9
+            assert batch_proc.proc.poll() is None and db_proc.proc.poll() is None
+            await asyncio.sleep(rule.cooldown)
+    acted = [x for r in records for x in r.actions if x.ok]
+    stale = [x for r in records for x in r.actions if x.stale]
+    assert acted, [r.explain() for r in records]
+    assert all(x.cgroup in (a.path, b.path) for x in acted), [r.explain() for r in records]
+    assert batch.cgroup_procs() and db.cgroup_procs()
+    kernel = parent.memory_events().oom_kill
+    where = ", ".join(sorted({x.cgroup for x in acted}))
+    with capsys.disabled():
+        print(f"\n[figures] flipping tenant: {ROUNDS} hogs, {len(records)} incident(s), "
+              f"{len(acted)} kill(s), all in the tenant ({where}); "
+              f"{len(stale)} victim(s) slipped away and were decided afresh; batch and db "
+              f"alive throughout; kernel oom_kill {kernel}; " + "; ".join(figures))
