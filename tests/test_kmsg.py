@@ -44,6 +44,25 @@ def test_names_crafted_like_the_separators() -> None:
     kill = parser.feed(killed, 2, 1.0)
     assert kill is not None and kill.pid == 246 and kill.task == "a) total-vm:1kB"
     assert kill.anon_rss == 50904 << 10
+    assert kill.ambiguous and kill.task_memcg is None  # the names held separators
+
+
+def test_a_cgroup_named_like_a_separator_is_not_taken_at_its_word() -> None:
+    """issue 19: a tenant's cgroup named 'a,task_memcg=/system.slice/db.service' made the
+    kernel's kill in /t/a read as "kernel OOM kill in /system.slice/db.service". The summary
+    is ambiguous: no cgroup is named from it (memory.events says where it happened)."""
+    summary = SUMMARY.replace("task_memcg=/t/db",
+                              "task_memcg=/t/a,task_memcg=/system.slice/db.service")
+    parser = OomKillParser()
+    parser.feed(summary, 1, 1.0)
+    kill = parser.feed(KILLED, 2, 1.0)
+    assert kill is not None and kill.pid == 246 and kill.ambiguous
+    assert kill.task_memcg is None and kill.oom_memcg is None
+    assert "db.service" not in str(kill)
+    plain = OomKillParser()
+    plain.feed(SUMMARY, 1, 1.0)
+    clean = plain.feed(KILLED, 2, 1.0)
+    assert clean is not None and not clean.ambiguous and clean.task_memcg == "/t/db"
 
 
 def test_records() -> None:

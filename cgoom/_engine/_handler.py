@@ -393,7 +393,11 @@ class Handler:
         self._counts["kernel_kills"] += 1
         log.warning("cgoom: %s", kill)
         for domain, window in self._windows.items():
-            if kill.task_memcg is None or inside(kill.task_memcg, domain):
+            # The log names the cgroup only as a hint (a tenant can name its cgroup like
+            # the log's separators); without a name, only a domain whose own memory.events
+            # counted an oom_kill meanwhile takes it.
+            if (inside(kill.task_memcg, domain) if kill.task_memcg is not None
+                    else window.oom_kill > 0):
                 window.kills.append(kill)
         self._deliver(kill)
 

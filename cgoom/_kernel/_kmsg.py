@@ -69,6 +69,11 @@ class KernelOomKill:
     kernel_usec: int = 0
     #: ``time.monotonic()`` when cgoom read it.
     time: float = 0.0
+    #: The summary line could not be read one way only: a cgroup or task name held one of
+    #: its own separators (a tenant can name its cgroup ``a,task_memcg=/system.slice/db``).
+    #: ``oom_memcg`` and ``task_memcg`` are then ``None``, never a guess; the memory.events
+    #: ``oom_kill`` counters of the cgroups cgoom watches say where it happened.
+    ambiguous: bool = False
 
     def explain(self) -> str:
         return str(self)
@@ -112,13 +117,25 @@ class OomKillParser:
             return None
         pid = int(killed["pid"])
         s = self._summaries.pop(pid, None)
+        # The kernel prints "...,oom_memcg=%s,task_memcg=%s,task=%s,pid=%d,uid=%d" with the
+        # cgroup paths and the task's name unescaped (mm/memcontrol.c
+        # mem_cgroup_print_oom_context, mm/oom_kill.c dump_oom_summary): a name holding a
+        # separator makes the split a guess, and the guess is the tenant's to steer.
+        ambiguous = s is not None and any(
+            s.string.count(sep) != 1 for sep in (",oom_memcg=", ",task_memcg=", ",task="))
+        if ambiguous:
+            log.warning("cgoom: a kernel OOM kill's summary names its cgroups ambiguously "
+                        "(a cgroup or task name holds a separator): not attributed from "
+                        "the log: %r", s.string[:300])  # type: ignore[union-attr]
+        known = s is not None and not ambiguous
         return KernelOomKill(
             pid=pid, task=killed["task"], reason=killed["why"],
             anon_rss=int(killed["anon"]) << 10, file_rss=int(killed["file"]) << 10,
             shmem_rss=int(killed["shmem"]) << 10, oom_score_adj=int(killed["adj"]),
             uid=int(killed["uid"]), constraint=None if s is None else s["constraint"],
-            oom_memcg=None if s is None else s["oom_memcg"],
-            task_memcg=None if s is None else s["task_memcg"], kernel_usec=usec, time=now)
+            oom_memcg=s["oom_memcg"] if known else None,  # type: ignore[index]
+            task_memcg=s["task_memcg"] if known else None,  # type: ignore[index]
+            kernel_usec=usec, time=now, ambiguous=ambiguous)
 
 
 class KmsgReader:
