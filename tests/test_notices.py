@@ -12,6 +12,7 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -672,3 +673,28 @@ async def test_an_oom_event_during_a_large_fan_out_does_not_wait_for_all_of_it(
     killed_at = record.timings.notified + record.timings.kill_ms / 1000
     assert killed_at < told[-1], "the kill waited for the whole fan-out"
     assert sum(at < killed_at for at in told) < 3000
+
+
+async def test_the_socket_s_mode_is_never_set_through_a_planted_symlink(
+        domain: FakeCgroupTree, tmp_path: Path) -> None:
+    """issue 19: a symlink planted at the socket's path between bind and chmod made root's
+    0600 file 0666 (chmod follows links). The mode goes on the socket itself, or nowhere;
+    and a directory others can write is refused outright."""
+    from cgoom._notices._server import _chmod_socket
+
+    secret = tmp_path / "secret"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    planted = tmp_path / "n.sock"
+    planted.symlink_to(secret)
+    with pytest.raises(cgoom.CgoomError, match="no longer the socket cgoom made"):
+        _chmod_socket(str(planted), 0o666)
+    assert secret.stat().st_mode & 0o777 == 0o600
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    async with handler_for(domain) as handler:
+        with pytest.raises(cgoom.CgoomError, match=r"its directory .* can be written by others"):
+            async with cgoom.open_notice_server(handler, str(shared / "n.sock")):
+                pass
+    assert not (shared / "n.sock").exists()

@@ -288,12 +288,13 @@ class _UnixServer:
         self._refusals_said = (0, -_REFUSAL_LOG_INTERVAL)  # (count, when) at the last log
 
     async def start(self) -> None:
+        _check_directory(self.path)
         _remove_stale(self.path)
         # A backlog as large as the kernel allows (net.core.somaxconn caps it): clients
         # that all connect at once, at boot or after a restart, are not refused.
         self._server = await asyncio.start_unix_server(self._serve, self.path,
                                                        limit=self._limit, backlog=BACKLOG)
-        os.chmod(self.path, self.mode)
+        _chmod_socket(self.path, self.mode)
         room = fd_room()
         if room < self.max_clients:
             log.warning("cgoom: %s: at most %d clients, not %d: the file descriptor limit is "
@@ -551,6 +552,38 @@ def _op_of(line: bytes) -> str | None:
         op = json.loads(line).get("op")
         return op if isinstance(op, str) else None
     return None
+
+
+def _check_directory(path: str) -> None:
+    """Refuse to make a socket in a directory others can write: they could swap what is at
+    the path between the bind and anything done to it after (a symlink planted there made
+    root's chmod hit another file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        raise CgoomError(f"cannot make the socket {path}: {directory}: {exc.strerror}",
+                         path=directory) from exc
+    if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
+        raise CgoomError(f"will not make the socket {path}: its directory {directory} "
+                         f"(mode {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid}) can be "
+                         "written by others; use a directory only root (or cgoom's user) "
+                         "can write, such as RuntimeDirectory=cgoom (/run/cgoom)",
+                         path=directory)
+
+
+def _chmod_socket(path: str, mode: int) -> None:
+    """The socket's mode, set on the socket just bound, never on whatever the path names now:
+    opened without following a symlink (``O_PATH | O_NOFOLLOW``), checked to be a socket, and
+    changed through its descriptor (``/proc/self/fd``; ``chmod`` on a path follows links)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise CgoomError(f"{path} is no longer the socket cgoom made: not changing its "
+                             "mode", path=path)
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
 
 
 def _remove_stale(path: str) -> None:
