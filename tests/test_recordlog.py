@@ -63,6 +63,24 @@ def test_rotation_is_followed(tmp_path: Path) -> None:
     assert len(path.read_text().splitlines()) == 2
 
 
+def test_never_written_through_a_symlink(tmp_path: Path) -> None:
+    """issue 19: root appended records to whatever a symlink at the record log's path named
+    (re-followed on every append): opened O_NOFOLLOW, a regular file of cgoom's own user."""
+    target = tmp_path / "ld.so.preload"
+    target.write_text("")
+    path = tmp_path / "records.jsonl"
+    log = cgoom.RecordLog(str(path))
+    log.write(KILL)
+    os.rename(path, tmp_path / "records.jsonl.1")
+    path.symlink_to(target)  # planted where logrotate's new file would be
+    with pytest.raises(OSError, match="a symlink: the record log is never written"):
+        log.write(KILL)
+    with pytest.raises(OSError, match="a symlink"):
+        log.reopen()
+    log.close()
+    assert target.read_text() == ""
+
+
 def test_a_bad_line_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "records.jsonl"
     path.write_text('{"pid": 1}\n\nnot json\n')

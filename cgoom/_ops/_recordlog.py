@@ -10,9 +10,11 @@ read back without a change here.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import stat
 import sys
 import threading
 import types
@@ -109,9 +111,23 @@ class RecordLog:
         self._lock = threading.RLock()
 
     def _open(self) -> IO[str]:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        file = os.fdopen(fd, "a", encoding="utf-8")
+        # Never through a symlink (cgoom runs as root: one planted at the path would have it
+        # append to /etc/ld.so.preload), and only to a regular file of cgoom's own user.
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o640)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(exc.errno, "a symlink: the record log is never written "
+                              "through one", self.path) from None
+            raise
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise OSError(errno.EPERM, f"not a regular file of uid {os.geteuid()} (uid "
+                          f"{st.st_uid}, mode {st.st_mode:o}): the record log is not "
+                          "written there", self.path)
+        file = os.fdopen(fd, "a", encoding="utf-8")
         self._file, self._identity = file, (st.st_dev, st.st_ino)
         return file
 
@@ -126,7 +142,7 @@ class RecordLog:
         with self._lock:
             file = self._file
             try:
-                st = os.stat(self.path)
+                st = os.lstat(self.path)
                 moved = (st.st_dev, st.st_ino) != self._identity
             except FileNotFoundError:
                 moved = True
