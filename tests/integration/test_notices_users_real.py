@@ -17,9 +17,21 @@ import cgoom
 from cgoom import client as notices
 from cgoom.testing import FakeCgroupTree, until
 
-from ..test_notices import domain, handler_for
+from ..test_notices import handler_for
 
-__all__ = ["domain"]  # a fixture, used by name
+M = 1 << 20
+
+
+@pytest.fixture
+def domain(tree: FakeCgroupTree) -> FakeCgroupTree:
+    """/t with db, web and batch, on the fake tree (no priorities: the VM's /tmp, tmpfs on
+    6.1, keeps no user xattrs, and these tests rank nothing)."""
+    for name, pid, usage in (("db", 100, 140), ("web", 200, 40), ("batch", 300, 90)):
+        tree.add(f"t/{name}", procs=[pid], memory_current=usage * M)
+        tree.add_process(pid, name=name, rss=usage * M)
+    tree.hierarchy.cgroup("t").set_memory_max(300 * M)
+    tree.set("t", "memory.current", f"{270 * M}\n")
+    return tree
 
 
 def as_user(uid: int, work: Callable[[], bytes]) -> bytes:
