@@ -157,3 +157,22 @@ async def test_each_policy_is_loaded_once(tree: FakeCgroupTree, tmp_path: Path) 
     assert handler.reconfigure(fresh.rules, policies=fresh.policies) == [
         "rule 'r': policy changed"]
     assert handler.policies["r"] is fresh.policies["r"]
+
+
+def test_files_others_can_write_are_refused(tmp_path: Path) -> None:
+    """issue 19: a drop-in another user wrote into a world-writable cgoom.toml.d was loaded
+    silently (its record log pointing at /etc/ld.so.preload, its priorities at the
+    maximum). As sshd and sudo do, cgoom refuses what others can write."""
+    path = write(tmp_path / "cgoom.toml", '[[rule]]\nname = "r"\ndomain = "t"\n')
+    drop_ins = tmp_path / "cgoom.toml.d"
+    drop_ins.mkdir()
+    write(drop_ins / "50-evil.toml", '[handler]\nrecords = "/etc/ld.so.preload"\n')
+    drop_ins.chmod(0o1777)
+    with pytest.raises(ConfigError, match=r"cgoom.toml.d: can be written by others \(uid \d+, "
+                       r"mode 1777\)"):
+        load_config(path)
+    drop_ins.chmod(0o755)
+    assert load_config(path).handler.records == "/etc/ld.so.preload"  # root's own choice
+    Path(path).chmod(0o664)
+    with pytest.raises(ConfigError, match=r"cgoom.toml: can be written by others"):
+        load_config(path)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -206,9 +207,22 @@ def _error(source: _Source, where: str, message: str, *, key: str | None = None,
     return ConfigError(f"{at}: {where}: {message}", path=source.path)
 
 
+def _trusted(path: str, st: os.stat_result) -> None:
+    """Refuse a configuration file or drop-in directory that someone other than root or
+    cgoom's own user can write, as sshd and sudo do: cgoom runs as root, and the file says
+    what it kills, what it protects and where it writes (a drop-in in a world-writable
+    directory could point the record log at /etc/ld.so.preload)."""
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        raise ConfigError(f"{path}: can be written by others (uid {st.st_uid}, mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}): cgoom takes no configuration "
+                          f"from it; make it root's and not group- or world-writable "
+                          "(chown root; chmod go-w)", path=path)
+
+
 def _read(path: str) -> tuple[_Source, dict[str, Any]]:
     try:
         with open(path, "rb") as f:
+            _trusted(path, os.fstat(f.fileno()))
             raw = f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}",
@@ -236,6 +250,7 @@ def _read(path: str) -> tuple[_Source, dict[str, Any]]:
 def _drop_ins(path: str) -> list[str]:
     directory = path + ".d"
     try:
+        _trusted(directory, os.stat(directory))
         names = sorted(n for n in os.listdir(directory) if n.endswith(".toml"))
     except FileNotFoundError:
         return []
