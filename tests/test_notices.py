@@ -589,6 +589,20 @@ async def test_a_killable_declaration_does_not_pass_to_a_cgroup_made_again(
     assert decision.first is not None and decision.first.cgroup == "/t/batch"
 
 
+async def test_a_killable_declaration_does_not_pass_to_a_new_owner(
+        domain: FakeCgroupTree) -> None:
+    """issue 19: a declaration stayed on a cgroup after it was handed to another user
+    (ownership was checked only when declared), and killable-first then killed the new
+    owner's cgroup first. The declaration holds for the owner who made it."""
+    async with handler_for(domain, first_chance=None) as handler:
+        handler.declare_killable("t/web")
+        first = (await handler.rank("t")).first
+        assert first is not None and first.cgroup == "/t/web"
+        domain.chown("t/web", 65534)  # delegated to another user since
+        decision = await handler.rank("t")
+    assert decision.first is not None and decision.first.cgroup == "/t/batch"
+
+
 async def test_clients_never_take_the_file_descriptors_the_engine_needs(
         domain: FakeCgroupTree, sock_path: str, caplog: pytest.LogCaptureFixture) -> None:
     # Under systemd's default soft limit (1024) a user opening ~1,000 connections left cgoom

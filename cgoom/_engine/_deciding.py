@@ -20,7 +20,7 @@ from .._decide._plugins import adecide, decide
 from .._decide._policy import Decision, Policy, PriorityPolicy
 from .._decide._snapshot import Snapshotter, policy_fields
 from .._kernel._clock import Clock
-from ._notifier import with_declared
+from ._notifier import Declared, with_declared
 from ._rules import Rule
 
 #: Domains of at most this many cgroups are snapshotted on the loop's thread (about 0.1 ms a
@@ -48,7 +48,7 @@ class Deciding:
     ``declared``: the declarations now (a copy, for a walk over several loop turns)."""
 
     def __init__(self, snapshotter: Snapshotter, clock: Clock, *, mark: Mark,
-                 declared: Callable[[], Collection[tuple[str, int]]],
+                 declared: Callable[[], Collection[Declared]],
                  own_cgroup: str) -> None:
         self.snapshotter = snapshotter
         self.clock = clock

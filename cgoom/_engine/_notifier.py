@@ -50,6 +50,8 @@ SETTLE_EVERY = 1.0
 FIRST_CHANCE_EVERY = 0.05
 
 Numbers = tuple[int | None, int | None, int]
+#: A declaration of background-killable work: the cgroup's path, inode and owner's uid.
+Declared = tuple[str, int, int]
 
 
 class Notifier:
@@ -66,9 +68,10 @@ class Notifier:
         #: that look for its recovery while it is raised.
         self._levels: dict[str, Levels] = {}
         self._settling: dict[str, Timer] = {}
-        #: Cgroups declared background-killable by their workloads, with a count per
-        #: declaration (a client that goes takes its declarations with it).
-        self._killable: collections.Counter[tuple[str, int]] = collections.Counter()
+        #: Cgroups declared background-killable by their workloads, as (path, inode, owner
+        #: uid when declared), with a count per declaration (a client that goes takes its
+        #: declarations with it).
+        self._killable: collections.Counter[Declared] = collections.Counter()
         #: Level notices in flight (their handlers are cut off after ``interval``).
         self._telling: set[asyncio.Future[Answer | None]] = set()
         #: First-chance handlers cut off at their deadline, left to finish on their own.
@@ -88,14 +91,15 @@ class Notifier:
         """See :meth:`cgoom.Handler.declare_killable`."""
         path = normalize_path(cgroup)
         # Bound to this cgroup, not to its name: one removed and made again under the same
-        # path is another workload, which declared nothing.
+        # path is another workload, which declared nothing. And to its owner: one handed to
+        # another user (chown, a new delegation) is that user's, who declared nothing.
         directory = self.hierarchy.cgroup(path).dir
         try:
-            inode = self.hierarchy.fs.stat(directory).st_ino
+            st = self.hierarchy.fs.stat(directory)
         except OSError as exc:
             raise CgroupGone(f"cannot declare {path} background-killable: {exc.strerror}",
                              path=directory) from exc
-        key = (path, inode)
+        key = (path, st.st_ino, st.st_uid)
         self._killable[key] += 1
         done = False
 
@@ -109,7 +113,7 @@ class Notifier:
 
         return clear
 
-    def declared(self) -> frozenset[tuple[str, int]]:
+    def declared(self) -> frozenset[Declared]:
         """The declarations now, as a copy: a walk that lets the loop run between slices
         must not see two versions of them."""
         return frozenset(self._killable)
@@ -350,10 +354,10 @@ class Notifier:
             telling.cancel()
 
 
-def with_declared(s: CgroupSnapshot, declared: Collection[tuple[str, int | None]],
-                  ) -> CgroupSnapshot:
-    """``s`` marked background-killable if its cgroup (path and inode) was declared so."""
-    if not s.killable and (s.path, s.inode) in declared:
+def with_declared(s: CgroupSnapshot, declared: Collection[Declared]) -> CgroupSnapshot:
+    """``s`` marked background-killable if its cgroup was declared so: the same cgroup
+    (path and inode) with the same owner as when declared, read now in the snapshot."""
+    if not s.killable and (s.path, s.inode, s.owner) in declared:
         return attrs.evolve(s, killable=True)
     return s
 
