@@ -510,6 +510,24 @@ async def test_a_pressure_watcher_outside_every_domain_is_turned_away(
         cgoom.PressureSocket(handler, sock_path, level="urgent")
 
 
+async def test_refused_pressure_watchers_cannot_flood_the_log(
+        domain: FakeCgroupTree, sock_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """issue 19: one uid's connect+close loop made ~4,500 log lines a second, past journald's
+    per-service limit within 2 s, after which cgoom's own incident lines were dropped. A
+    line a client can cause is said once per interval, with the count since."""
+    caplog.set_level("INFO", "cgoom")
+    async with handler_for(domain) as handler, \
+            cgoom.open_pressure_socket(handler, sock_path):
+        domain.add_process(os.getpid(), name="me")  # in / : no rule's domain
+        for _ in range(200):
+            reader, writer = await asyncio.open_unix_connection(sock_path)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+    lines = [r.getMessage() for r in caplog.records if "watcher was turned away" in
+             r.getMessage()]
+    assert len(lines) == 1 and "(1 since the last time said)" in lines[0], lines
+
+
 def test_a_notice_line_is_what_encode_would_write() -> None:
     import json
 

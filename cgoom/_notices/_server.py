@@ -285,7 +285,9 @@ class _UnixServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, int] = {}  # connections by uid
         self._refused = 0
-        self._refusals_said = (0, -_REFUSAL_LOG_INTERVAL)  # (count, when) at the last log
+        #: Every log line a client can cause goes through a throttle (journald's default
+        #: per-service limit, 10,000 lines in 30 s, would otherwise drop cgoom's own).
+        self._said = Throttle(_REFUSAL_LOG_INTERVAL)
 
     async def start(self) -> None:
         _check_directory(self.path)
@@ -328,12 +330,10 @@ class _UnixServer:
 
     def _turned_away(self, why: str) -> None:
         self._refused += 1
-        count, when = self._refusals_said
-        now = time.monotonic()
-        if now - when >= _REFUSAL_LOG_INTERVAL:
+        said = self._said.due()
+        if said is not None:
             log.warning("cgoom: %s: a client was turned away (%d since the last time said): "
-                        "%s", self.path, self._refused - count, why)
-            self._refusals_said = (self._refused, now)
+                        "%s", self.path, said, why)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      ) -> None:
@@ -554,6 +554,25 @@ def _op_of(line: bytes) -> str | None:
     return None
 
 
+class Throttle:
+    """At most one log line per ``interval`` seconds for something clients can cause: each
+    :meth:`due` counts one occurrence and returns how many there were since the last line
+    said (this one included) when a line is due now, else ``None``."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._count = 0
+        self._said_at = -interval
+
+    def due(self) -> int | None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._said_at < self.interval:
+            return None
+        count, self._count, self._said_at = self._count, 0, now
+        return count
+
+
 def _check_directory(path: str) -> None:
     """Refuse to make a socket in a directory others can write: they could swap what is at
     the path between the bind and anything done to it after (a symlink planted there made
@@ -661,7 +680,10 @@ class PressureSocket(_UnixServer):
         try:
             path = authorize(self.handler.hierarchy, peer, None, domains)
         except (Refused, OSError) as exc:
-            log.info("cgoom: a memory pressure watcher was turned away: %s", exc)
+            said = self._said.due()
+            if said is not None:
+                log.info("cgoom: a memory pressure watcher was turned away (%d since the last "
+                         "time said): %s", said, exc)
             return
         levels = LEVELS[LEVELS.index(self.level):]
 
