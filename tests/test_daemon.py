@@ -264,3 +264,55 @@ async def test_the_daemon_serves_notices_and_pressure(
     assert raised == hard
     if hard > 1024:
         assert f"file descriptor limit raised from 1024 to {hard}" in caplog.text
+
+
+async def test_a_slow_reload_never_stalls_the_loop(tree: FakeCgroupTree, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """issue 19: SIGHUP loaded the configuration (and so its policies' plugin factories) on
+    the event loop: a factory taking 4 s stalled it 4 s. Now in a thread, with a deadline
+    past which the running configuration is kept."""
+    import time
+
+    import cgoom._ops._daemon as daemon_module
+
+    tree.add("t/batch", procs=[300], memory_current=100 * M)
+    config = tmp_path / "cgoom.toml"
+    config.write_text('[handler]\nown_cgroup = "/"\nkmsg = false\nproc_events = false\n'
+                      '[[rule]]\nname = "t"\ndomain = "t"\n')
+    loads = 0
+    real = daemon_module.load_config
+
+    def slow(path: str) -> object:
+        nonlocal loads
+        loads += 1
+        if loads > 1:
+            time.sleep(1.0)  # a plugin factory that takes its time, on reload
+        return real(path)
+
+    monkeypatch.setattr(daemon_module, "load_config", slow)
+    monkeypatch.setattr(daemon_module, "RELOAD_DEADLINE", 0.4)
+    caplog.set_level("INFO", "cgoom")
+    daemon = asyncio.get_running_loop().create_task(
+        run(str(config), dry_run=True, hierarchy=tree.hierarchy))
+    try:
+        for _ in range(500):
+            if "running 1 rule(s)" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+        send(daemon, signal.SIGHUP)
+        longest, last = 0.0, time.monotonic()
+        for _ in range(80):  # 0.8 s of 10 ms ticks while the reload loads
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            longest, last = max(longest, now - last), now
+        for _ in range(500):
+            if "took more than 0.4 s" in caplog.text:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        assert await stop(daemon) == 0
+    assert loads == 2
+    assert longest < 0.5, f"the loop stalled {longest:.2f} s during the reload"
+    assert "reload: loading the configuration took more than 0.4 s" in caplog.text
+    assert "the running one is kept" in caplog.text

@@ -38,6 +38,10 @@ from ._sdnotify import notify, reloading, watchdog_interval
 
 log = logging.getLogger("cgoom")
 
+#: How long a reload may take to load the file (its policies' plugin factories run then);
+#: past it the running configuration is kept, and said.
+RELOAD_DEADLINE = 30.0
+
 
 async def run(config_path: str, *, dry_run: bool = False,
               hierarchy: Hierarchy | None = None, clock: Clock = SYSTEM) -> int:
@@ -74,6 +78,8 @@ class _Daemon:
                                notice_interval=config.notices.interval, clock=clock,
                                policies=config.policies)
         self.stall: StallWatchdog | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
         # stderr is the journal: each record also goes there with its fields.
         self.journal = _journal.Journal(_journal.JOURNAL_SOCKET) \
             if _journal.stderr_is_journal() else None
@@ -138,10 +144,11 @@ class _Daemon:
                 if self.stall is not None:
                     await self.stall.close()
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watchdog
+            for task in (watchdog, self._reloading):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             if self.metrics is not None:
@@ -195,8 +202,19 @@ class _Daemon:
         self.on_record(record)
 
     def reload(self) -> None:
-        """SIGHUP: reopen the record log, load the file again and apply it, or keep the
-        running configuration and say why."""
+        """SIGHUP: reload in a task of its own (a SIGHUP while one runs asks for another
+        after it); the running configuration keeps deciding meanwhile."""
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        """Reopen the record log, load the file again and apply it, or keep the running
+        configuration and say why. The file is loaded in a thread, within
+        :data:`RELOAD_DEADLINE`: loading runs the policies' plugin factories, and one that
+        took 4 s, run on the loop, stalled it 4 s (an OOM decision waited, WATCHDOG=1
+        stopped)."""
         notify(*reloading())
         if self.records is not None:
             try:
@@ -205,8 +223,14 @@ class _Daemon:
                 log.error("cgoom: cannot reopen the record log %s: %s", self.records.path,
                           exc)
         try:
-            fresh = load_config(self.path)
+            fresh = await asyncio.wait_for(asyncio.to_thread(load_config, self.path),
+                                           RELOAD_DEADLINE)
             changes = self._apply(fresh)
+        except TimeoutError:
+            log.error("cgoom: reload: loading the configuration took more than %g s (a "
+                      "policy plugin that hangs?); the running one is kept", RELOAD_DEADLINE)
+            if self.metrics is not None:
+                self.metrics.reloaded(False)
         except CgoomError as exc:
             what = ("cannot be used" if isinstance(exc, ConfigError)
                     else "was not applied")
@@ -224,6 +248,9 @@ class _Daemon:
             if self.metrics is not None:
                 self.metrics.reloaded(True)
         notify("READY=1", f"STATUS={self._status()}")
+        if self._reload_again:
+            self._reload_again = False
+            self._reloading = asyncio.get_running_loop().create_task(self._reload())
 
     def _apply(self, fresh: Config) -> list[str]:
         """Apply ``fresh`` to the running daemon, all or nothing."""
