@@ -316,3 +316,28 @@ async def test_a_slow_reload_never_stalls_the_loop(tree: FakeCgroupTree, tmp_pat
     assert longest < 0.5, f"the loop stalled {longest:.2f} s during the reload"
     assert "reload: loading the configuration took more than 0.4 s" in caplog.text
     assert "the running one is kept" in caplog.text
+
+
+async def test_idle_scrapers_hold_no_thread_and_are_bounded() -> None:
+    """issue 19: prometheus_client's server started a thread per connection with no
+    timeout: 300 idle connections held 301 threads (and systemd's TasksMax would then refuse
+    the engine's). Served from the loop: no thread, at most MAX_CONNECTIONS at once."""
+    import threading
+
+    from cgoom._ops import _metrics
+    from cgoom.testing import until
+
+    metrics = _metrics.Metrics()
+    await metrics.astart("127.0.0.1", 0)
+    port = metrics.port
+    assert port is not None
+    threads = threading.active_count()
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+    await until(lambda: metrics.turned_away == 40 - _metrics.MAX_CONNECTIONS,
+                what="the connections past the bound to be turned away")
+    assert threading.active_count() == threads
+    for _, writer in idle:
+        writer.close()
+    text = await scrape(port)
+    assert "cgoom_incidents_total" in text or "# HELP cgoom_incidents" in text
+    await metrics.aclose()

@@ -113,7 +113,7 @@ class _Daemon:
                 if self.metrics is not None:
                     assert self.config.metrics is not None
                     m = self.config.metrics
-                    self.metrics.start(m.address, m.port)
+                    await self.metrics.astart(m.address, m.port)
                     log.info("cgoom: metrics on http://%s:%d/metrics", m.address, m.port)
                 timeout = self.config.handler.stall_timeout
                 if timeout is not None:
@@ -152,7 +152,7 @@ class _Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             if self.metrics is not None:
-                self.metrics.close()
+                await self.metrics.aclose()
             if self.records is not None:
                 self.records.close()
             if self.journal is not None:
