@@ -468,3 +468,26 @@ class TestASlippedVictim:
         assert f"after {fresh} fresh decision(s): left to the next incident" in \
             record.decision.notes[-1]
 
+
+
+def test_a_whole_kill_asks_the_kernel_whether_the_cgroup_is_empty(
+        tree: FakeCgroupTree) -> None:
+    """The listing of a subtree's cgroup.procs reads one cgroup after another: a process
+    moving between them is in none of the lists. "No process any more" (stale) is the
+    kernel's populated 0, not an empty listing."""
+    import os
+
+    from cgoom._engine._actions import kill_cgroup
+
+    tree.add("t/tenant/a", procs=[300])
+    tree.add_process(300, rss=10 * M)
+    tenant = tree.cgroup("t/tenant")
+    victim = cgoom.Victim("/t/tenant", 0.0, "test", True,
+                          cgroup_id=os.stat(tenant.dir).st_ino)
+    tree.set("t/tenant/a", "cgroup.procs", "")  # listed nowhere, yet populated 1
+    result, handles = kill_cgroup(tree.hierarchy, victim)
+    assert (result.ok, result.stale, handles) == (True, False, []), result
+    assert not tenant.cgroup_events().populated  # killed: empty for real now
+    result, _ = kill_cgroup(tree.hierarchy, victim)
+    assert (result.ok, result.stale) == (False, True), result
+    assert "has no process any more" in result.detail

@@ -43,6 +43,45 @@ JOBS = tree(
 )
 
 
+#: issue 19: a tenant (priority 0) flips its hog between its own cgroups a and b while they
+#: are read: the hog is in neither list, its memory charged to a. The kernel's own flag says
+#: the tenant is populated.
+FLIPPED = tree(
+    S("/w", usage=400 * M, populated=True),
+    S("/w/tenant", usage=300 * M, populated=True, priority=0),
+    S("/w/tenant/a", usage=300 * M, populated=False),
+    S("/w/tenant/b", usage=0, populated=False),
+    group("/w/batch", 60 * M, priority=10, pids=(500,)),
+    group("/w/db", 40 * M, priority=100, pids=(600,)),
+)
+
+
+class TestASubtreeWhoseProcessesMoved:
+    def test_it_dies_whole_before_any_higher_priority_sibling(self) -> None:
+        d = cgoom.PriorityPolicy()(Incident("/w"), FLIPPED)
+        assert victims(d)[0] == "/w/tenant", d
+        assert d.first is not None and d.first.whole
+        assert "killed whole with its subtree" in d.first.reason
+        assert victims(d)[1:] == ["/w/batch", "/w/db"]
+
+    def test_not_when_something_in_it_may_not_die(self) -> None:
+        omitted = {**FLIPPED, "/w/tenant/b": S("/w/tenant/b", usage=0, populated=False,
+                                                 preference="omit")}
+        assert victims(cgoom.PriorityPolicy()(Incident("/w"), omitted))[0] == "/w/batch"
+        protected = Incident.create("/w", own_cgroup="/w/tenant/b")
+        assert victims(cgoom.PriorityPolicy()(protected, FLIPPED))[0] == "/w/batch"
+
+    def test_not_when_it_is_empty_or_holds_nothing(self) -> None:
+        empty = {**FLIPPED, "/w/tenant": attrs.evolve(FLIPPED["/w/tenant"], populated=False)}
+        assert victims(cgoom.PriorityPolicy()(Incident("/w"), empty))[0] == "/w/batch"
+        nothing = {**FLIPPED, "/w/tenant": attrs.evolve(FLIPPED["/w/tenant"], usage=0)}
+        assert victims(cgoom.PriorityPolicy()(Incident("/w"), nothing))[0] == "/w/batch"
+
+    def test_one_process_policies_pass_it_over(self) -> None:
+        d = cgoom.PriorityPolicy(whole=False)(Incident("/w"), FLIPPED)
+        assert "/w/tenant" not in victims(d)
+
+
 class TestPriority:
     def test_lowest_priority_first_ties_to_largest(self) -> None:
         d = cgoom.PriorityPolicy()(Incident("/jobs"), JOBS)

@@ -123,7 +123,9 @@ async def test_a_ranking_gone_stale_is_not_acted_on(inversion: FakeCgroupTree) -
     """At start batch is empty, so the ranking names web; by the stall batch has a process
     and the trigger holds: the thread decides afresh and kills batch, not web (found on the
     real kernel: acting on the ranking would have been a wrong kill)."""
-    inversion.set("t/batch", "cgroup.procs", "")
+    # Moved out as the kernel would (cgroup.events follows: populated 0), not by writing
+    # the fake's cgroup.procs behind its back.
+    inversion.fs.write(inversion.hierarchy.root.dir + "/cgroup.procs", "300")
     records: list[cgoom.IncidentRecord] = []
     handler, watchdog = await started(inversion, cgoom.Rule("t", "t"), records)
     try:
@@ -131,7 +133,7 @@ async def test_a_ranking_gone_stale_is_not_acted_on(inversion: FakeCgroupTree) -
         assert ranking.first is not None and ranking.first.cgroup == "/t/web"
 
         def batch_starts_and_grows() -> None:
-            inversion.set("t/batch", "cgroup.procs", "300\n")
+            inversion.fs.write(inversion.cgroup("t/batch").dir + "/cgroup.procs", "300")
             inversion.memory_event("t", "high", 3)
 
         stall_loop(1.0, 0.1, batch_starts_and_grows)

@@ -74,7 +74,8 @@ class CgroupSnapshot:
     growth: float | None = attrs.field(default=None, kw_only=True)
     pressure: Pressure | None = attrs.field(default=None, kw_only=True)
     events: MemoryEvents | None = attrs.field(default=None, kw_only=True)
-    #: A process lives here or below (derived from ``cgroup.procs`` of the subtree).
+    #: A process lives here or below (``cgroup.procs`` of the subtree, and the kernel's own
+    #: ``populated`` in cgroup.events for a cgroup with no process of its own).
     populated: bool | None = attrs.field(default=None, kw_only=True)
     #: The processes directly in this cgroup (not its descendants).
     pids: tuple[int, ...] = attrs.field(default=(), kw_only=True, converter=int_tuple)
@@ -95,6 +96,11 @@ class CgroupSnapshot:
     #: This record stands for the processes living directly in a cgroup that also has child
     #: cgroups (see :func:`cgoom.units`): it may give up single processes, never die whole.
     internal: bool = attrs.field(default=False, kw_only=True)
+    #: This record stands for its whole subtree: the kernel says processes live in it and it
+    #: holds memory, but none was seen in its cgroups (they moved between them while they
+    #: were read: a tenant flipping its hog between its own cgroups). It dies whole, its
+    #: processes wherever they now sit inside it (see :func:`cgoom.units`).
+    subtree: bool = attrs.field(default=False, kw_only=True)
     #: Filled for the units a single process may be picked from.
     processes: tuple[ProcessSnapshot, ...] = attrs.field(default=(), kw_only=True,
                                                          converter=_processes)

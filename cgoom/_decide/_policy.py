@@ -166,23 +166,39 @@ def units(incident: Incident, candidates: Mapping[str, CgroupSnapshot]) -> list[
     if incident.cgroup not in candidates:
         return []
     children = tree_children(candidates)
-    found = []
-    stack = [incident.cgroup]
-    while stack:
-        path = stack.pop()
+    found: list[CgroupSnapshot] = []
+
+    def visit(path: str) -> tuple[bool, bool]:
+        """Collect the units below ``path``; whether one of them has processes seen, and
+        whether the subtree may die whole (nothing omitted or protected in it)."""
         snapshot = candidates[path]
         if snapshot.preference == "omit" or snapshot.threaded:
-            continue
+            return False, snapshot.threaded
         kids = [k for k in children.get(path, []) if not candidates[k].threaded]
         if (snapshot.oom_group is True or not kids) and path not in incident.protected:
             if has_memory(snapshot):
                 found.append(snapshot)
-            continue
+            return bool(snapshot.pids) or snapshot.oom_group is True, True
+        seen, whole = False, path not in incident.protected
         if snapshot.pids and path not in incident.protected:
             inner = internal_unit(snapshot)
             if has_memory(inner):
                 found.append(inner)
-        stack.extend(kids)
+                seen = True
+        for kid in kids:
+            kid_seen, kid_whole = visit(kid)
+            seen, whole = seen or kid_seen, whole and kid_whole
+        if (not seen and whole and path != incident.cgroup and snapshot.populated is True
+                and (snapshot.usage or 0) > 0):
+            # The kernel says processes live below and the subtree holds memory, but no
+            # cgroup read showed one: they moved between its cgroups while those were read
+            # (cgroup v2 leaves their memory charged where they were). The subtree is still
+            # theirs to lose, before any higher-ranked sibling: it dies whole.
+            found.append(attrs.evolve(snapshot, subtree=True))
+            seen = True
+        return seen, whole
+
+    visit(incident.cgroup)
     return sorted(found, key=lambda s: (s.path, not s.internal))
 
 
@@ -205,6 +221,12 @@ def make_victim(snapshot: CgroupSnapshot, score: float, reason: str,
     else its process chosen by :func:`select_process`; ``None`` when no process may die.
     An internal unit (processes beside child cgroups) never dies whole: ``cgroup.kill``
     would take its children too. The victim carries the identity to re-check."""
+    if snapshot.subtree:
+        if whole is False:
+            return None  # one process was asked for, and none of its processes was seen
+        return Victim(snapshot.path, score, f"{reason}; killed whole with its subtree: the "
+                      "kernel says processes live in it, none was seen in its cgroups (moved "
+                      "between them while read)", True, cgroup_id=snapshot.inode)
     if snapshot.internal:
         reason = f"{reason}; its own processes (it also has child cgroups)"
     elif whole if whole is not None else bool(snapshot.oom_group):

@@ -337,7 +337,11 @@ class Snapshotter:
                         values[key] = None if stat is None else stat.get(key)
             oom_group = get(Cgroup.memory_oom_group)
             populated = None
-            if pids is None:  # threaded or unreadable: ask cgroup.events itself
+            if not pids:
+                # Threaded, unreadable, or no process of its own: ask cgroup.events, the
+                # kernel's own flag for the whole subtree, read at once. The children's
+                # cgroup.procs are read one after another: a process moving between them
+                # meanwhile is in none of them, never out of this.
                 events = get(Cgroup.cgroup_events)
                 populated = None if events is None else events.populated
         except CgroupGone:
@@ -351,7 +355,7 @@ class Snapshotter:
         age = max(0.0, self._wall_clock() - st.st_ctime)
         return CgroupSnapshot(
             cgroup.path, inode=st.st_ino, owner=owner, growth=growth, age=age,
-            pids=pids or (), populated=populated if pids is None else bool(pids),
+            pids=pids or (), populated=True if pids else populated,
             oom_group=oom_group, threaded=threaded, problems=tuple(problems),
             processes=processes, **values, **settings)
 

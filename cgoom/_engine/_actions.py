@@ -143,6 +143,13 @@ def _subtree_pids(hierarchy: Hierarchy, path: str) -> list[tuple[int, str]]:
     return found
 
 
+def _populated(cgroup: Cgroup) -> bool:
+    try:
+        return cgroup.cgroup_events().populated
+    except CgoomError:
+        return False  # gone: nothing in it
+
+
 def _has_cgroup_kill(hierarchy: Hierarchy, cgroup: Cgroup) -> bool:
     """Whether this kernel has ``cgroup.kill`` (5.14): from the features probed once on a
     child of the root (the root has none), else from the victim's own files."""
@@ -170,7 +177,10 @@ def kill_cgroup(hierarchy: Hierarchy, victim: Victim,
         return ActionResult("kill-cgroup", victim.cgroup, None, False,
                             f"not killed: {problem}", stale=True), []
     members = [pid for pid, _ in _subtree_pids(hierarchy, victim.cgroup)]
-    if not members:  # its processes left (moved out, or exited) since the decision
+    if not members and not _populated(cgroup):
+        # Its processes left (moved out, or exited) since the decision. Asked of the
+        # kernel's own flag: the listing reads one cgroup after another, and a process
+        # moving between them meanwhile is in none of the lists.
         return ActionResult("kill-cgroup", victim.cgroup, None, False,
                             f"not killed: {victim.cgroup} has no process any more",
                             stale=True), []
