@@ -14,18 +14,33 @@ recover (usage below the threshold) so that the next round raises the level agai
   round (the issue's target: p99 under 20 ms for 1,000 clients);
 - first_ms_p50: the same to the first client's write (the cost before the fan-out);
 - clients, rounds.
+
+Then a flood (issue 19): ``--flood-connections`` connections (256: one user's share) from
+another process, each re-registering its cgroup ``--flood-burst`` (100) messages back to
+back, again as soon as all are answered, while the domain's memory.events ``max`` fires
+``--flood-events`` times (a rule that decides and notifies). A heartbeat task sleeping 1 ms
+at a time measures the loop's longest block:
+
+- flood_max_loop_block_ms / quiet_max_loop_block_ms: the loop's longest block during the
+  flood, and during the same events without it;
+- flood_decision_p99_ms / quiet_decision_p99_ms: the event's write to the decision made
+  (the incident's snapshot and policy done), p99, with and without the flood;
+- flood_messages_per_s: what the flood got answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -127,16 +142,146 @@ async def measure(clients: int, rounds: int) -> dict[str, float | int]:
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
+FLOOD_CLIENT = r'''
+import selectors, socket, sys, time
+path, conns, burst, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+line = b'{"v":1,"op":"register","cgroup":"t/w0","levels":["low"]}\n'
+sel = selectors.DefaultSelector()
+owed = {}
+for _ in range(conns):
+    s = socket.socket(socket.AF_UNIX); s.connect(path); s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+    s.sendall(line * burst); owed[s] = burst
+print("ready", flush=True)
+end = time.monotonic() + seconds
+sent = burst * conns
+said = time.monotonic()
+while time.monotonic() < end:
+    if time.monotonic() - said > 0.2:
+        print(sent, flush=True)
+        said = time.monotonic()
+    for key, _ in sel.select(0.05):
+        s = key.fileobj
+        try:
+            data = s.recv(1 << 16)
+        except BlockingIOError:
+            continue
+        if not data:
+            sel.unregister(s); continue
+        owed[s] -= data.count(b"\n")
+        if owed[s] <= 0:  # all answered: another burst, back to back
+            try:
+                s.sendall(line * burst); owed[s] += burst; sent += burst
+            except BlockingIOError:
+                pass
+print(sent, flush=True)
+'''
+
+
+class Heartbeat:
+    """The loop's longest block: a task that sleeps 1 ms at a time and notes how late it
+    woke."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _beat(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.001)
+            self.longest = max(self.longest, time.monotonic() - before - 0.001)
+
+    def start(self) -> None:
+        self.longest = 0.0
+        self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def stop(self) -> float:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.longest * 1000
+
+
+async def measure_flood(connections: int, burst: int, events: int) -> dict[str, float | int]:
+    base = tempfile.mkdtemp(dir=TMPFS)
+    sockdir = tempfile.mkdtemp()
+    try:
+        tree = FakeCgroupTree(base)
+        for i in range(10):
+            tree.add(f"t/w{i}", procs=[100 + i], memory_current=20 * M)
+        rule = cgoom.Rule("t", "t", on="max", action="notify", cooldown=0)
+        path = os.path.join(sockdir, "n.sock")
+        records: asyncio.Queue[cgoom.IncidentRecord] = asyncio.Queue()
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/", kmsg=None,
+                                      proc_events=False, processes=FakeProcesses(tree),
+                                      ) as handler, \
+                cgoom.open_notice_server(handler, path, max_clients=4 * connections,
+                                         max_registrations=2):
+            handler.add_listener(lambda r: records.put_nowait(r)
+                                 if isinstance(r, cgoom.IncidentRecord) else None)
+            heartbeat = Heartbeat()
+
+            async def oom_events() -> list[float]:
+                delays = []
+                for _ in range(events):
+                    started = time.monotonic()
+                    tree.memory_event("t", "max")
+                    record = await asyncio.wait_for(records.get(), 60)
+                    t = record.timings
+                    decided = t.notified + (t.snapshot_ms + t.decision_ms) / 1000
+                    delays.append((decided - started) * 1000)
+                    await asyncio.sleep(0.05)
+                return delays
+
+            heartbeat.start()
+            quiet = await oom_events()
+            quiet_block = await heartbeat.stop()
+            seconds = events * 0.06 + 30
+            flood = subprocess.Popen(  # noqa: ASYNC220 (started once, before the timing)
+                [sys.executable, "-c", FLOOD_CLIENT, path, str(connections), str(burst),
+                 str(seconds)], stdout=subprocess.PIPE, text=True)
+            assert flood.stdout is not None
+            ready = await asyncio.to_thread(flood.stdout.readline)
+            assert ready.strip() == "ready", ready
+            await asyncio.sleep(0.5)  # the flood under way
+            heartbeat.start()
+            flood_started = time.monotonic()
+            flooded = await oom_events()
+            flood_block = await heartbeat.stop()
+            flood_seconds = time.monotonic() - flood_started
+            flood.terminate()
+            out, _ = await asyncio.to_thread(flood.communicate)
+            sent = int(out.split()[-1]) if out.split() else 0
+        return {"flood_connections": connections, "flood_burst": burst,
+                "flood_events": events,
+                "flood_max_loop_block_ms": round(flood_block, 3),
+                "quiet_max_loop_block_ms": round(quiet_block, 3),
+                "flood_decision_p99_ms": round(percentile(flooded, 0.99), 3),
+                "quiet_decision_p99_ms": round(percentile(quiet, 0.99), 3),
+                "flood_messages_per_s": round(sent / max(flood_seconds, 1e-9))}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--flood-connections", type=int, default=256)
+    parser.add_argument("--flood-burst", type=int, default=100)
+    parser.add_argument("--flood-events", type=int, default=100)
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2 * args.clients + 100:  # both ends of every connection are ours
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * args.clients + 100), hard))
     result = asyncio.run(measure(args.clients, args.rounds))
+    if args.flood_connections > 0:
+        result |= asyncio.run(measure_flood(args.flood_connections, args.flood_burst,
+                                            args.flood_events))
     if args.json:
         print(json.dumps(result))
     else:
