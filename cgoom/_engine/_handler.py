@@ -38,9 +38,7 @@ from .._kernel._fs import OsFS
 from .._kernel._hierarchy import Hierarchy
 from .._kernel._kmsg import KernelOomKill, KmsgReader
 from .._kernel._meminfo import read_meminfo
-from .._kernel._parse import format_size
 from .._kernel._paths import inside
-from .._kernel._types import MemoryEvents
 from .._kernel._worker import Worker
 from .._watch._events import (
     CgroupCreated,
@@ -53,7 +51,6 @@ from .._watch._events import (
     PressureTriggerEnded,
     Resynchronized,
     SustainedPressure,
-    counters,
 )
 from .._watch._watcher import Watcher
 from . import _trigger
@@ -66,6 +63,7 @@ from ._incident import IncidentRecord, RecordBuilder
 from ._notifier import Notifier
 from ._rules import Rule, RuleState, restart_needed, unique_names
 from ._setup import SetUp
+from ._shortage import Shortage
 from ._trigger import Trigger
 
 log = logging.getLogger("cgoom")
@@ -197,6 +195,7 @@ class Handler:
                                   processes=processes, proc_events=proc_events)
         self._deciding = Deciding(self._snapshotter, clock, mark=self._notifier.mark,
                                   declared=self._notifier.declared, own_cgroup=own_cgroup)
+        self._shortage = Shortage(hierarchy, self._arming, self._notifier)
 
     @staticmethod
     def _policy(rule: Rule) -> Policy:
@@ -635,10 +634,11 @@ class Handler:
                 acted += 1
                 draft.kill_at = at if draft.kill_at is None else draft.kill_at
                 draft.gone_at = gone
-                if rule.action in ("freeze", "reclaim") or not self._short(rule, before):
+                if rule.action in ("freeze", "reclaim") \
+                        or not self._shortage.after_kill(rule, before):
                     break
             elif result.stale:
-                back = self._memory_back(rule)
+                back = self._shortage.came_back(rule)
                 if back is not None:
                     notes.append(f"{victim.cgroup} slipped away ({result.detail}) and memory "
                                  f"came back ({back}): nothing more was done")
@@ -666,46 +666,6 @@ class Handler:
             decided = attrs.evolve(decided, decision=attrs.evolve(
                 decided.decision, notes=(*decided.decision.notes, *notes)))
         return decided, actions
-
-    def _memory_back(self, rule: Rule) -> str | None:
-        """Why the rule's trigger no longer holds, read now, or ``None`` while it holds (or
-        cannot be told: PSI, unreadable files). Machine rules: MemAvailable above the
-        reserve; usage rules: usage under the level; others: the domain's usage under the
-        threshold its workloads are asked to free down to (memory.high, memory.max)."""
-        try:
-            if rule.machine:
-                info = read_meminfo(self.hierarchy)
-                reserve = self._arming.reserve(rule, info)
-                if info.available >= reserve:
-                    return (f"MemAvailable {format_size(info.available)}, above the reserve "
-                            f"{format_size(reserve)}")
-                return None
-            if rule.usage_above is not None:
-                level = self._arming.level(rule)
-                used = self.hierarchy.cgroup(rule.domain).memory_current()
-                if level is not None and used < level:
-                    return f"usage {format_size(used)}, under {format_size(level)}"
-                return None
-        except (OSError, CgoomError):
-            return None
-        usage, threshold, _ = self._notifier.numbers(rule.domain, rule.high_below_max)
-        if usage is not None and threshold and usage < threshold:
-            return f"usage {format_size(usage)}, under {format_size(threshold)}"
-        return None
-
-    def _short(self, rule: Rule, before: int | None) -> bool:
-        """After a victim is gone: is memory still short, so the next victim is needed? A
-        machine rule looks at MemAvailable; a rule with ``min_freed`` at what was freed."""
-        if rule.machine:
-            try:
-                info = read_meminfo(self.hierarchy)
-            except (OSError, CgoomError):
-                return False
-            return info.available < self._arming.reserve(rule, info)
-        if rule.min_freed is None or before is None:
-            return False
-        now = if_supported(self.hierarchy.cgroup(rule.domain).memory_current)
-        return now is not None and before - now < rule.min_freed
 
     # --- what a rule would do now --------------------------------------------------------
 
@@ -741,36 +701,11 @@ class Handler:
 
     def stall_check(self, name: str) -> str | None:
         """From any thread, the loop being stalled: why rule ``name``'s trigger holds now,
-        read from the kernel's files, or ``None`` (see cgoom._engine._stall).
-        memory.events: the counters of ``on`` rose past what the loop last handled by
-        ``threshold``; machine: MemAvailable below the reserve; usage: usage at the level.
-        PSI is not judged."""
+        read from the kernel's files, or ``None`` (:meth:`Shortage.holds`)."""
         rule = self._states[name].rule
-        cgroup = self.hierarchy.cgroup(rule.domain)
-        try:
-            if rule.on and self._watcher is not None:
-                last = self._watcher.last(rule.domain, "memory.events")
-                now = cgroup.memory_events()
-                if isinstance(last, MemoryEvents):
-                    old, new = counters(last), counters(now)
-                    rise = {k: new.get(k, 0) - old.get(k, 0) for k in sorted(rule.on)}
-                    if sum(max(v, 0) for v in rise.values()) >= rule.threshold:
-                        return (f"{rule.domain} memory.events rose unhandled: "
-                                + ", ".join(f"{k} +{v}" for k, v in rise.items() if v > 0))
-            if rule.machine:
-                info = read_meminfo(self.hierarchy)
-                if info.available < self._arming.reserve(rule, info):
-                    return (f"MemAvailable {format_size(info.available)} < "
-                            f"{rule.available_below:.0%} of MemTotal {format_size(info.total)}")
-            if rule.usage_above is not None:
-                level = self._arming.level(rule)
-                usage = cgroup.memory_current()
-                if level is not None and usage >= level:
-                    return (f"usage {format_size(usage)} >= {rule.usage_above:.0%} of "
-                            f"memory.max ({format_size(level)})")
-        except (CgoomError, OSError) as exc:
-            log.warning("cgoom stall watchdog: %s: %s", name, exc)
-        return None
+        last = (self._watcher.last(rule.domain, "memory.events")
+                if self._watcher is not None else None)
+        return self._shortage.holds(rule, last)
 
 
 def _pressure_of(rule: Rule, event: PressureTriggered | PressureSustained) -> bool:

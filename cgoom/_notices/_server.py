@@ -432,12 +432,14 @@ class NoticeServer(_UnixServer):
         self._processor = asyncio.get_running_loop().create_task(self._process())
 
     async def aclose(self) -> None:
+        # The listener first, before any await: a connection accepted meanwhile would get a
+        # task after the stop and outlive the server.
+        await super().aclose()
         if self._processor is not None:
             self._processor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._processor
             self._processor = None
-        await super().aclose()
 
     async def _converse(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter, peer: Peer) -> None:
