@@ -7,6 +7,7 @@ the level the signal arrived."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 import cgoom
 from cgoom._notices._dbus import INTERFACE, NAME, open_low_memory_monitor
-from cgoom.testing import until
+from cgoom.testing import FakeCgroupTree, until
 
 from .conftest import python_cmd
 from .test_handler_real import inversion
@@ -91,3 +92,79 @@ async def test_low_memory_warning_reaches_a_subscriber(
         print(f"\n[figures] D-Bus: LowMemoryWarning(50) reached a subscriber matching on "
               f"{NAME} {(heard[0][0] - told[0]) * 1000:.1f} ms after cgoom raised "
               f"{parent.path} to low")
+
+
+async def test_a_restarted_bus_is_connected_again(
+        tree: FakeCgroupTree, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 19: after dbus-daemon restarted, LowMemoryWarning was never sent again and
+    nothing was logged. The outage is said, cgoom connects again, and a subscriber on the new
+    bus hears the next level. (A fake tree: the bus, not the kernel, is under test.)"""
+    from dbus_fast import Message, MessageType
+    from dbus_fast.aio import MessageBus
+
+    dbus_daemon = shutil.which("dbus-daemon")
+    assert dbus_daemon is not None, "dbus-daemon is missing (cgoom-vm installs it)"
+    caplog.set_level("INFO", "cgoom")
+    tree.add("t/app", procs=[100], memory_current=100 << 20)
+    tree.hierarchy.cgroup("t").set_memory_max(300 << 20)
+    tree.set("t", "memory.current", f"{280 << 20}\n")
+    work = tempfile.mkdtemp(prefix="cgoom-dbus-")
+    address = f"unix:path={os.path.join(work, 'bus')}"
+    daemons = [start_bus(dbus_daemon, address)]
+    subscriber = None
+    rule = cgoom.Rule("t", "t", on="max", dry_run=True)
+    try:
+        assert daemons[0].stdout is not None
+        await asyncio.to_thread(daemons[0].stdout.readline)
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/", kmsg=None,
+                                      proc_events=False) as handler, \
+                open_low_memory_monitor(handler, "/t", address) as monitor:
+            assert monitor.connected
+            daemons[0].terminate()  # the bus restarts (an upgrade, a crash)
+            await asyncio.to_thread(daemons[0].wait, 10)
+            await until(lambda: not monitor.connected, 10, what="the loss to be seen")
+            with contextlib.suppress(FileNotFoundError):  # a socket file left behind
+                os.unlink(os.path.join(work, "bus"))
+            lost_at = time.monotonic()
+            daemons.append(start_bus(dbus_daemon, address))
+            assert daemons[1].stdout is not None
+            await asyncio.to_thread(daemons[1].stdout.readline)
+            await until(lambda: monitor.connected, 60, what="cgoom to connect again")
+            back_after = time.monotonic() - lost_at
+            subscriber = await MessageBus(bus_address=address).connect()
+            heard: list[int] = []
+
+            def on_message(message: Message) -> None:
+                if message.message_type == MessageType.SIGNAL and \
+                        message.member == "LowMemoryWarning":
+                    heard.append(message.body[0])
+
+            subscriber.add_message_handler(on_message)
+            await subscriber.call(Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                body=[f"type='signal',sender='{NAME}',interface='{INTERFACE}',"
+                      "member='LowMemoryWarning'"]))
+            tree.memory_event("t", "high")
+            await until(lambda: bool(heard), 10, what="LowMemoryWarning on the new bus")
+            assert monitor.owns_name and monitor.reconnects == 1
+    finally:
+        if subscriber is not None:
+            subscriber.disconnect()
+        for daemon in daemons:
+            if daemon.poll() is None:
+                daemon.terminate()
+            await asyncio.to_thread(daemon.wait, 10)
+            for stream in (daemon.stdout, daemon.stderr):
+                if stream is not None:
+                    stream.close()
+        shutil.rmtree(work, ignore_errors=True)
+    assert heard == [50]
+    assert "the connection was lost; LowMemoryWarning is not sent until it is back" \
+        in caplog.text
+    assert "connected again after" in caplog.text
+    with capsys.disabled():
+        print(f"\n[figures] D-Bus: the bus restarted; cgoom connected again "
+              f"{back_after * 1000:.0f} ms after the new bus was started, and the next "
+              "LowMemoryWarning(50) reached a subscriber on it")
