@@ -68,13 +68,19 @@ async def wait_for(condition: Callable[[], bool]) -> None:
     raise TimeoutError("the benchmark's set-up did not happen within a minute")
 
 
+def fake_domain(base: str) -> FakeCgroupTree:
+    """A fake host at ``base`` with the domain /t of ten workloads (20M each)."""
+    tree = FakeCgroupTree(base)
+    for i in range(10):
+        tree.add(f"t/w{i}", procs=[100 + i], memory_current=20 * M)
+    return tree
+
+
 async def measure(clients: int, rounds: int) -> dict[str, float | int]:
     base = tempfile.mkdtemp(dir=TMPFS)
     sockdir = tempfile.mkdtemp()
     try:
-        tree = FakeCgroupTree(base)
-        for i in range(10):
-            tree.add(f"t/w{i}", procs=[100 + i], memory_current=20 * M)
+        tree = fake_domain(base)
         domain = tree.hierarchy.cgroup("t")
         domain.set_memory_max(300 * M)
         domain.set_memory_high(270 * M)
@@ -208,9 +214,7 @@ async def measure_flood(connections: int, burst: int, events: int) -> dict[str, 
     base = tempfile.mkdtemp(dir=TMPFS)
     sockdir = tempfile.mkdtemp()
     try:
-        tree = FakeCgroupTree(base)
-        for i in range(10):
-            tree.add(f"t/w{i}", procs=[100 + i], memory_current=20 * M)
+        tree = fake_domain(base)
         rule = cgoom.Rule("t", "t", on="max", action="notify", cooldown=0)
         path = os.path.join(sockdir, "n.sock")
         records: asyncio.Queue[cgoom.IncidentRecord] = asyncio.Queue()
