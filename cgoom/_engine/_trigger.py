@@ -9,17 +9,12 @@ text alone; :func:`as_trigger` reads those as kind ``"unknown"``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 import attrs
 
 from .._kernel._meminfo import MemInfo
 from .._kernel._parse import format_size
 from .._watch._events import MemoryEventsChanged, PressureSustained, PressureTriggered
-
-TriggerKind = Literal["memory.events", "pressure", "available", "usage", "stall", "unknown"]
-KINDS: tuple[str, ...] = ("memory.events", "pressure", "available", "usage", "stall",
-                          "unknown")
 
 
 def _counters(value: Mapping[str, int] | Iterable[tuple[str, int]],
