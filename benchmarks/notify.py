@@ -26,6 +26,14 @@ at a time measures the loop's longest block:
 - flood_decision_p99_ms / quiet_decision_p99_ms: the event's write to the decision made
   (the incident's snapshot and policy done), p99, with and without the flood;
 - flood_messages_per_s: what the flood got answered.
+
+Then what one user can make cgoom hold (issue 19): ``--hold-connections`` connections (256)
+of another user (uid 65534 when run as root, else this one), each registering a cgroup with
+a long path (~3.8 KB an answer) ``--hold-messages`` (110) times without reading a reply, then
+sending a 60 KiB line it never finishes:
+
+- hold_rss_growth_mib: the server process's resident memory after, less before;
+- hold_connections_dropped: the connections cgoom ended for holding too much.
 """
 
 from __future__ import annotations
@@ -270,6 +278,89 @@ async def measure_flood(connections: int, burst: int, events: int) -> dict[str, 
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
+def hold_client(path: str, conns: int, messages: int, cgroup: str, uid: int) -> int:
+    """Forked (the user may not run this virtualenv's interpreter): as ``uid``, ``conns``
+    connections each sending ``messages`` registrations and never reading a reply, then a
+    60 KiB line never finished; the child's pid (it waits for SIGKILL). Plain syscalls
+    only in the child."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            if uid != os.geteuid():
+                os.setgid(uid)
+                os.setuid(uid)
+            line = b'{"v":1,"op":"register","cgroup":"%s","levels":["low"]}\n' \
+                % cgroup.encode()
+            socks = []
+            for _ in range(conns):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(path)
+                socks.append(s)
+            for s in socks:  # read at 100 a second a connection: ~1.1 s to be answered
+                s.setblocking(False)
+                with contextlib.suppress(OSError):  # what the socket takes; cgoom may end it
+                    s.send(line * messages)
+            time.sleep(messages / 100 + 1.5)
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.send(b'{"v":1,"op":"register","cgroup":"' + b"x" * (60 << 10))
+            os.write(w, b"held\n")
+            while True:
+                time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        said = f.readline()
+    if said != b"held\n":
+        raise RuntimeError(f"the holding client failed: {said!r}")
+    return pid
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+async def measure_hold(connections: int, messages: int) -> dict[str, float | int]:
+    base = tempfile.mkdtemp(dir=TMPFS)
+    sockdir = tempfile.mkdtemp()
+    os.chmod(sockdir, 0o755)  # uid 65534 connects
+    try:
+        tree = fake_domain(base)
+        uid = 65534 if os.geteuid() == 0 else os.geteuid()
+        # a delegated cgroup of the user with a long path (each answer names it: ~3.8 KB)
+        deep = "t/" + "/".join(f"{i}" + "d" * 250 for i in range(14))
+        tree.add(deep, procs=[], memory_current=0)
+        tree.chown(deep, uid)
+        rule = cgoom.Rule("t", "t", on="max")
+        path = os.path.join(sockdir, "n.sock")
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/", kmsg=None,
+                                      proc_events=False, processes=FakeProcesses(tree),
+                                      ) as handler, \
+                cgoom.open_notice_server(handler, path) as server:
+            await asyncio.sleep(0.5)
+            before = rss_mib()
+            pid = await asyncio.to_thread(hold_client, path, connections, messages,
+                                          "/" + deep, uid)
+            await asyncio.sleep(1.0)
+            after = rss_mib()
+            dropped = server.statistics().dropped
+            os.kill(pid, 9)
+            await asyncio.to_thread(os.waitpid, pid, 0)
+        return {"hold_connections": connections,
+                "hold_rss_growth_mib": round(after - before, 1),
+                "hold_connections_dropped": dropped}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
@@ -278,6 +369,8 @@ def main() -> None:
     parser.add_argument("--flood-connections", type=int, default=256)
     parser.add_argument("--flood-burst", type=int, default=100)
     parser.add_argument("--flood-events", type=int, default=100)
+    parser.add_argument("--hold-connections", type=int, default=256)
+    parser.add_argument("--hold-messages", type=int, default=110)
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2 * args.clients + 100:  # both ends of every connection are ours
@@ -286,6 +379,8 @@ def main() -> None:
     if args.flood_connections > 0:
         result |= asyncio.run(measure_flood(args.flood_connections, args.flood_burst,
                                             args.flood_events))
+    if args.hold_connections > 0:
+        result |= asyncio.run(measure_hold(args.hold_connections, args.hold_messages))
     if args.json:
         print(json.dumps(result))
     else:

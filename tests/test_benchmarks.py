@@ -56,12 +56,14 @@ def test_handler_benchmark_json() -> None:
 
 def test_notify_benchmark_json() -> None:
     result = run(str(BENCH / "notify.py"), "--json", "--clients", "20", "--rounds", "3",
-                 "--flood-connections", "8", "--flood-burst", "10", "--flood-events", "3")
+                 "--flood-connections", "8", "--flood-burst", "10", "--flood-events", "3",
+                 "--hold-connections", "4", "--hold-messages", "5")
     assert set(result) == {"clients", "rounds", "notice_p50_ms", "notice_p99_ms",
                            "first_ms_p50", "flood_connections", "flood_burst", "flood_events",
                            "flood_max_loop_block_ms", "quiet_max_loop_block_ms",
                            "flood_decision_p99_ms", "quiet_decision_p99_ms",
-                           "flood_messages_per_s"}
+                           "flood_messages_per_s", "hold_connections", "hold_rss_growth_mib",
+                           "hold_connections_dropped"}
     assert result["flood_decision_p99_ms"] > 0 and result["flood_max_loop_block_ms"] >= 0
     assert result["clients"] == 20 and result["rounds"] == 3
     assert result["notice_p99_ms"] >= result["notice_p50_ms"] >= result["first_ms_p50"] > 0

@@ -20,6 +20,7 @@ import cgoom
 import cgoom._engine._notifier
 from cgoom import client as notices
 from cgoom._engine._firstchance import Gone, Levels, Registry, level_of
+from cgoom._notices import _connection
 from cgoom._notices._protocol import MAX_LINE, ProtocolError, Register, Reply, parse_request
 from cgoom._notices._server import Peer, Refused, authorize
 from cgoom.testing import FakeCgroupTree, FakeProcesses, until
@@ -341,6 +342,26 @@ async def test_garbage_a_long_line_and_a_flood_end_nothing_but_that_client(
             record = await asyncio.wait_for(handler.__anext__(), 5)
     assert isinstance(record, cgoom.IncidentRecord) and record.victim.cgroup == "/t/batch"
     assert server.statistics().dropped == 2 and server.statistics().bad_messages == 5
+
+
+async def test_a_client_that_pipelines_is_read_no_further_ahead_than_it_is_handled(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    """issue 19: asyncio's streams read up to 256 KiB of a client ahead of what was handled
+    (one recv), so 256 connections that pipelined their requests cost ~55 MiB. A
+    connection is read a chunk at a time, and not again until what was read is handled:
+    the rest waits in the client's socket buffer."""
+    line = b'{"v":1,"op":"register","cgroup":"t/web"}\n'
+    async with handler_for(domain) as handler, \
+            cgoom.open_notice_server(handler, sock_path, max_rate=20.0) as server:
+        _reader, writer = await asyncio.open_unix_connection(sock_path)
+        writer.write(line * 4000)  # 164 KB, answered at 20 a second
+        await until(lambda: server.statistics().registrations == 1)
+        held = []
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            held.append(server.statistics().held)
+        writer.close()
+    assert 0 < max(held) <= _connection.CHUNK + len(line), held
 
 
 async def test_a_message_that_breaks_anything_is_answered_and_counted(

@@ -38,6 +38,8 @@ MAX_LINE = 64 * 1024
 #: The longest first chance a client may ask for (seconds); a rule's own ``first_chance``
 #: bounds it further.
 DEADLINE_MAX = 3600
+#: What an application may ask (each message's ``"op"``).
+OPS = frozenset({"register", "killable", "answer", "unregister"})
 #: The levels, least urgent first.
 LEVELS: tuple[Literal["low", "critical", "oom"], ...] = ("low", "critical", "oom")
 Level = Literal["low", "critical", "oom"]

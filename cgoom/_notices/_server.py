@@ -29,7 +29,13 @@ A client can do nothing that delays an action or the loop for long:
   246 clients in, 1.27 million log lines in 12 s). ``cgoom run`` raises its soft limit to
   the hard one at start (:func:`raise_fd_limit`);
 - at most ``max_registrations`` cgroups registered per connection, and
-  ``max_registrations_per_user`` per user across its connections (root excepted).
+  ``max_registrations_per_user`` per user across its connections (root excepted);
+- at most ``max_bytes_per_user`` bytes held for one user across its connections (root
+  excepted): what it sent and cgoom has not handled yet (unfinished lines, messages waiting
+  their turn) and what cgoom wrote to it that it has not read. The connection that would
+  take the user over is ended (``error: holds too much``). Without it, one user's 256
+  connections, each with unread answers and a 60 KiB unfinished line, grew the daemon from
+  28 to 72 MiB (benchmarks/notify.py ``hold_rss_growth_mib``).
 """
 
 from __future__ import annotations
@@ -54,9 +60,11 @@ import attrs
 from .._engine._firstchance import Answer, Gone, Notice
 from .._errors import CgoomError
 from .._kernel._paths import inside, normalize_path
+from ._connection import Connection, LineTooLong
 from ._protocol import (
     LEVELS,
     MAX_LINE,
+    OPS,
     VERSION,
     ProtocolError,
     Register,
@@ -181,7 +189,9 @@ class ServerStatistics:
     """What the notice socket has seen: clients connected now and in all, registrations
     now, clients turned away (over ``max_clients``, ``max_per_user`` or the process's file
     descriptors) and dropped (too long a line, too many
-    errors, stopped reading), bad messages, notices written."""
+    errors, stopped reading, holding too much), bad messages, notices written; ``held``:
+    the bytes held for the clients now (read and not handled yet, written and not sent
+    yet)."""
 
     clients: int
     connected: int
@@ -190,16 +200,17 @@ class ServerStatistics:
     dropped: int
     bad_messages: int
     notices: int
+    held: int = 0
 
 
 class _Client:
     """One connection: its credentials, what it registered, what it has not answered."""
 
-    def __init__(self, server: NoticeServer, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, peer: Peer) -> None:
+    def __init__(self, server: NoticeServer, connection: Connection,
+                 transport: asyncio.Transport, peer: Peer) -> None:
         self.server = server
-        self.reader = reader
-        self.writer = writer
+        self.connection = connection
+        self.transport = transport
         self.peer = peer
         self.registered: dict[str, Callable[[], None]] = {}
         self.killable: dict[str, Callable[[], None]] = {}
@@ -208,12 +219,30 @@ class _Client:
         self.why = "disconnected"
         #: Bad messages so far (``max_errors`` of them end the connection).
         self.errors = 0
+        #: Bytes held for it: read and not handled yet, and written and not sent yet (as
+        #: last seen: the transport's buffer only shrinks between two writes).
+        self.held_in = 0
+        self.held_out = 0
+
+    def took(self, size: int) -> None:
+        """``size`` bytes came from the client (its connection's count)."""
+        if self.closed:
+            return
+        self.held_in += size
+        if not self.server._hold(self, size):
+            self.close("holds too much")
+
+    def handled(self, size: int) -> None:
+        """A message of ``size`` bytes (counted by :meth:`took`) was handled or dropped."""
+        if not self.closed:
+            self.held_in -= size
+            self.server._hold(self, -size)
 
     def send(self, data: bytes) -> bool:
         """Queue ``data``; ``False`` (and the client dropped) when it has stopped reading."""
         if self.closed:
             return False
-        transport = self.writer.transport
+        transport = self.transport
         if transport.is_closing():
             self.close("disconnected")
             return False
@@ -222,12 +251,19 @@ class _Client:
             self.close("stopped reading")
             return False
         transport.write(data)
+        size = transport.get_write_buffer_size()  # 0 when the socket took it all
+        if size != self.held_out:
+            grew, self.held_out = size - self.held_out, size
+            if not self.server._hold(self, grew):
+                self.close("holds too much")
+                return False
         return True
 
     def close(self, why: str) -> None:
         if self.closed:
             return
         self.closed, self.why = True, why
+        self.server._let_go(self)
         for undo in [*self.registered.values(), *self.killable.values()]:
             undo()
         self.server._forget(self.peer.uid, len(self.registered))
@@ -237,7 +273,7 @@ class _Client:
             if not future.done():
                 future.set_exception(Gone(why))
         self.pending.clear()
-        self.writer.transport.abort()
+        self.transport.abort()
 
     def tell(self, notice: Notice) -> None:
         """A notice that takes no answer, written at once (a fan-out makes no tasks)."""
@@ -279,6 +315,8 @@ class _UnixServer:
 
     #: Connections held by every server of this process: they share its fd limit.
     _in_process: ClassVar[int] = 0
+    #: Whether what clients send is read and dropped (it means nothing to this server).
+    _discard: ClassVar[bool] = False
 
     def __init__(self, path: str, mode: int, *, max_clients: int, max_per_user: int,
                  limit: int = 2 ** 16) -> None:
@@ -286,7 +324,7 @@ class _UnixServer:
         self.mode = mode
         self.max_clients = max_clients
         self.max_per_user = max_per_user
-        self._limit = limit  # the longest line a reader takes (asyncio's default here)
+        self._limit = limit  # the longest line a client may send
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, int] = {}  # connections by uid
@@ -294,14 +332,16 @@ class _UnixServer:
         #: Every log line a client can cause goes through a throttle (journald's default
         #: per-service limit, 10,000 lines in 30 s, would otherwise drop cgoom's own).
         self._said = Throttle(_REFUSAL_LOG_INTERVAL)
+        self._failed = Throttle(_REFUSAL_LOG_INTERVAL)
 
     async def start(self) -> None:
         _check_directory(self.path)
         _remove_stale(self.path)
         # A backlog as large as the kernel allows (net.core.somaxconn caps it): clients
         # that all connect at once, at boot or after a restart, are not refused.
-        self._server = await asyncio.start_unix_server(self._serve, self.path,
-                                                       limit=self._limit, backlog=BACKLOG)
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: Connection(self._serve, self._limit, discard=self._discard), self.path,
+            backlog=BACKLOG)
         _chmod_socket(self.path, self.mode)
         room = fd_room()
         if room < self.max_clients:
@@ -341,14 +381,15 @@ class _UnixServer:
             log.warning("cgoom: %s: a client was turned away (%d since the last time said): "
                         "%s", self.path, said, why)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     ) -> None:
+    async def _serve(self, connection: Connection) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        transport = connection.transport
+        assert transport is not None
         uid: int | None = None
         try:
-            sock = writer.get_extra_info("socket")
+            sock = transport.get_extra_info("socket")
             try:
                 peer = Peer.of(sock) if sock is not None else None
             except OSError:
@@ -358,30 +399,32 @@ class _UnixServer:
             why = self._admit(peer.uid)
             if why is not None:
                 self._turned_away(why)
-                self._refuse(writer, why)
+                self._refuse(transport, why)
                 return
             uid = peer.uid
             self._held[uid] = self._held.get(uid, 0) + 1
             _UnixServer._in_process += 1
-            await self._converse(reader, writer, peer)
+            await self._converse(connection, transport, peer)
         except (asyncio.CancelledError, ConnectionError):
-            # Cancelled only when stopping (asyncio's stream callback would log it).
-            pass
+            pass  # cancelled only when stopping
+        except Exception:  # a defect here, never a client's doing: said, rate-limited
+            if self._failed.due() is not None:
+                log.exception("cgoom: %s: a connection failed", self.path)
         finally:
             if uid is not None:
                 _UnixServer._in_process -= 1
                 _count_down(self._held, uid, 1)
             self._tasks.discard(task)
-            writer.transport.abort()
+            transport.abort()
 
-    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
+    def _refuse(self, transport: asyncio.Transport, why: str) -> None:
         """Say ``why`` to a client turned away, if the protocol has a way (then it is closed)."""
 
     def _abort_all(self) -> None:
         raise NotImplementedError
 
-    async def _converse(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter, peer: Peer) -> None:
+    async def _converse(self, connection: Connection, transport: asyncio.Transport,
+                        peer: Peer) -> None:
         raise NotImplementedError
 
 
@@ -393,7 +436,8 @@ class NoticeServer(_UnixServer):
     def __init__(self, handler: Handler, path: str, *, mode: int = 0o666,
                  max_clients: int = 4096, max_rate: float = 100.0, max_errors: int = 20,
                  max_buffered: int = 4 * MAX_LINE, max_registrations: int = 64,
-                 max_per_user: int = 256, max_registrations_per_user: int = 1024) -> None:
+                 max_per_user: int = 256, max_registrations_per_user: int = 1024,
+                 max_bytes_per_user: int = 1 << 20) -> None:
         super().__init__(path, mode, max_clients=max_clients, max_per_user=max_per_user,
                          limit=MAX_LINE)
         self.handler = handler
@@ -402,7 +446,12 @@ class NoticeServer(_UnixServer):
         self.max_buffered = max_buffered
         self.max_registrations = max_registrations
         self.max_registrations_per_user = max_registrations_per_user
+        self.max_bytes_per_user = max_bytes_per_user
         self._registrations_by_uid: dict[int, int] = {}
+        #: Bytes held for each user's clients (an upper bound: see :meth:`_hold`), and
+        #: those clients.
+        self._bytes_by_uid: dict[int, int] = {}
+        self._clients_by_uid: dict[int, set[_Client]] = {}
         self._clients: set[_Client] = set()
         #: Messages read and not yet handled: bounded, so a flood waits in its sockets.
         self._inbox: asyncio.Queue[tuple[_Client, bytes]] = asyncio.Queue(INBOX)
@@ -422,10 +471,11 @@ class NoticeServer(_UnixServer):
             clients=len(self._clients), connected=self._connected,
             registrations=sum(len(c.registered) for c in self._clients),
             refused=self._refused, dropped=self._dropped, bad_messages=self._bad,
-            notices=self._notices)
+            notices=self._notices,
+            held=sum(c.held_in + c.transport.get_write_buffer_size() for c in self._clients))
 
-    def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
-        writer.write(encode("error", to=None, error=f"turned away: {why}"))
+    def _refuse(self, transport: asyncio.Transport, why: str) -> None:
+        transport.write(encode("error", to=None, error=f"turned away: {why}"))
 
     async def start(self) -> None:
         await super().start()
@@ -441,19 +491,22 @@ class NoticeServer(_UnixServer):
                 await self._processor
             self._processor = None
 
-    async def _converse(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter, peer: Peer) -> None:
+    async def _converse(self, connection: Connection, transport: asyncio.Transport,
+                        peer: Peer) -> None:
         """Read the client's lines into the server's inbox, at most ``max_rate`` a second;
         the messages are handled by :meth:`_process`, one task for every client."""
-        client = _Client(self, reader, writer, peer)
+        client = _Client(self, connection, transport, peer)
         self._clients.add(client)
+        self._clients_by_uid.setdefault(peer.uid, set()).add(client)
         self._connected += 1
+        connection.taken = client.took
+        client.took(connection.early)
         budget, refilled = self.max_rate, time.monotonic()
         try:
             while not client.closed:
                 try:
-                    line = await reader.readline()
-                except ValueError:  # longer than MAX_LINE
+                    line = await connection.readline()
+                except LineTooLong:
                     self._dropped += 1
                     client.send(encode("error", to=None, error=f"a line longer than "
                                        f"{MAX_LINE} bytes: connection closed"))
@@ -490,11 +543,48 @@ class NoticeServer(_UnixServer):
                 self._message(client, line)
             await asyncio.sleep(0)
 
+    def _hold(self, client: _Client, change: int) -> bool:
+        """What ``client`` holds changed by ``change`` bytes: ``False`` when its user now
+        holds more than ``max_bytes_per_user`` (root: never). The count is an upper bound
+        (a write buffer shrinks unseen as the kernel takes it); only when it is over is the
+        user's every write buffer looked at, so a fan-out costs no sum per write."""
+        uid = client.peer.uid
+        total = self._bytes_by_uid.get(uid, 0) + change
+        if total > self.max_bytes_per_user and uid != 0 and change > 0:
+            total = 0
+            for other in self._clients_by_uid.get(uid, ()):
+                other.held_out = other.transport.get_write_buffer_size()
+                total += other.held_in + other.held_out
+            if total > self.max_bytes_per_user:
+                self._bytes_by_uid[uid] = total
+                self._dropped += 1
+                # Written as is (send would count it): delivered if the socket takes it
+                # now, for the connection is aborted next.
+                client.transport.write(encode("error", to=None, error=(
+                    f"uid {uid} holds {total} bytes across its connections (lines not "
+                    f"handled yet, answers not read), more than max_bytes_per_user "
+                    f"({self.max_bytes_per_user}): connection closed")))
+                return False
+        self._bytes_by_uid[uid] = total
+        return True
+
+    def _let_go(self, client: _Client) -> None:
+        """``client`` closed: what it held is no longer its user's."""
+        uid = client.peer.uid
+        _count_down(self._bytes_by_uid, uid, client.held_in + client.held_out)
+        client.held_in = client.held_out = 0
+        clients = self._clients_by_uid.get(uid)
+        if clients is not None:
+            clients.discard(client)
+            if not clients:
+                del self._clients_by_uid[uid]
+
     def _message(self, client: _Client, line: bytes) -> None:
         """One message of ``client``: handled, or answered with what is wrong and counted
         (and the client dropped after ``max_errors``); never an exception."""
         if client.closed:
             return
+        client.handled(len(line))
         try:
             self._handle(client, parse_request(line))
         except Exception as exc:  # whatever a client sends: an answer, never a crash
@@ -591,9 +681,11 @@ def _number(value: float | None) -> str:
 
 
 def _op_of(line: bytes) -> str | None:
+    """The op a bad message asked for, if it is one of the protocol's (an answer never
+    echoes what a client wrote: a 60 KiB op made a 60 KiB error line)."""
     with contextlib.suppress(Exception):
         op = json.loads(line).get("op")
-        return op if isinstance(op, str) else None
+        return op if op in OPS else None
     return None
 
 
@@ -710,14 +802,17 @@ class PressureSocket(_UnixServer):
         super().__init__(path, mode, max_clients=max_clients, max_per_user=max_per_user)
         self.handler = handler
         self.level = level
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._transports: set[asyncio.Transport] = set()
         self.woken = 0
 
-    def _abort_all(self) -> None:
-        for writer in list(self._writers):
-            writer.transport.abort()
+    #: The trigger a client may write (``$MEMORY_PRESSURE_WRITE``) is not ours to act on.
+    _discard = True
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    def _abort_all(self) -> None:
+        for transport in list(self._transports):
+            transport.abort()
+
+    async def _converse(self, connection: Connection, transport: asyncio.Transport,
                         peer: Peer) -> None:
         domains = tuple(sorted({r.domain for r in self.handler.rules}))
         try:
@@ -731,21 +826,19 @@ class PressureSocket(_UnixServer):
         levels = LEVELS[LEVELS.index(self.level):]
 
         def wake(notice: Notice) -> None:
-            if writer.transport.is_closing() or \
-                    writer.transport.get_write_buffer_size() > MAX_LINE:
-                writer.transport.abort()  # it has stopped reading
+            if transport.is_closing() or transport.get_write_buffer_size() > MAX_LINE:
+                transport.abort()  # it has stopped reading
                 return
-            writer.write(f"{notice.level}\n".encode())
+            transport.write(f"{notice.level}\n".encode())
             self.woken += 1
 
         async def answer_nothing(notice: Notice) -> None:
             wake(notice)
 
-        self._writers.add(writer)
+        self._transports.add(transport)
         unregister = self.handler.register(path, answer_nothing, levels=levels, tell=wake)
         try:
-            while await reader.read(4096):  # the trigger it may write: not ours to act on
-                pass
+            await connection.wait_closed()
         finally:
             unregister()
-            self._writers.discard(writer)
+            self._transports.discard(transport)
