@@ -67,3 +67,13 @@ def test_notify_benchmark_json() -> None:
     assert result["flood_decision_p99_ms"] > 0 and result["flood_max_loop_block_ms"] >= 0
     assert result["clients"] == 20 and result["rounds"] == 3
     assert result["notice_p99_ms"] >= result["notice_p50_ms"] >= result["first_ms_p50"] > 0
+
+
+def test_tenant_benchmark_json() -> None:
+    result = run(str(BENCH / "tenant.py"), "--json", "--children", "300", "--samples", "3")
+    assert set(result) == {"own_0", "own_300", "neighbours_0", "neighbours_300"}
+    # past the bound (256) the tenant is one unit; without children it is a leaf
+    assert result["own_300"]["victim"] == result["own_0"]["victim"] == "/t/tenant"
+    assert result["neighbours_300"]["victim"] == "/t/db"
+    for row in result.values():
+        assert row["decision_p99_ms"] >= row["decision_p50_ms"] > 0

@@ -69,6 +69,8 @@ def test_drop_ins_merge_in_name_order(tmp_path: Path) -> None:
     ('[[rule]]\nname = "r"\ndomain = "t"\naction = "explode"\n', r"line 4: rule 'r': .*action"),
     ('[[rule]]\ndomain = "t"\n', r"rule #1: name = None: each \[\[rule\]\] needs a name"),
     ('[handler]\nrestore = "yes"\n', r"line 2: \[handler\] restore = 'yes': true or false"),
+    ('[handler]\nmax_tenant_cgroups = 0\n', r"line 2: \[handler\] max_tenant_cgroups = 0: a "
+     "number of cgroups, 1 or more"),
     ('[priorities]\n"db*" = "high"\n', r"line 2: \[priorities\] 'db\*' = 'high': an integer"),
     ('[handler]\nrestore = true\n', r"no \[\[rule\]\]: the handler needs at least one rule"),
     ('[[rule]\nname = "r"\n', r"not valid TOML: .*line 1"),
@@ -176,3 +178,19 @@ def test_files_others_can_write_are_refused(tmp_path: Path) -> None:
     Path(path).chmod(0o664)
     with pytest.raises(ConfigError, match=r"cgoom.toml: can be written by others"):
         load_config(path)
+
+
+def test_max_tenant_cgroups_loads_and_reaches_the_handler(tmp_path: Path) -> None:
+    from cgoom._ops._daemon import _Daemon
+
+    config = tmp_path / "cgoom.toml"
+    config.write_text('[handler]\nmax_tenant_cgroups = 7\nown_cgroup = "/"\n'
+                      '[[rule]]\nname = "r"\ndomain = "t"\n')
+    loaded = load_config(str(config))
+    assert loaded.handler.max_tenant_cgroups == 7
+    assert "max_tenant_cgroups=7" in loaded.describe()
+    tree = FakeCgroupTree(tmp_path / "fake")
+    tree.add("t")
+    daemon = _Daemon(str(config), loaded, tree.hierarchy, dry_run=True,
+                     clock=cgoom.testing.ManualClock())
+    assert daemon.handler._snapshotter.max_tenant_cgroups == 7

@@ -349,6 +349,48 @@ class TestDescent:
         assert "read level by level" in "\n".join(record.decision.notes)
 
 
+class TestManyTenantCgroups:
+    """issue 19: a tenant that makes many cgroups in its own delegated cgroup makes no
+    decision read them (docs/policies.md, "A tenant's many cgroups")."""
+
+    @pytest.fixture
+    def crowd(self, tree: FakeCgroupTree) -> FakeCgroupTree:
+        """/t: db (priority 100, 20M), batch (priority 10, 30M), and a tenant (uid 65534,
+        priority 0, 40M) with 70 cgroups of its own: 73 cgroups, more than the engine
+        snapshots inline."""
+        for name, pid, prio, usage in (("db", 100, 100, 20), ("batch", 200, 10, 30)):
+            tree.add(f"t/{name}", procs=[pid], memory_current=usage * M).set_priority(prio)
+            tree.add_process(pid, name=name, rss=usage * M)
+        tree.add("t/tenant", memory_current=40 * M).set_priority(0)
+        tree.chown("t/tenant", 65534)
+        for i in range(70):
+            tree.add(f"t/tenant/c{i}", procs=[300 + i], memory_current=M // 2)
+            tree.chown(f"t/tenant/c{i}", 65534)
+            tree.add_process(300 + i, name=f"c{i}", rss=M // 2)
+        return tree
+
+    @pytest.mark.parametrize("policy", ["priority", "largest"])
+    async def test_the_tenant_dies_whole_and_its_cgroups_are_not_read(
+            self, crowd: FakeCgroupTree, policy: str) -> None:
+        rule = cgoom.Rule("r", "t", on="max", policy=policy)
+        async with cgoom.open_handler(crowd.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(crowd),
+                                      max_tenant_cgroups=10) as h:
+            crowd.memory_event("t", "max")
+            record = await next_incident(h)
+        assert record.victim is not None and record.victim.cgroup == "/t/tenant", \
+            record.explain()
+        first = record.decision.first
+        assert first is not None and first.whole
+        assert "uid 65534 made 70 cgroups below it" in first.reason
+        assert record.actions[0].ok and record.actions[0].cgroup == "/t/tenant"
+        assert crowd.cgroup("t/tenant").cgroup_events().populated is False
+        assert crowd.cgroup("t/batch").cgroup_procs() == (200,)  # the innocents live
+        assert crowd.cgroup("t/db").cgroup_procs() == (100,)
+        assert {c.path for c in record.candidates} == {"/t", "/t/db", "/t/batch",
+                                                       "/t/tenant"}
+
+
 @pytest.fixture(params=["small", "level by level"])
 def tenancy(request: pytest.FixtureRequest, tree: FakeCgroupTree) -> FakeCgroupTree:
     """/t (memory.max 400M, usage 390M): a delegated tenant (priority 0) whose hog (pid 300,

@@ -441,3 +441,91 @@ class TestReadingOnlyWhatIsNeeded:
             snapper.close()
         assert list(snaps) == ["/jobs", "/jobs/batch", "/jobs/web"]
         assert seen == ["cgoom-snapshot"]
+
+
+class TestManyTenantCgroups:
+    """issue 19: what a decision reads is bounded by what it needs, not by what a tenant
+    creates (docs/policies.md, "A tenant's many cgroups")."""
+
+    @pytest.fixture
+    def crowd(self, tree: FakeCgroupTree) -> FakeCgroupTree:
+        """/t: db (root's, priority 100, 140M), batch (root's, priority 10, 60M), and a
+        tenant (uid 65534, 40M) with 5 cgroups of its own, one process each."""
+        for name, pid, prio, usage in (("db", 100, 100, 140), ("batch", 200, 10, 60)):
+            tree.add(f"t/{name}", procs=[pid], memory_current=usage * M).set_priority(prio)
+            tree.add_process(pid, name=name, rss=usage * M)
+        tree.add("t/tenant", memory_current=40 * M)
+        tree.chown("t/tenant", 65534)
+        for i in range(5):
+            tree.add(f"t/tenant/c{i}", procs=[300 + i], memory_current=8 * M)
+            tree.chown(f"t/tenant/c{i}", 65534)
+            tree.add_process(300 + i, name=f"c{i}", rss=8 * M)
+        return tree
+
+    def test_a_delegated_cgroup_over_the_bound_stands_for_its_subtree(
+            self, crowd: FakeCgroupTree) -> None:
+        for paths in (None, [c.path for c in crowd.cgroup("t").walk()]):
+            snaps = cgoom.Snapshotter(crowd.hierarchy, max_tenant_cgroups=4).snapshot(
+                "t", paths=paths)
+            assert list(snaps) == ["/t", "/t/batch", "/t/db", "/t/tenant"], paths
+            tenant = snaps["/t/tenant"]
+            assert tenant.subtree and tenant.unread == 5 and tenant.populated is True
+            assert tenant.usage == 40 * M
+            assert "uid 65534 made 5 cgroups below it, more than a decision reads below a " \
+                "delegated cgroup (4)" in tenant.problems[-1]
+            assert "cgroup.max.descendants" in tenant.problems[-1]
+
+    def test_within_the_bound_and_root_s_own_cgroups_are_read_cgroup_by_cgroup(
+            self, crowd: FakeCgroupTree) -> None:
+        snaps = cgoom.Snapshotter(crowd.hierarchy, max_tenant_cgroups=5).snapshot("t")
+        assert "/t/tenant/c4" in snaps and not snaps["/t/tenant"].subtree
+        crowd.chown("t/tenant", 0)  # the operator's own: however many, all read
+        for i in range(5):
+            crowd.chown(f"t/tenant/c{i}", 0)
+        snaps = cgoom.Snapshotter(crowd.hierarchy, max_tenant_cgroups=1).snapshot("t")
+        assert "/t/tenant/c4" in snaps and not snaps["/t/tenant"].unread
+        # the tenant's own domain: it is trusted there, and decided cgroup by cgroup
+        crowd.chown("t/tenant", 65534)
+        snaps = cgoom.Snapshotter(crowd.hierarchy, max_tenant_cgroups=1).snapshot("t/tenant")
+        assert "/t/tenant/c4" in snaps and not snaps["/t/tenant"].unread
+
+    @pytest.mark.parametrize(("name", "args"), [
+        ("priority", {}), ("priority", {"whole": False}), ("largest", {}),
+        ("largest", {"whole": False})])
+    def test_it_is_ranked_by_its_own_totals_and_killed_whole(
+            self, crowd: FakeCgroupTree, name: str, args: dict[str, object]) -> None:
+        """Lowest priority (the priority policy) or largest (largest, the tenant's 40M
+        against batch's 30M here): the tenant, whole, whatever the policy would have
+        taken from it; passing it over (no process of it read) would let it shield itself
+        by making cgroups, and kill batch."""
+        crowd.set("t/batch", "memory.current", f"{30 * M}\n")
+        crowd.set("t/db", "memory.current", f"{20 * M}\n")
+        crowd.cgroup("t/tenant").set_priority(0)
+        snaps = cgoom.Snapshotter(crowd.hierarchy, max_tenant_cgroups=4).snapshot("t")
+        policy = cgoom.load_policy(name, **args)
+        decision = cgoom.decide(policy, cgoom.Incident.create("/t", "test"), snaps)
+        first = decision.first
+        assert first is not None and first.cgroup == "/t/tenant" and first.whole, decision
+        assert first.pid is None and first.cgroup_id == snaps["/t/tenant"].inode
+        assert "uid 65534 made 5 cgroups below it" in first.reason
+
+    def test_the_descent_stops_at_it(self, crowd: FakeCgroupTree) -> None:
+        crowd.cgroup("t/tenant").set_priority(0)
+        paths = [c.path for c in crowd.cgroup("t").walk()]
+        snapshotter = cgoom.Snapshotter(crowd.hierarchy, max_tenant_cgroups=4)
+        snaps, stop = snapshotter.descend("t", cgoom.PriorityPolicy().descend, paths=paths)
+        assert stop == "/t/tenant" and snaps["/t/tenant"].unread == 5
+        assert not any(p.startswith("/t/tenant/") for p in snaps)
+
+    def test_the_bound_is_checked(self, crowd: FakeCgroupTree) -> None:
+        for bad in (0, -1, True, 2.5, "256"):
+            with pytest.raises(cgoom.InvalidValue, match="max_tenant_cgroups"):
+                cgoom.Snapshotter(crowd.hierarchy, max_tenant_cgroups=bad)  # type: ignore[arg-type]
+
+
+def test_descendant_counts_go_through_parents() -> None:
+    from cgoom._decide._snapshot import descendant_counts
+
+    paths = ["/t", "/t/a", "/t/a-b", "/t/a/b", "/t/a/b/c", "/t/z", "/u/orphan/x"]
+    assert descendant_counts(paths) == {"/t": 5, "/t/a": 2, "/t/a-b": 0, "/t/a/b": 1,
+                                        "/t/a/b/c": 0, "/t/z": 0, "/u/orphan/x": 0}

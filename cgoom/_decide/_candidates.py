@@ -101,6 +101,10 @@ class CgroupSnapshot:
     #: were read: a tenant flipping its hog between its own cgroups). It dies whole, its
     #: processes wherever they now sit inside it (see :func:`cgoom.units`).
     subtree: bool = attrs.field(default=False, kw_only=True)
+    #: The cgroups below it that were not read: a delegated cgroup with more of them than a
+    #: decision reads below one (``Snapshotter(max_tenant_cgroups=)``, 256) stands for its
+    #: whole subtree (``subtree`` is then true), ranked by its own totals.
+    unread: int = attrs.field(default=0, kw_only=True)
     #: Filled for the units a single process may be picked from.
     processes: tuple[ProcessSnapshot, ...] = attrs.field(default=(), kw_only=True,
                                                          converter=_processes)

@@ -221,6 +221,13 @@ def make_victim(snapshot: CgroupSnapshot, score: float, reason: str,
     else its process chosen by :func:`select_process`; ``None`` when no process may die.
     An internal unit (processes beside child cgroups) never dies whole: ``cgroup.kill``
     would take its children too. The victim carries the identity to re-check."""
+    if snapshot.unread:
+        # Whole whatever the policy asked: no process of it was read, and passing it over
+        # would let a tenant shield itself by making cgroups.
+        return Victim(snapshot.path, score, f"{reason}; killed whole with its subtree: "
+                      f"uid {snapshot.owner} made {snapshot.unread} cgroups below it, more "
+                      "than a decision reads below a delegated cgroup (they were not read)",
+                      True, cgroup_id=snapshot.inode)
     if snapshot.subtree:
         if whole is False:
             return None  # one process was asked for, and none of its processes was seen

@@ -30,7 +30,7 @@ import attrs
 from .._decide._candidates import CgroupSnapshot, Incident
 from .._decide._plugins import load_policy, start_policy_worker, validate_policy
 from .._decide._policy import Decision, Policy
-from .._decide._snapshot import Snapshotter, UsageHistory, check_patterns
+from .._decide._snapshot import TENANT_CGROUPS, Snapshotter, UsageHistory, check_patterns
 from .._errors import CgoomError, InvalidValue
 from .._kernel._cgroup import if_supported
 from .._kernel._clock import SYSTEM, Clock
@@ -134,7 +134,9 @@ class Handler:
     at most once in this many seconds (:meth:`register`). ``clock``: every time the engine
     reads (:class:`cgoom.testing.ManualClock` drives it in tests). ``policies``: rule name
     -> the policy already loaded for it (``cgoom.load_config`` loads each once), else the
-    handler loads the rule's.
+    handler loads the rule's. ``max_tenant_cgroups``: the most cgroups a decision reads
+    below a delegated cgroup; one with more stands for its whole subtree
+    (:class:`cgoom.Snapshotter`, docs/policies.md).
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
@@ -144,7 +146,8 @@ class Handler:
                  proc_events: bool | None = None,
                  priorities: Iterable[tuple[str, int]] = (),
                  notice_interval: float = 10.0, clock: Clock = SYSTEM,
-                 policies: Mapping[str, Policy] | None = None) -> None:
+                 policies: Mapping[str, Policy] | None = None,
+                 max_tenant_cgroups: int = TENANT_CGROUPS) -> None:
         self.hierarchy = hierarchy
         self.rules = tuple(rules)
         if not self.rules:
@@ -163,7 +166,8 @@ class Handler:
         self.restore = restore
         self.clock = clock
         self._states = {r.name: RuleState(r) for r in self.rules}
-        self._snapshotter = Snapshotter(hierarchy, priorities=tuple(priorities), history=history)
+        self._snapshotter = Snapshotter(hierarchy, priorities=tuple(priorities), history=history,
+                                        max_tenant_cgroups=max_tenant_cgroups)
         #: The engine's own thread for writes that may block in the kernel (reclaim).
         self._writer = Worker("cgoom-writer", start=False)
         self._watcher: Watcher | None = None
@@ -724,11 +728,13 @@ def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
                  history: UsageHistory | None = None, restore: bool = True,
                  kmsg: str | None = "", proc_events: bool | None = None,
                  priorities: Iterable[tuple[str, int]] = (),
-                 notice_interval: float = 10.0, clock: Clock = SYSTEM) -> Handler:
+                 notice_interval: float = 10.0, clock: Clock = SYSTEM,
+                 max_tenant_cgroups: int = TENANT_CGROUPS) -> Handler:
     """A :class:`Handler` for ``rules``, to use as
     ``async with cgoom.open_handler(h, cgoom.Rule("batch", "workload.slice")) as handler:``.
     """
     return Handler(hierarchy if hierarchy is not None else Hierarchy.discover(), rules,
                    own_cgroup=own_cgroup, processes=processes, history=history,
                    restore=restore, kmsg=kmsg, proc_events=proc_events,
-                   priorities=priorities, notice_interval=notice_interval, clock=clock)
+                   priorities=priorities, notice_interval=notice_interval, clock=clock,
+                   max_tenant_cgroups=max_tenant_cgroups)

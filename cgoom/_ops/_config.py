@@ -4,7 +4,8 @@ time. Pure apart from reading the files.
 
 Layout (docs/configuration.md; docs/cgoom.example.toml is the annotated example)::
 
-    [handler]            own_cgroup, records, restore, kmsg, proc_events, stall_timeout
+    [handler]            own_cgroup, records, restore, kmsg, proc_events, stall_timeout,
+                         max_tenant_cgroups
     [metrics]            address, port: Prometheus metrics over HTTP (off without it)
     [notices]            socket, pressure_socket, pressure_level, mode, interval: the
                          notice socket for applications and systemd's pressure protocol
@@ -34,6 +35,7 @@ import attrs
 
 from .._decide._plugins import PluginError, load_policy
 from .._decide._policy import Policy
+from .._decide._snapshot import TENANT_CGROUPS
 from .._engine._rules import Rule
 from .._errors import InvalidValue
 from .._watch._events import PressureTrigger, SustainedPressure
@@ -45,7 +47,8 @@ _BOOL = ((bool,), "true or false")
 _SECONDS = ((int, float), "a number of seconds above 0")
 HANDLER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "own_cgroup": _PATH, "records": _PATH, "restore": _BOOL, "kmsg": _BOOL,
-    "proc_events": _BOOL, "stall_timeout": _SECONDS}
+    "proc_events": _BOOL, "stall_timeout": _SECONDS,
+    "max_tenant_cgroups": ((int,), "a number of cgroups, 1 or more")}
 METRICS_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "address": ((str,), "an IP address string, e.g. \"127.0.0.1\""),
     "port": ((int,), "a TCP port, 1-65535")}
@@ -80,6 +83,8 @@ class HandlerSettings:
     #: The stall watchdog (``cgoom run``): when the event loop has not run for this many
     #: seconds, a thread acts on the last ranking by itself (``None``: off).
     stall_timeout: float | None = None
+    #: The most cgroups a decision reads below a delegated cgroup (docs/policies.md).
+    max_tenant_cgroups: int = TENANT_CGROUPS
 
 
 @attrs.frozen
@@ -130,7 +135,8 @@ class Config:
         lines.append(f"handler: own_cgroup={h.own_cgroup or '(from /proc/self/cgroup)'} "
                      f"records={h.records or '(not kept)'} restore={h.restore} "
                      f"kmsg={h.kmsg} proc_events={h.proc_events} "
-                     f"stall_timeout={h.stall_timeout or '(off)'}")
+                     f"stall_timeout={h.stall_timeout or '(off)'} "
+                     f"max_tenant_cgroups={h.max_tenant_cgroups}")
         m = self.metrics
         lines.append(f"metrics: http://{m.address}:{m.port}/metrics" if m is not None
                      else "metrics: (off)")
@@ -337,7 +343,8 @@ def _merge_table(source: _Source, table: str, types: Mapping[str, tuple[tuple[ty
         if (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)
                 or (key in ("stall_timeout", "interval") and number <= 0)
                 or (key == "mode" and not 0 <= number <= 0o777)
-                or (key == "port" and not 0 < number < 65536)):
+                or (key == "port" and not 0 < number < 65536)
+                or (key == "max_tenant_cgroups" and number < 1)):
             raise _error(source, f"[{table}] {key} = {value!r}", description,
                          key=key, table=table)
         into[key] = value

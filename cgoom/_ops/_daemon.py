@@ -76,7 +76,8 @@ class _Daemon:
                                kmsg="" if settings.kmsg else None,
                                proc_events=settings.proc_events, priorities=config.priorities,
                                notice_interval=config.notices.interval, clock=clock,
-                               policies=config.policies)
+                               policies=config.policies,
+                               max_tenant_cgroups=settings.max_tenant_cgroups)
         self.stall: StallWatchdog | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import cgoom
+from cgoom.testing import next_incident
 
 from .conftest import holding_hog, python_cmd
 from .test_handler_real import GROW
@@ -96,3 +97,108 @@ async def test_a_hog_flipped_between_its_own_cgroups_never_costs_a_neighbour(
               + "".join(f"\n[figures]   {r.explain().splitlines()[0]}; "
                         + "; ".join(f"{x.action} {x.cgroup}: {'ok' if x.ok else 'stale'}"
                                     for x in r.actions) for r in records))
+
+
+def as_user(uid: int, action: Callable[[], object]) -> int:
+    """``action`` in a forked child as ``uid`` (plain syscalls only); its exit status."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            action()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def delegate(cgroup: cgoom.Cgroup, uid: int) -> None:
+    """What systemd's Delegate=yes does: the directory and the files that let its owner
+    make and fill child cgroups, chowned."""
+    import os
+
+    for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+        os.chown(os.path.join(cgroup.dir, name), uid, uid)
+
+
+async def test_a_tenant_s_many_cgroups_cost_no_decision_and_no_neighbour(
+        box: cgoom.Cgroup, spawn: Spawn, root: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 19: a delegated tenant (uid 65534) makes 300 cgroups of its own, as far as
+    the kernel's cgroup.max.descendants (300, set by root) lets it, and grows a hog in one
+    of them. Read cgroup by cgroup (max_tenant_cgroups above 300: the engine before) the
+    hog's cgroup is the victim, after reading all 300; with the default bound (256) the
+    tenant is ranked by its own totals and dies whole, its cgroups unread. Either way
+    batch and db live."""
+    import os
+
+    parent = box.create_child("crowd")
+    parent.enable_controllers("memory", "pids")
+    tenant = parent.create_child("tenant")
+    tenant.set_priority(0)
+    tenant.enable_controllers("memory", "pids")
+    tenant.write_file("cgroup.max.descendants", "300")
+    delegate(tenant, 65534)
+    batch, db = parent.create_child("batch"), parent.create_child("db")
+    batch.set_priority(10)
+    db.set_priority(100)
+    parent.set_memory_max("300M")
+    parent.set_memory_high("270M")
+    parent.set_memory_swap_max(0)
+
+    made: list[str] = []
+
+    def make_cgroups() -> None:
+        for i in range(301):
+            try:
+                os.mkdir(os.path.join(tenant.dir, f"c{i}"))
+            except OSError as exc:
+                made.append(f"c{i}: {exc.strerror}")
+                raise
+    assert as_user(65534, make_cgroups) == 1  # the 301st was refused by the kernel
+    assert len(tenant.children()) == 300
+    hog_home = tenant.child("c0")
+    batch_proc, db_proc = spawn(batch, holding_hog(50)), spawn(db, holding_hog(60))
+    deadline = time.monotonic() + 60
+    while batch.memory_current() < 45 * M or db.memory_current() < 55 * M:
+        assert time.monotonic() < deadline, "batch and db to hold their memory"
+        await asyncio.sleep(0.1)
+    rule = cgoom.Rule("crowd", parent.path, on="high", cooldown=0.5, confirm_timeout=20)
+    figures, victims, readings = [], [], []
+    for bound in (1000, cgoom.Snapshotter(cgoom.Hierarchy.discover()).max_tenant_cgroups):
+        async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule,
+                                      max_tenant_cgroups=bound) as handler:
+            hog = spawn(hog_home, "exec " + python_cmd(GROW))
+            record = await asyncio.wait_for(next_incident(handler), 120)
+            deadline = time.monotonic() + 30
+            while hog.proc.poll() is None:
+                assert time.monotonic() < deadline, record.explain()
+                await asyncio.sleep(0.05)
+        assert batch_proc.proc.poll() is None and db_proc.proc.poll() is None, \
+            record.explain()
+        first = record.decision.first
+        assert first is not None, record.explain()
+        t = record.timings
+        victims.append(first)
+        readings.append(len(record.candidates))
+        figures.append(
+            f"max_tenant_cgroups {bound}: victim {first.cgroup} "
+            f"({'whole' if first.whole else f'pid {first.pid}'}), {len(record.candidates)} "
+            f"cgroups read, snapshot+decision {t.snapshot_ms + t.decision_ms:.1f} ms, "
+            f"notification to kill {t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms")
+    read_all, bounded = victims
+    assert read_all.cgroup == hog_home.path and not read_all.whole
+    assert readings[0] > 300
+    assert bounded.cgroup == tenant.path and bounded.whole
+    assert "uid 65534 made 300 cgroups below it" in bounded.reason
+    assert readings[1] <= 4  # the domain, batch, db and the tenant: nothing below it
+    assert not tenant.cgroup_events().populated
+    assert batch.cgroup_procs() and db.cgroup_procs()
+    with capsys.disabled():
+        print(f"\n[figures] crowded tenant (300 cgroups of uid 65534, cgroup.max.descendants "
+              f"refused the 301st: {made[-1]}): " + "; ".join(figures)
+              + "; batch and db alive")
