@@ -97,6 +97,7 @@ if TYPE_CHECKING:
     from ._engine._incident import IncidentRecord as IncidentRecord
     from ._engine._incident import Timings as Timings
     from ._engine._rules import Rule as Rule
+    from ._engine._shadow import ShadowVerdict as ShadowVerdict
     from ._engine._trigger import Trigger as Trigger
     from ._kernel._kmsg import KernelOomKill as KernelOomKill
     from ._notices._server import NoticeServer as NoticeServer
@@ -152,6 +153,7 @@ _LAZY: dict[str, str] = {
     "read_records": "_ops._recordlog",
     "record_from_json": "_ops._recordlog",
     "Rule": "_engine._rules",
+    "ShadowVerdict": "_engine._shadow",
     "Trigger": "_engine._trigger",
     "CgroupSnapshot": "_decide._candidates",
     "Incident": "_decide._candidates",

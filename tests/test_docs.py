@@ -72,7 +72,7 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     if page.name == "handler.md":
         out = capsys.readouterr().out
         assert "rule 'workload' on /workload.slice" in out and "[dry run]" in out
-        assert "dry run: nothing was killed" in out and '{"actions":' in out
+        assert "dry run: would have done kill" in out and '{"actions":' in out
         assert "machine: memory.high tripwires on 1 of 1 child(ren) of /" in out
     if page.name == "first-chance.md":
         out = capsys.readouterr().out

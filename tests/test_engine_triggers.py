@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -769,12 +770,12 @@ async def test_reconfigure_is_all_or_nothing(tree: FakeCgroupTree) -> None:
     refused before anything changes, naming the rule and the reason."""
     tree.add("t/a", procs=[100], memory_current=10 * M)
     tree.add_process(100, rss=10 * M)
-    rule = cgoom.Rule("t", "t", dry_run=True)
+    rule = cgoom.Rule("t", "t", action="notify")
     async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/", kmsg=None,
                                   proc_events=False,
                                   processes=FakeProcesses(tree)) as handler:
         state = handler._states["t"]
-        changed = handler.reconfigure([cgoom.Rule("t", "t", dry_run=True, cooldown=9)],
+        changed = handler.reconfigure([cgoom.Rule("t", "t", action="notify", cooldown=9)],
                                       priorities=[("t/a", 5)])
         assert changed == ["rule 't': cooldown changed", "priorities: 1 pattern(s), were 0"]
         assert handler._states["t"] is state and state.rule.cooldown == 9
@@ -796,8 +797,8 @@ async def test_an_early_trigger_and_a_tripwire_on_one_cgroup(machine: FakeCgroup
     tripwire) instead of being overwritten by it and, on release, writing "max" over it."""
     db = machine.hierarchy.cgroup("db")
     db.set_memory_max(200 * M)
-    rules = [cgoom.Rule("m", "/", available_below=0.1, dry_run=True),
-             cgoom.Rule("db", "db", high_below_max=0.1, dry_run=True)]
+    rules = [cgoom.Rule("m", "/", available_below=0.1, action="notify"),
+             cgoom.Rule("db", "db", high_below_max=0.1, action="notify")]
     async with cgoom.open_handler(machine.hierarchy, *rules, own_cgroup="/", kmsg=None,
                                   proc_events=False) as handler:
         assert db.memory_high() == 180 * M, handler.setup
@@ -812,7 +813,7 @@ async def test_oom_group_patterns_make_pods_units_as_they_appear(tree: FakeCgrou
     pod = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice"
     tree.add(pod.format("a") + "/ctr", procs=[10], memory_current=50 * M)
     tree.set(pod.format("a"), "memory.current", f"{50 * M}\n")
-    rule = cgoom.Rule("pods", "kubepods.slice", policy="kubernetes-qos", dry_run=True,
+    rule = cgoom.Rule("pods", "kubepods.slice", policy="kubernetes-qos", action="notify",
                       oom_group="kubepods.slice/*/kubepods-*-pod*.slice")
     async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/", kmsg=None,
                                   proc_events=False) as handler:
@@ -835,3 +836,58 @@ def test_oom_group_patterns_are_checked() -> None:
     with pytest.raises(cgoom.InvalidValue, match="oom_group pattern '/': a glob"):
         cgoom.Rule("r", "t", oom_group=["/"])
     assert cgoom.Rule("r", "t", oom_group="/a/*").oom_group == ("a/*",)
+
+
+async def test_a_dry_run_writes_nothing(machine: FakeCgroupTree,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 18: a dry run is a first trial on a production host: no memory.high (early
+    triggers, tripwires), no memory.oom.group, no xattr, no freeze, ever. It decides as if
+    its set-up were in place (units whole where it would have set memory.oom.group), sees a
+    machine rule's shortage by polling MemAvailable, and says what it cannot see."""
+    from cgoom.testing import FakeCgroupFS
+
+    machine.add("pods/pod-a", procs=[301], memory_current=100 * M)
+    machine.add_process(301, name="pod-a", rss=100 * M)
+    machine.cgroup("pods").set_memory_max(500 * M)
+    machine.cgroup("db").set_memory_max(200 * M)
+    writes: list[tuple[str, str]] = []
+    recording = True
+    for name in ("write", "setxattr", "mkdir", "rmdir"):
+        real = getattr(FakeCgroupFS, name)
+
+        def spy(self: FakeCgroupFS, path: str, *args: object, _real: Any = real,
+                _name: str = name) -> object:
+            if recording:
+                writes.append((_name, path))
+            return _real(self, path, *args)
+        monkeypatch.setattr(FakeCgroupFS, name, spy)
+    rules = [cgoom.Rule("m", "/", available_below=0.2, dry_run=True),
+             cgoom.Rule("pods", "pods", on="max", high_below_max=0.1,
+                        oom_group_leaves=True, oom_group="pods/pod-*", dry_run=True),
+             cgoom.Rule("db", "db", usage_above=0.5, dry_run=True)]
+    async with cgoom.open_handler(machine.hierarchy, *rules, own_cgroup="/", kmsg=None,
+                                  proc_events=False, processes=FakeProcesses(machine)) as h:
+        said = "\n".join(h.setup)
+        assert "pods: dry run: memory.high of /pods not set (it would be 450.0M)" in said
+        assert "pods: dry run: memory.oom.group not set on any cgroup of /pods; the " \
+            "decisions are made as if it were" in said
+        assert "db: dry run: no usage tripwire on /db (it writes memory.high): the rule " \
+            "cannot see usage cross its level in a dry run" in said
+        assert "m: dry run: no memory.high tripwires (they write memory.high); " \
+            "MemAvailable is polled every 0.1-1 s instead" in said
+        machine.memory_event("pods", "max")
+        record = await next_incident(h)
+        first = record.decision.first
+        assert record.dry_run and first is not None and first.cgroup == "/pods/pod-a"
+        assert first.whole and "memory.oom.group=1" in first.reason  # as if it were set
+        recording = False
+        machine.add("pods/pod-b", procs=[302], memory_current=10 * M)  # a pod appears
+        recording = True
+        machine.set_meminfo(total=4 * G, available=400 * M)  # under 20%: polled, not wired
+        record = await next_incident(h, 5)
+        assert record.rule == "m" and record.dry_run and "poll" in str(record.trigger)
+    assert writes == [], writes
+    assert machine.cgroup("pods").memory_high() == "max"
+    assert not machine.cgroup("pods/pod-a").memory_oom_group()
+    assert not machine.cgroup("pods/pod-b").memory_oom_group()
+    assert all(machine.cgroup(n).memory_high() == "max" for n in ("db", "web", "hog", "pods"))

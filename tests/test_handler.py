@@ -191,7 +191,7 @@ class TestEarlyTrigger:
         inversion.cgroup("t").set_memory_max("300M")
         for name in ("db", "web", "batch"):
             inversion.cgroup(f"t/{name}").set_memory_oom_group(False)
-        rule = cgoom.Rule("r", "t", high_below_max=0.1, oom_group_leaves=True, dry_run=True)
+        rule = cgoom.Rule("r", "t", high_below_max=0.1, oom_group_leaves=True, action="notify")
         async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/") as handler:
             assert inversion.cgroup("t").memory_high() == 283115520  # 90% of 300M
             assert all(inversion.cgroup(f"t/{n}").memory_oom_group()
@@ -231,14 +231,14 @@ class TestEarlyTrigger:
         assert {thread for _, thread in threads} == {"cgoom-writer"}, threads
 
     async def test_no_memory_max_is_said_not_guessed(self, inversion: FakeCgroupTree) -> None:
-        rule = cgoom.Rule("r", "t", high_below_max=0.1, dry_run=True)
+        rule = cgoom.Rule("r", "t", high_below_max=0.1, action="notify")
         async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/") as handler:
             assert inversion.cgroup("t").memory_high() == "max"
         assert "has no memory.max, so memory.high was not set" in handler.setup[0]
 
     async def test_kept_when_asked(self, inversion: FakeCgroupTree) -> None:
         inversion.cgroup("t").set_memory_max("300M")
-        rule = cgoom.Rule("r", "t", high_below_max=0.5, dry_run=True)
+        rule = cgoom.Rule("r", "t", high_below_max=0.5, action="notify")
         async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
                                       restore=False):
             pass

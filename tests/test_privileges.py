@@ -57,7 +57,7 @@ async def test_an_early_trigger_refused_is_said_and_the_rule_runs(
                                      path=f"{self.dir}/memory.high")
 
     monkeypatch.setattr(cgoom.Cgroup, "set_memory_high", refuse)
-    rule = cgoom.Rule("t", "t", high_below_max=0.1, oom_group_leaves=True, dry_run=True)
+    rule = cgoom.Rule("t", "t", high_below_max=0.1, oom_group_leaves=True, action="notify")
     async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/", kmsg=None,
                                   proc_events=False,
                                   processes=FakeProcesses(tree)) as handler:

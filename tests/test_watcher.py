@@ -144,8 +144,10 @@ class TestHierarchyChanges:
             for path in ("ws/web", "ws/skip/inner", "ws/batch-1"):
                 tree.memory_event(path, "max")
             tree.add("ws/batch-2")
+            # Generous: ~8,300 queued events then a resync, on a shared machine under the
+            # rest of the suite (5 s was once not enough there).
             events = await collect(w, lambda ev: any(isinstance(e, cgoom.CgroupCreated)
-                                                     for e in ev))
+                                                     for e in ev), seconds=60)
         assert {e.cgroup for e in events} == {"/ws/batch-1", "/ws/batch-2"}
 
     async def test_overflow_resynchronizes(self, tree: FakeCgroupTree) -> None:
@@ -156,8 +158,10 @@ class TestHierarchyChanges:
         async with cgoom.open_watcher(tree.hierarchy, "lab", files=["memory.events"]) as w:
             limit = overflow(tree, "lab/a", "lab/b")
             tree.add("lab/c")  # its IN_CREATE is lost too: found by the resync
+            # Generous: ~8,300 queued events then a resync, on a shared machine under the
+            # rest of the suite (5 s was once not enough there).
             events = await collect(w, lambda ev: any(isinstance(e, cgoom.CgroupCreated)
-                                                     for e in ev))
+                                                     for e in ev), seconds=60)
             assert w.statistics().resyncs == 1
             assert "/lab/c" in w.watched()  # checked while open: close() forgets everything
         assert isinstance(events[0], cgoom.Resynchronized)
@@ -177,7 +181,8 @@ class TestHierarchyChanges:
             tree.add("lab/spacer")  # so tmpfs does not hand the same inode back
             tree.add("lab/a/x")
             events = await collect(w, lambda ev: any(
-                isinstance(e, cgoom.CgroupCreated) and e.cgroup == "/lab/a/x" for e in ev))
+                isinstance(e, cgoom.CgroupCreated) and e.cgroup == "/lab/a/x" for e in ev),
+                seconds=60)  # as above: a flood, then a resync, on a loaded machine
             assert {"/lab/a", "/lab/a/x"} <= set(w.watched())
             tree.memory_event("lab/a/x", "high")
             later = await collect(w, lambda ev: any(

@@ -85,7 +85,12 @@ class Arming:
 
     async def arm(self, rule: Rule, setup: SetUp | None = None) -> None:
         """(Re-)arm the rule's tripwires, in the writer thread; fire the rule if memory is
-        already short. With ``setup``, the first arming: said there."""
+        already short. With ``setup``, the first arming: said there. A dry run arms nothing
+        (a tripwire is a write to memory.high): :meth:`_watch_only`."""
+        if rule.dry_run:
+            if setup is not None:
+                self._watch_only(rule, setup)
+            return
         if rule.usage_above is not None:
             await self._arm_usage(rule, setup)
         if rule.machine:
@@ -105,6 +110,20 @@ class Arming:
                       f"{format_size(wire.level or 0)} ({rule.usage_above:.0%} of memory.max; "
                       "memory.high as found is put back on its first event)")
         self._usage_check(rule, used, "when arming", self.clock.monotonic(), rearm=False)
+
+    def _watch_only(self, rule: Rule, setup: SetUp) -> None:
+        """A dry run's machine rule polls MemAvailable instead (earlyoom's adaptive
+        interval, 0.1-1 s); its usage rule cannot see its level without a tripwire."""
+        if rule.usage_above is not None:
+            setup.say(f"{rule.name}: dry run: no usage tripwire on {rule.domain} (it writes "
+                      "memory.high): the rule cannot see usage cross its level in a dry run")
+        if rule.machine:
+            setup.say(f"{rule.name}: dry run: no memory.high tripwires (they write "
+                      f"memory.high); MemAvailable is polled every {POLL_MIN:g}-{POLL_MAX:g} "
+                      f"s instead, below {rule.available_below:.0%} of MemTotal")
+            task = asyncio.get_running_loop().create_task(self._poll(rule, always=True))
+            self._polling[rule.name] = task
+            task.add_done_callback(lambda _t: self._polling.pop(rule.name, None))
 
     def _children(self, rule: Rule) -> list[str]:
         return sorted(p for p in self._paths(rule.domain)
@@ -128,7 +147,7 @@ class Arming:
     def schedule(self, rule: Rule, delay: float = 0.0) -> None:
         """Re-arm soon (coalesced): now, or after ``delay``. A trip while a re-arm runs asks
         for another after it (that one may have read usage before the trip)."""
-        if self.closed:
+        if self.closed or rule.dry_run:
             return
         if rule.name in self._arming:
             self._arm_again.add(rule.name)
@@ -185,6 +204,8 @@ class Arming:
     def on_high(self, rules: Iterable[Rule], event: MemoryEventsChanged) -> None:
         """A ``high`` event: a machine rule's child, or a usage rule's domain."""
         for rule in rules:
+            if rule.dry_run:
+                continue  # nothing armed: a child's own memory.high, not a tripwire
             if rule.machine and parent_path(event.cgroup) == rule.domain:
                 self._tripped(rule, event)
             if rule.usage_above is not None and event.cgroup == rule.domain:
@@ -251,10 +272,11 @@ class Arming:
             self._polling[rule.name] = task
             task.add_done_callback(lambda _t: self._polling.pop(rule.name, None))
 
-    async def _poll(self, rule: Rule) -> None:
+    async def _poll(self, rule: Rule, *, always: bool = False) -> None:
         """Poll MemAvailable while it is below ``poll_below`` (polling, by the rule's
-        choice; earlyoom's adaptive interval), firing the rule below the reserve."""
-        assert rule.poll_below is not None
+        choice; earlyoom's adaptive interval), firing the rule below the reserve;
+        ``always``: for as long as the handler runs (a dry run's machine rule)."""
+        assert always or rule.poll_below is not None
         while not self.closed:
             try:
                 info = read_meminfo(self.hierarchy)
@@ -262,7 +284,7 @@ class Arming:
                 log.error("cgoom handler: %s: polling stopped: %s", rule.name, exc)
                 return
             self.polls += 1
-            if info.available >= rule.poll_below * info.total:
+            if not always and info.available >= (rule.poll_below or 0) * info.total:
                 return
             reserve = self.reserve(rule, info)
             if info.available < reserve:

@@ -5,7 +5,9 @@ Owns nothing but the snapshotter's use: small domains are read on the loop's thr
 file reads cost less than the hop to a thread and back: 105 ms measured for 4 cgroups in a
 loaded VM), large ones in the snapshotter's thread, and the priority policy's large domains
 level by level (:meth:`Snapshotter.adescend`). Declared background-killable cgroups are
-marked through ``mark`` (the notifier's). Writes nothing.
+marked through ``mark`` (the notifier's). A dry run's rule is decided as if its set-up
+were in place (``memory.oom.group`` where it would have set it: :func:`as_if_set_up`).
+Writes nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from .._decide._plugins import adecide, decide
 from .._decide._policy import Decision, Policy, PriorityPolicy
 from .._decide._snapshot import Snapshotter, policy_fields
 from .._kernel._clock import Clock
+from .._kernel._paths import parent_path
 from ._notifier import Declared, with_declared
 from ._rules import Rule
+from ._setup import matches
 
 #: Domains of at most this many cgroups are snapshotted on the loop's thread (about 0.1 ms a
 #: cgroup); larger ones in the snapshotter's thread, so the loop never stalls on them.
@@ -62,7 +66,7 @@ class Deciding:
                      incident: Incident) -> Decided:
         """The rule's decision on the domain's ``paths``, read where it costs least."""
         if len(paths) <= INLINE_SNAPSHOT_CGROUPS:
-            snaps = self._mark(self.snapshotter.snapshot(
+            snaps = self._marked(rule, paths, self.snapshotter.snapshot(
                 rule.domain, fields=policy_fields(policy), paths=paths))
             done = self.clock.monotonic()
             return Decided(snaps, await adecide(policy, incident, snaps, budget=rule.budget),
@@ -74,7 +78,7 @@ class Deciding:
     async def read_all(self, rule: Rule, policy: Policy, paths: list[str],
                        incident: Incident) -> Decided:
         """A snapshot of the whole domain in the snapshotter's thread, and the decision."""
-        snaps = self._mark(await self.snapshotter.asnapshot(
+        snaps = self._marked(rule, paths, await self.snapshotter.asnapshot(
             rule.domain, fields=policy_fields(policy), paths=paths))
         done = self.clock.monotonic()
         return Decided(snaps, await adecide(policy, incident, snaps, budget=rule.budget), done)
@@ -89,9 +93,14 @@ class Deciding:
         # A copy: the walk lets the loop run between slices, and a declaration arriving
         # meanwhile must not make two levels of one descent disagree.
         declared = frozenset(self._declared())
+        steps: list[Callable[[CgroupSnapshot], CgroupSnapshot]] = \
+            [functools.partial(with_declared, declared=declared)] if declared else []
+        as_if = as_if_set_up(rule, paths)
+        if as_if is not None:
+            steps.append(as_if)
         snaps, stop = await self.snapshotter.adescend(
             rule.domain, policy.descend, paths=paths, fields=policy_fields(policy),
-            adjust=functools.partial(with_declared, declared=declared) if declared else None)
+            adjust=functools.partial(_each, steps) if steps else None)
         done = self.clock.monotonic()
         if stop is not None:
             decision = await adecide(policy, incident, snaps, budget=rule.budget)
@@ -107,6 +116,12 @@ class Deciding:
         return attrs.evolve(full, decision=attrs.evolve(full.decision, notes=(
             *full.decision.notes, f"the descent {why}: the whole domain was read")))
 
+    def _marked(self, rule: Rule, paths: list[str], snaps: Snaps) -> Snaps:
+        as_if = as_if_set_up(rule, paths)
+        if as_if is not None:
+            snaps = {path: as_if(snap) for path, snap in snaps.items()}
+        return self._mark(snaps)
+
     def decide_now(self, rule: Rule, policy: Policy, trigger: str,
                    ) -> tuple[Decision, tuple[CgroupSnapshot, ...]]:
         """From any thread (the stall watchdog's, the loop being stalled): the domain walked
@@ -116,3 +131,28 @@ class Deciding:
                                                      fields=policy_fields(policy)))
         decision = decide(policy, self.incident(rule, trigger), snaps, budget=rule.budget)
         return decision, tuple(snaps.values())
+
+
+def as_if_set_up(rule: Rule, paths: Collection[str],
+                 ) -> Callable[[CgroupSnapshot], CgroupSnapshot] | None:
+    """For a dry run's rule with a memory.oom.group set-up (``oom_group_leaves``,
+    ``oom_group``): each record as if cgoom had set it (the decision then is the one cgoom
+    would have made). ``None`` when there is nothing to pretend."""
+    if not rule.dry_run or not (rule.oom_group_leaves or rule.oom_group):
+        return None
+    leaves = set(paths) - {parent_path(p) for p in paths if p != "/"} \
+        if rule.oom_group_leaves else set()
+
+    def as_if(snap: CgroupSnapshot) -> CgroupSnapshot:
+        if snap.oom_group is not True and (snap.path in leaves or (
+                rule.oom_group and matches(snap.path, rule.oom_group))):
+            return attrs.evolve(snap, oom_group=True)
+        return snap
+    return as_if
+
+
+def _each(steps: list[Callable[[CgroupSnapshot], CgroupSnapshot]],
+          snap: CgroupSnapshot) -> CgroupSnapshot:
+    for step in steps:
+        snap = step(snap)
+    return snap

@@ -63,6 +63,7 @@ from ._incident import IncidentRecord, RecordBuilder
 from ._notifier import Notifier
 from ._rules import Rule, RuleState, restart_needed, unique_names
 from ._setup import SetUp
+from ._shadow import Shadow, ShadowVerdict
 from ._shortage import Shortage
 from ._trigger import Trigger
 
@@ -73,7 +74,7 @@ log = logging.getLogger("cgoom")
 FRESH_DECISIONS = 3
 
 #: What a handler delivers: its own incidents, and the kernel's OOM kills (from /dev/kmsg).
-Record = IncidentRecord | KernelOomKill
+Record = IncidentRecord | KernelOomKill | ShadowVerdict
 RecordListener = Callable[[Record], object]
 
 
@@ -86,6 +87,10 @@ class HandlerStatistics:
     #: OOM kills by the kernel itself, seen in /dev/kmsg.
     kernel_kills: int
     dry_runs: int
+    #: Dry runs' decisions that a kernel OOM kill in their domain then answered
+    #: (:class:`~cgoom.ShadowVerdict`), and those of them where the kernel killed the same.
+    shadow_verdicts: int
+    shadow_agreed: int
     #: Decisions where the rule's policy failed and the fallback decided.
     fallbacks: int
     #: memory.high tripwires of machine rules that fired (each re-checks MemAvailable).
@@ -184,7 +189,9 @@ class Handler:
         self._kmsg = None if kmsg is None else KmsgReader(kmsg, self._on_kernel_kill)
         if proc_events is None:
             proc_events = type(hierarchy.fs) is OsFS
+        self._shadow = Shadow()
         self._counts = {"incidents": 0, "kills": 0, "kernel_kills": 0, "dry_runs": 0,
+                        "shadow_verdicts": 0, "shadow_agreed": 0,
                         "fallbacks": 0, "errors": 0}
         self._closed = False
         busy = self._busy.__contains__
@@ -403,6 +410,12 @@ class Handler:
                     else window.oom_kill > 0):
                 window.kills.append(kill)
         self._deliver(kill)
+        verdict = self._shadow.kernel_kill(kill)
+        if verdict is not None:
+            self._counts["shadow_verdicts"] += 1
+            self._counts["shadow_agreed"] += verdict.agreed
+            log.warning("cgoom: %s", verdict)
+            self._deliver(verdict)
 
     # --- the workloads -------------------------------------------------------------------
 
@@ -551,6 +564,9 @@ class Handler:
         self._counts["fallbacks"] += record.fell_back
         self._counts["errors"] += record.failed
         self._deliver(record)  # first: nothing in a record may keep it from its readers
+        if record.dry_run:
+            t = record.timings
+            self._shadow.decided(record, t.notified + (t.snapshot_ms + t.decision_ms) / 1000)
         try:
             line = record.explain().splitlines()[0]
         except Exception as exc:
@@ -613,10 +629,13 @@ class Handler:
         its first victim only, is likewise replaced by a full one before a next victim."""
         first = decided.decision.first
         if rule.dry_run or rule.action == "notify":
+            would = "nothing" if first is None else (
+                f"{rule.action} {first.cgroup} whole" if first.whole
+                else f"{rule.action} pid {first.pid} in {first.cgroup}")
             return decided, [ActionResult(
                 "dry-run" if rule.dry_run else "notify",
                 first.cgroup if first else rule.domain, first.pid if first else None, False,
-                "dry run: nothing was killed" if rule.dry_run
+                f"dry run: would have done {would}; nothing was done" if rule.dry_run
                 else "notify only (the rule's action): nothing was done")]
         actions = []
         if rule.action == "raise-limit":

@@ -250,10 +250,13 @@ class Notifier:
         still to be told, the call that tells them: the engine makes it at the action's
         first wait (1,000 socket clients told before the snapshot added ~10 ms to
         notification -> kill on the fake tree)."""
-        everyone = [] if rule.dry_run else self.registry.inside(rule.domain)
+        everyone = self.registry.inside(rule.domain)
         if not everyone:
             return None, None
-        regs = [r for r in everyone if r.deadline is not None] if rule.first_chance else []
+        # A dry run tells everyone what would happen (the ``oom`` level), and waits for
+        # nobody: a first chance is part of acting.
+        regs = [r for r in everyone if r.deadline is not None] \
+            if rule.first_chance and not rule.dry_run else []
         self._levels.setdefault(rule.domain, Levels()).raise_to("oom")
         self._settle_later(rule.domain)
         inform = functools.partial(self._inform, rule, everyone, {id(r) for r in regs},

@@ -247,7 +247,7 @@ class Rule:
 #: memory.high and memory.oom.group it writes. :meth:`Handler.reconfigure` swaps every other
 #: field in a running handler; a change to one of these needs the handler started again.
 SETUP_FIELDS = ("domain", "pressure", "pressure_scope", "available_below", "poll_below",
-                "usage_above", "high_below_max", "oom_group_leaves", "oom_group")
+                "usage_above", "high_below_max", "oom_group_leaves", "oom_group", "dry_run")
 
 
 def setup_changes(old: Rule, new: Rule) -> list[str]:

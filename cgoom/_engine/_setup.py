@@ -6,6 +6,9 @@ be). Touches the cgroup files it names, through the engine's writer thread for a
 may reclaim (memory.high), directly for those that never do (memory.oom.group). It knows
 nothing of incidents, tripwires (``_arming``) or actions (``_executor``).
 
+A dry run (``Rule.dry_run``) writes nothing: each step says what it would have written, and
+which trigger the rule then cannot see.
+
 The undo log lives in memory for now: a crash leaves what it lists in place (a later issue
 makes it durable). It is undone newest first, so a value changed twice ends as first found.
 """
@@ -57,6 +60,13 @@ class SetUp:
         assert rule.high_below_max is not None
         domain = self.hierarchy.cgroup(rule.domain)
         limit = domain.memory_max()
+        if rule.dry_run:
+            self.say(f"{rule.name}: dry run: memory.high of {rule.domain} not set (it would "
+                     + ("not be: no memory.max" if limit == "max" else
+                        f"be {format_size(int(limit * (1 - rule.high_below_max)))}")
+                     + "); the rule sees the domain's own memory.high, memory.max and OOM "
+                     "events, not cgoom's margin")
+            return
         if limit == "max":
             self.say(f"{rule.name}: {rule.domain} has no memory.max, so memory.high was not "
                      "set (set memory.max first)")
@@ -99,6 +109,11 @@ class SetUp:
         """The rule's memory.oom.group set-up on the domain's cgroups known now:
         ``oom_group_leaves`` on the leaves, ``oom_group`` on those its patterns match."""
         known = set(paths)
+        if rule.dry_run:
+            if rule.oom_group_leaves or rule.oom_group:
+                self.say(f"{rule.name}: dry run: memory.oom.group not set on any cgroup of "
+                         f"{rule.domain}; the decisions are made as if it were")
+            return
         if rule.oom_group_leaves:
             parents = {parent_path(p) for p in known if p != "/"}
             leaves = sorted(known - parents)
@@ -121,7 +136,8 @@ class SetUp:
         """A cgroup appeared: memory.oom.group=1 on it where a rule's ``oom_group`` pattern
         matches (a new pod dies whole)."""
         for rule in rules:
-            if rule.oom_group and inside(path, rule.domain) and matches(path, rule.oom_group):
+            if rule.oom_group and not rule.dry_run and inside(path, rule.domain) \
+                    and matches(path, rule.oom_group):
                 problem = self.oom_group(path)
                 if problem is not None:
                     log.warning("cgoom handler: %s: %s", rule.name, problem)

@@ -29,7 +29,6 @@ from .._engine._stall import StallWatchdog
 from .._errors import CgoomError
 from .._kernel._clock import SYSTEM, Clock
 from .._kernel._hierarchy import Hierarchy
-from .._kernel._kmsg import KernelOomKill
 from . import _journal
 from ._config import Config, ConfigError, load_config
 from ._privileges import limits
@@ -193,7 +192,7 @@ class _Daemon:
                           exc)
         if self.metrics is not None:
             self.metrics.record(record)
-        if self.stall is not None and not isinstance(record, KernelOomKill):
+        if self.stall is not None and isinstance(record, IncidentRecord):
             self.stall.stale()  # an incident changed the domain: rank again
 
     def on_stall_record(self, record: IncidentRecord) -> None:

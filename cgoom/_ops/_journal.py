@@ -29,6 +29,7 @@ import struct
 from collections.abc import Mapping
 
 from .._engine._incident import IncidentRecord
+from .._engine._shadow import ShadowVerdict
 from .._kernel._kmsg import KernelOomKill
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -36,6 +37,8 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 INCIDENT_MESSAGE_ID = "15cff7cacf9744719b9fbfa333faaa6e"
 #: The kernel's own OOM kills, as cgoom read them from /dev/kmsg.
 KERNEL_KILL_MESSAGE_ID = "9286d3c436e942b0a94b8619157b63d7"
+#: A dry run's decision paired with the kernel's OOM kill that followed (shadow mode).
+SHADOW_MESSAGE_ID = "97d7eaee481f4c2fb2d40c522326690a"
 
 _NAME = re.compile(r"^[A-Z0-9][A-Z0-9_]*$")
 
@@ -65,8 +68,17 @@ def encode(fields: Mapping[str, str]) -> bytes:
     return bytes(out)
 
 
-def record_fields(record: IncidentRecord | KernelOomKill) -> dict[str, str]:
+def record_fields(record: IncidentRecord | KernelOomKill | ShadowVerdict) -> dict[str, str]:
     """The journal entry for one record."""
+    if isinstance(record, ShadowVerdict):
+        return {"MESSAGE": f"cgoom: {record}", "PRIORITY": "5",
+                "MESSAGE_ID": SHADOW_MESSAGE_ID, "SYSLOG_IDENTIFIER": "cgoom",
+                "CGOOM_INCIDENT": record.record, "CGOOM_RULE": record.rule,
+                "CGOOM_DOMAIN": record.domain, "CGOOM_SHADOW": "agreed" if record.agreed
+                else "disagreed", "CGOOM_CHOSEN": record.would,
+                "CGOOM_SHADOW_LEAD_S": f"{record.lead:.1f}",
+                "CGOOM_KERNEL_KILL_PID": str(record.kill.pid),
+                "CGOOM_KERNEL_KILL_CGROUP": record.kill.task_memcg or ""}
     if isinstance(record, KernelOomKill):
         return {"MESSAGE": f"cgoom: kernel OOM kill: {record}", "PRIORITY": "4",
                 "MESSAGE_ID": KERNEL_KILL_MESSAGE_ID, "SYSLOG_IDENTIFIER": "cgoom",

@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable
 
 from .._engine._incident import KILLING, IncidentRecord
+from .._engine._shadow import ShadowVerdict
 from .._errors import CgoomError
 from .._kernel._kmsg import KernelOomKill
 
-Record = IncidentRecord | KernelOomKill
+Record = IncidentRecord | KernelOomKill | ShadowVerdict
 
 #: Buckets for decision and notification-to-kill times: cgoom decides in milliseconds, and
 #: anything beyond a second is the peers' territory (oomd 1.3-1.8 s).
@@ -65,6 +66,10 @@ class Metrics:
         self.kernel_kills = prom.Counter(
             "cgoom_kernel_oom_kills", "OOM kills by the kernel's own OOM killer (from "
             "/dev/kmsg), anywhere on the machine.", registry=r)
+        self.shadow = prom.Counter(
+            "cgoom_shadow_decisions", "Dry runs' decisions answered by a kernel OOM kill in "
+            "their domain, by rule and whether the kernel killed what cgoom would have.",
+            ["rule", "agreed"], registry=r)
         self.fallbacks = prom.Counter(
             "cgoom_fallbacks", "Decisions made by the fallback because the rule's policy "
             "failed, hung or lied.", ["rule"], registry=r)
@@ -160,6 +165,9 @@ class Metrics:
         (``failed``, ``fell_back``, ``kills``): the handler's statistics read the same."""
         if isinstance(record, KernelOomKill):
             self.kernel_kills.inc()
+            return
+        if isinstance(record, ShadowVerdict):
+            self.shadow.labels(record.rule, str(record.agreed).lower()).inc()
             return
         rule, t = record.rule, record.timings
         self.incidents.labels(rule, record.trigger.kind, str(record.dry_run).lower()).inc()

@@ -25,10 +25,11 @@ from typing import IO, Any
 import attrs
 
 from .._engine._incident import IncidentRecord
+from .._engine._shadow import ShadowVerdict
 from .._errors import InvalidValue
 from .._kernel._kmsg import KernelOomKill
 
-Record = IncidentRecord | KernelOomKill
+Record = IncidentRecord | KernelOomKill | ShadowVerdict
 
 
 @functools.cache
@@ -81,7 +82,9 @@ def record_from_json(line: str) -> Record:
         raise InvalidValue(f"not a JSON record: {exc}", value=line[:80]) from exc
     if not isinstance(data, dict):
         raise InvalidValue("not a JSON record: not an object", value=line[:80])
-    kind = KernelOomKill if data.get("kind") == "kernel-oom-kill" else IncidentRecord
+    kinds: dict[object, type[Record]] = {"kernel-oom-kill": KernelOomKill,
+                                         "shadow": ShadowVerdict}
+    kind = kinds.get(data.get("kind"), IncidentRecord)
     data.pop("kind", None)
     try:
         record: Record = _structure(data, kind)
@@ -95,6 +98,8 @@ def record_to_json(record: Record) -> str:
     data = attrs.asdict(record)
     if isinstance(record, KernelOomKill):
         data["kind"] = "kernel-oom-kill"
+    elif isinstance(record, ShadowVerdict):
+        data["kind"] = "shadow"
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

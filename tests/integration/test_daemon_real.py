@@ -271,3 +271,88 @@ def test_cgoom_run_unprivileged_in_a_delegated_subtree(box: cgoom.Cgroup, spawn:
         print(f"\n[figures] cgoom run as nobody in a delegated subtree ({python}): batch "
               f"killed, onset to kill {t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms; "
               "it said:\n  " + "\n  ".join(said))
+
+
+def host_state() -> dict[str, str]:
+    """memory.high, memory.oom.group and cgroup.freeze of every cgroup on the host, and the
+    user.* xattrs, byte for byte (what a dry run must never change)."""
+    state: dict[str, str] = {}
+    root = cgoom.Hierarchy.discover().root
+    for cgroup in root.walk():
+        for name in ("memory.high", "memory.oom.group", "cgroup.freeze"):
+            try:
+                with open(os.path.join(cgroup.dir, name)) as f:
+                    state[f"{cgroup.path} {name}"] = f.read()
+            except OSError:
+                pass
+        try:
+            names = os.listxattr(cgroup.dir)
+        except OSError:
+            names = []
+        for name in names:
+            with __import__("contextlib").suppress(OSError):
+                state[f"{cgroup.path} {name}"] = os.getxattr(cgroup.dir, name).hex()
+    return state
+
+
+def test_a_dry_run_changes_nothing_and_pairs_its_choice_with_the_kernel_s(
+        box: cgoom.Cgroup, spawn: Spawn, capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 18: `cgoom run --dry-run` with a high_below_max rule, oom_group_leaves and a
+    machine rule: every memory.high, memory.oom.group, cgroup.freeze and xattr on the host
+    stays byte-identical while it runs and after. batch then grows to memory.max: the
+    dry run decides (batch, the least important) and the kernel's OOM killer then kills db
+    (the largest): the record log holds the shadow verdict pairing the two, disagreed."""
+    parent, kids = inversion(box, early=False)
+    spawn(kids["db"], holding_hog(140))
+    spawn(kids["web"], holding_hog(50))
+    wait_until(lambda: kids["db"].memory_current() > 135 * M
+               and kids["web"].memory_current() > 45 * M, 60, "db and web to hold memory")
+    work = tempfile.mkdtemp(prefix="cgoom-dry-")
+    records = os.path.join(work, "records.jsonl")
+    config = os.path.join(work, "cgoom.toml")
+    with open(config, "w") as f:
+        f.write(f'[handler]\nrecords = "{records}"\n\n'
+                f'[[rule]]\nname = "inversion"\ndomain = "{parent.path}"\n'
+                'on = ["high", "max", "oom"]\nhigh_below_max = 0.1\noom_group_leaves = true\n'
+                'cooldown = 30.0\n\n'
+                '[[rule]]\nname = "machine"\ndomain = "/"\navailable_below = 0.02\n')
+    before = host_state()
+    notes = Notifications(os.path.join(work, "notify"))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "cgoom.cli", "run", "--dry-run", "--config", config],
+        env={**os.environ, "NOTIFY_SOCKET": notes.path}, stderr=subprocess.PIPE, text=True)
+    try:
+        assert notes.next().startswith("READY=1")
+        during = host_state()
+        hog = spawn(kids["batch"], python_cmd(GROW))
+        wait_until(lambda: hog.proc.poll() is not None
+                   or kids["db"].memory_events().oom_kill > 0
+                   or parent.memory_events().oom_kill > 0, 90, "the kernel's OOM killer")
+
+        def verdicts() -> list[cgoom.ShadowVerdict]:
+            if not os.path.exists(records):
+                return []
+            return [r for r in cgoom.read_records(records)
+                    if isinstance(r, cgoom.ShadowVerdict)]
+        wait_until(lambda: bool(verdicts()), 30, "the shadow verdict")
+        stop(daemon, notes)
+    finally:
+        stderr = cleanup(daemon, notes)
+    after = host_state()
+    changed = {k: (before[k], during.get(k)) for k in before if during.get(k) != before[k]}
+    assert not changed, changed
+    changed = {k: (before[k], after.get(k)) for k in before if after.get(k) != before[k]}
+    assert not changed, changed
+    dry = [r for r in cgoom.read_records(records) if isinstance(r, cgoom.IncidentRecord)]
+    assert dry and all(r.dry_run for r in dry), stderr
+    assert dry[0].decision.first is not None
+    assert dry[0].decision.first.cgroup == kids["batch"].path
+    verdict = verdicts()[0]
+    killed = verdict.kill.task_memcg
+    assert verdict.would == kids["batch"].path
+    assert verdict.agreed == (killed is not None and killed.startswith(kids["batch"].path))
+    assert "dry run: memory.high of" in stderr and "MemAvailable is polled" in stderr, stderr
+    with capsys.disabled():
+        print(f"\n[figures] cgoom run --dry-run: nothing on the host changed ({len(before)} "
+              f"values compared during and after); {len(dry)} dry-run record(s), first: "
+              f"{dry[0].actions[0].detail}; {verdict.explain()}")
