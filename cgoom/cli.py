@@ -5,7 +5,8 @@ population and memory pressure; ``cgoom features`` prints what the kernel and mo
 ``cgoom rank [PATH]`` shows whom a policy would kill if PATH ran out of memory now, and why
 (a dry run: it kills nothing); ``cgoom policies`` lists the policies installed;
 ``cgoom check-config FILE`` checks a configuration file and prints what it means, and
-``cgoom run --config FILE`` runs the handler it describes as a daemon;
+``cgoom run --config FILE`` runs the handler it describes as a daemon, and ``cgoom restore``
+puts back what one that died left changed (``ExecStopPost=``);
 ``cgoom set-priority PATH N|none`` and ``cgoom prefer|avoid|omit|no-preference PATH`` set
 the xattrs the policies read; ``cgoom explain --log FILE [ID]`` tells an incident from the
 record log as a person reads it.
@@ -323,6 +324,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run(args.config, dry_run=args.dry_run, hierarchy=hierarchy))
 
 
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from ._engine._undo import UndoLog, default_path
+
+    path = args.state
+    if path is None and args.config is not None:
+        from ._ops._config import load_config
+
+        path = load_config(args.config).handler.state
+    if path is None:
+        path = default_path()
+    if not path:
+        raise InvalidValue("no undo log to read: give --state PATH (or a --config whose "
+                           "[handler] state names one)", value=repr(path))
+    undo = UndoLog(_hierarchy(args), path)
+    try:
+        lines = undo.open()
+    finally:
+        undo.close()
+    for line in lines or [f"{path}: nothing to put back"]:
+        print(line)
+    return 0
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from ._engine._incident import IncidentRecord
     from ._ops._recordlog import Record, read_records
@@ -379,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="the TOML file (docs/configuration.md)")
     run.add_argument("--dry-run", action="store_true", help="decide and record, never act")
     run.set_defaults(func=_cmd_run)
+    restore = sub.add_parser("restore", help="put back what a cgoom that died left changed "
+                             "(memory.high, memory.oom.group, cgroup.freeze, raised limits)")
+    restore.add_argument("--state", default=None, help="the undo log (default: the "
+                         "configuration's [handler] state, else /run/cgoom/undo.json)")
+    restore.add_argument("--config", default=None, help="the daemon's TOML file")
+    restore.set_defaults(func=_cmd_restore)
     explain = sub.add_parser("explain", help="an incident from the record log, as a person "
                              "reads it (the latest, or by id)")
     explain.add_argument("--log", required=True, help="the record log (JSON lines)")

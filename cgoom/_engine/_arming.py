@@ -28,7 +28,7 @@ from . import _trigger
 from ._rules import Rule
 from ._setup import SetUp
 from ._trigger import Trigger
-from ._tripwire import DomainTripwire, Tripwires
+from ._tripwire import DomainTripwire, Noted, Tripwires
 
 log = logging.getLogger("cgoom")
 
@@ -51,14 +51,15 @@ class Arming:
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *, writer: Worker,
                  clock: Clock, fire: Fire, busy: Callable[[str], bool],
                  rest_until: Callable[[Rule], float],
-                 paths: Callable[[str], Collection[str]]) -> None:
+                 paths: Callable[[str], Collection[str]],
+                 noted: Noted = lambda cgroup, file, old: None) -> None:
         self.hierarchy = hierarchy
         self.writer = writer
         self.clock = clock
         self._fire, self._busy, self._rest_until, self._paths = fire, busy, rest_until, paths
-        self.machine = {r.name: Tripwires(hierarchy, r.domain, r.available_below)
+        self.machine = {r.name: Tripwires(hierarchy, r.domain, r.available_below, noted)
                         for r in rules if r.available_below is not None}
-        self.usage = {r.name: DomainTripwire(hierarchy, r.domain, r.usage_above)
+        self.usage = {r.name: DomainTripwire(hierarchy, r.domain, r.usage_above, noted)
                       for r in rules if r.usage_above is not None}
         #: memory.high tripwires that fired (each re-checks), and MemAvailable polls.
         self.trips = 0

@@ -45,6 +45,7 @@ from ._actions import (
 )
 from ._rules import Rule
 from ._setup import SetUp
+from ._undo import UndoLog
 
 log = logging.getLogger("cgoom")
 
@@ -125,8 +126,11 @@ class Executor:
     until a rule needs it); ``proc_events``: follow the process connector."""
 
     def __init__(self, hierarchy: Hierarchy, *, writer: Worker, clock: Clock,
-                 processes: ProcessControl | None, proc_events: bool) -> None:
+                 processes: ProcessControl | None, proc_events: bool,
+                 undo: UndoLog | None = None) -> None:
         self.hierarchy = hierarchy
+        #: Where a freeze and a raised limit are noted before they are made (durably).
+        self.undo = undo if undo is not None else UndoLog(hierarchy)
         self.writer = writer
         self.clock = clock
         self.processes = processes
@@ -221,9 +225,12 @@ class Executor:
     async def act(self, rule: Rule, victim: Victim) -> Outcome:
         """Carry out the rule's action on ``victim``: (result, action time, gone time)."""
         if rule.action == "freeze":
+            self.undo.before(victim.cgroup, "cgroup.freeze", "0")
             result = freeze_cgroup(self.hierarchy, victim)
             if result.ok:
                 self.frozen.append(victim.cgroup)
+            else:
+                self.undo.forget(victim.cgroup, "cgroup.freeze")
             return result, self.clock.monotonic() if result.ok else None, None
         if rule.action == "reclaim":
             assert rule.reclaim is not None
@@ -385,6 +392,10 @@ class Executor:
         started = time.perf_counter()
 
         def write() -> str:
+            self.undo.before(domain.path, "memory.max", str(limit))
+            if high != "max":
+                self.undo.before(domain.path, "memory.high", str(high))
+            self.undo.before(domain.path, OVERLIMIT_XATTR, mark)
             domain.set_memory_max(limit + by)
             if high != "max":
                 domain.set_memory_high(high + by)
@@ -442,6 +453,8 @@ class Executor:
             cgroup.set_memory_max(limit)
             cgroup.set_memory_high(high)
             cgroup.set_xattr(OVERLIMIT_XATTR, mark)
+            for file in ("memory.max", "memory.high", OVERLIMIT_XATTR):
+                self.undo.forget(path, file)
 
         try:
             await self.writer.run(write)
@@ -469,6 +482,7 @@ class Executor:
             path = self.frozen.pop()
             try:
                 self.hierarchy.cgroup(path).thaw()
+                self.undo.forget(path, "cgroup.freeze")
             except CgoomError as exc:
                 log.warning("cgoom handler: could not thaw %s: %s", path, exc)
         for path in list(self.raised):

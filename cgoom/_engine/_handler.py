@@ -66,6 +66,7 @@ from ._setup import SetUp
 from ._shadow import Shadow, ShadowVerdict
 from ._shortage import Shortage
 from ._trigger import Trigger
+from ._undo import UndoLog
 
 log = logging.getLogger("cgoom")
 
@@ -141,7 +142,10 @@ class Handler:
     -> the policy already loaded for it (``cgoom.load_config`` loads each once), else the
     handler loads the rule's. ``max_tenant_cgroups``: the most cgroups a decision reads
     below a delegated cgroup; one with more stands for its whole subtree
-    (:class:`cgoom.Snapshotter`, docs/policies.md).
+    (:class:`cgoom.Snapshotter`, docs/policies.md). ``state``: the durable undo log's file
+    (``None``: in memory only): every change is noted there before it is made, and a
+    handler that starts puts back what a previous one left (killed before it could);
+    ``cgoom restore`` does the same without starting one (docs/configuration.md).
     """
 
     def __init__(self, hierarchy: Hierarchy, rules: Iterable[Rule], *,
@@ -152,7 +156,7 @@ class Handler:
                  priorities: Iterable[tuple[str, int]] = (),
                  notice_interval: float = 10.0, clock: Clock = SYSTEM,
                  policies: Mapping[str, Policy] | None = None,
-                 max_tenant_cgroups: int = TENANT_CGROUPS) -> None:
+                 max_tenant_cgroups: int = TENANT_CGROUPS, state: str | None = None) -> None:
         self.hierarchy = hierarchy
         self.rules = tuple(rules)
         if not self.rules:
@@ -195,15 +199,19 @@ class Handler:
                         "fallbacks": 0, "errors": 0}
         self._closed = False
         busy = self._busy.__contains__
-        self._setup = SetUp(hierarchy, self._writer)
+        #: Every change to put back, noted before it is made (durably with ``state``).
+        self._undo = UndoLog(hierarchy, state)
+        self._setup = SetUp(hierarchy, self._writer, self._undo)
         self._arming = Arming(hierarchy, self.rules, writer=self._writer, clock=clock,
                               fire=self._signal, busy=busy,
                               rest_until=lambda r: self._states[r.name].rest_until,
-                              paths=lambda d: self._paths.get(d, ()))
+                              paths=lambda d: self._paths.get(d, ()),
+                              noted=self._undo.before)
         self._notifier = Notifier(hierarchy, clock=clock, interval=notice_interval, busy=busy,
                                   high_below_max=self._high_below_max)
         self._executor = Executor(hierarchy, writer=self._writer, clock=clock,
-                                  processes=processes, proc_events=proc_events)
+                                  processes=processes, proc_events=proc_events,
+                                  undo=self._undo)
         self._deciding = Deciding(self._snapshotter, clock, mark=self._notifier.mark,
                                   declared=self._notifier.declared, own_cgroup=own_cgroup)
         self._shortage = Shortage(hierarchy, self._arming, self._notifier)
@@ -283,6 +291,13 @@ class Handler:
         if self._executor.processes is None and _acts_on_processes(self.rules):
             self._executor.processes = Pidfds(self.hierarchy)
         self._writer.start()
+        try:
+            # What a cgoom killed before it could put it back: back first, then the set-up.
+            for line in await self._writer.run(self._undo.open):
+                self._setup.say(line)
+        except BaseException:
+            self._writer.close()
+            raise
         self._snapshotter.start()
         start_policy_worker()
         domains = sorted({r.domain for r in self.rules})
@@ -359,6 +374,9 @@ class Handler:
             await self._arming.restore()
             await self._executor.restore()
             await self._setup.undo()
+        else:
+            self._undo.clear()  # kept, as asked: nothing is left to put back
+        self._undo.close()
         if self._watcher is not None:
             self._watcher.close()
         self._snapshotter.close()
@@ -748,7 +766,8 @@ def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
                  kmsg: str | None = "", proc_events: bool | None = None,
                  priorities: Iterable[tuple[str, int]] = (),
                  notice_interval: float = 10.0, clock: Clock = SYSTEM,
-                 max_tenant_cgroups: int = TENANT_CGROUPS) -> Handler:
+                 max_tenant_cgroups: int = TENANT_CGROUPS,
+                 state: str | None = None) -> Handler:
     """A :class:`Handler` for ``rules``, to use as
     ``async with cgoom.open_handler(h, cgoom.Rule("batch", "workload.slice")) as handler:``.
     """
@@ -756,4 +775,4 @@ def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
                    own_cgroup=own_cgroup, processes=processes, history=history,
                    restore=restore, kmsg=kmsg, proc_events=proc_events,
                    priorities=priorities, notice_interval=notice_interval, clock=clock,
-                   max_tenant_cgroups=max_tenant_cgroups)
+                   max_tenant_cgroups=max_tenant_cgroups, state=state)

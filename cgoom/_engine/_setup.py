@@ -9,18 +9,15 @@ nothing of incidents, tripwires (``_arming``) or actions (``_executor``).
 A dry run (``Rule.dry_run``) writes nothing: each step says what it would have written, and
 which trigger the rule then cannot see.
 
-The undo log lives in memory for now: a crash leaves what it lists in place (a later issue
-makes it durable). It is undone newest first, so a value changed twice ends as first found.
+Every change is noted in the durable undo log (:mod:`cgoom._engine._undo`) before it is made,
+and put back from it, newest first, so a value changed twice ends as first found.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import functools
 import logging
 from collections.abc import Iterable
-
-import attrs
 
 from .._errors import CgoomError, CgroupGone, PermissionDenied
 from .._kernel._hierarchy import Hierarchy
@@ -28,28 +25,20 @@ from .._kernel._parse import format_size
 from .._kernel._paths import inside, parent_path
 from .._kernel._worker import Worker
 from ._rules import Rule
+from ._undo import UndoLog
 
 log = logging.getLogger("cgoom")
-
-
-@attrs.frozen
-class Change:
-    """One change cgoom made: ``file`` of ``cgroup`` was ``old`` before."""
-
-    cgroup: str
-    file: str
-    old: str
 
 
 class SetUp:
     """The set-up of a handler's rules on ``hierarchy``, and its undo log."""
 
-    def __init__(self, hierarchy: Hierarchy, writer: Worker) -> None:
+    def __init__(self, hierarchy: Hierarchy, writer: Worker, undo: UndoLog) -> None:
         self.hierarchy = hierarchy
         self.writer = writer
         #: What the set-up did, one sentence each (and what it could not do).
         self.lines: list[str] = []
-        self.changes: list[Change] = []
+        self.undo_log = undo
 
     def say(self, line: str) -> None:
         self.lines.append(line)
@@ -77,7 +66,8 @@ class SetUp:
             return
         try:
             # The write reclaims down to the new value in the writer's context: in the
-            # writer thread, never on the loop.
+            # writer thread, never on the loop. Noted first: a crash after it is undone.
+            self.undo_log.before(domain.path, "memory.high", str(old))
             await self.writer.run(lambda: domain.set_memory_high(target))
         except PermissionDenied as exc:
             # Unprivileged, the delegated root's own files stay root's: the rule still
@@ -86,7 +76,6 @@ class SetUp:
                      "rule fires on the domain's own memory.high or memory.max: set "
                      "MemoryHigh= on its unit, or give cgoom the file")
             return
-        self.changes.append(Change(domain.path, "memory.high", str(old)))
         self.say(f"{rule.name}: memory.high of {rule.domain} set to {format_size(target)} "
                  f"({rule.high_below_max:.0%} below memory.max {format_size(limit)}; was "
                  f"{old if old == 'max' else format_size(old)})")
@@ -97,8 +86,8 @@ class SetUp:
         cgroup = self.hierarchy.cgroup(path)
         try:
             if not cgroup.memory_oom_group():
+                self.undo_log.before(path, "memory.oom.group", "0")
                 cgroup.set_memory_oom_group(True)
-                self.changes.append(Change(path, "memory.oom.group", "0"))
         except CgroupGone:
             pass
         except CgoomError as exc:
@@ -143,17 +132,10 @@ class SetUp:
                     log.warning("cgoom handler: %s: %s", rule.name, problem)
 
     async def undo(self) -> None:
-        """Put back every change, newest first; a cgroup gone meanwhile is fine, anything
-        else is said."""
-        while self.changes:
-            change = self.changes.pop()
-            cgroup = self.hierarchy.cgroup(change.cgroup)
-            write = functools.partial(cgroup.write_file, change.file, change.old)
-            try:
-                await self.writer.run(write)
-            except CgoomError as exc:
-                log.warning("cgoom handler: could not restore %s of %s to %s: %s",
-                            change.file, change.cgroup, change.old, exc)
+        """Put back every change in the undo log (the set-up's and any other noted there),
+        newest first; a cgroup gone meanwhile is fine, anything else is said."""
+        for problem in await self.writer.run(self.undo_log.put_back):
+            log.warning("cgoom handler: %s", problem)
 
 
 def matches(path: str, patterns: Iterable[str]) -> bool:

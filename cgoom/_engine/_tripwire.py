@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .._errors import CgoomError
 from .._kernel._cgroup import if_supported
@@ -58,15 +58,22 @@ def levels(usages: Mapping[str, int], headroom: int) -> dict[str, int]:
     return {path: -(-(usage + share) // PAGE) * PAGE for path, usage in usages.items()}
 
 
+#: ``noted(cgroup, file, old)``: about to change ``file`` of ``cgroup`` from ``old``.
+Noted = Callable[[str, str, str], None]
+
+
 class Tripwires:
     """The tripwires of one machine rule on ``domain``'s children. ``arm`` runs in a worker
     thread (lowering memory.high may reclaim in the writer's context); ``release`` on the
     loop (raising it never reclaims). A lock keeps the two consistent."""
 
-    def __init__(self, hierarchy: Hierarchy, domain: str, reserve: float) -> None:
+    def __init__(self, hierarchy: Hierarchy, domain: str, reserve: float,
+                 noted: Noted = lambda cgroup, file, old: None) -> None:
         self.hierarchy = hierarchy
         self.domain = domain
         self.reserve = reserve
+        #: Told each original before its first change (the durable undo log).
+        self.noted = noted
         #: memory.high as found, per cgroup ever armed: written back by ``restore``.
         self.original: dict[str, Limit] = {}
         #: The level each armed tripwire is at now.
@@ -109,6 +116,7 @@ class Tripwires:
                         self.armed.pop(path, None)  # its own memory.high trips first
                         continue
                     if self.armed.get(path) != level:
+                        self.noted(path, "memory.high", str(original))
                         cgroup.set_memory_high(level)
                     self.armed[path] = level
                 except CgoomError as exc:
@@ -177,10 +185,12 @@ class DomainTripwire:
     released (put back) on its first event, so the kernel says when usage crosses the level
     and throttles nothing for long. ``arm`` in a worker thread, ``release`` on the loop."""
 
-    def __init__(self, hierarchy: Hierarchy, domain: str, fraction: float) -> None:
+    def __init__(self, hierarchy: Hierarchy, domain: str, fraction: float,
+                 noted: Noted = lambda cgroup, file, old: None) -> None:
         self.hierarchy = hierarchy
         self.domain = domain
         self.fraction = fraction
+        self.noted = noted
         self.original: Limit | None = None
         self.level: int | None = None
         self.armed = False
@@ -203,6 +213,7 @@ class DomainTripwire:
                     return usage, None
                 if self.original != "max" and self.original <= self.level:
                     return usage, None  # its own memory.high trips first
+                self.noted(self.domain, "memory.high", str(self.original))
                 cgroup.set_memory_high(self.level)
                 self.armed = True
                 return usage, None

@@ -111,7 +111,10 @@ class OsFS:
         return data.decode("utf-8", "surrogateescape")
 
     def write(self, path: str, data: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        # O_TRUNC: kernfs accepts it and ignores it (a shell's `echo 1 > cgroup.freeze` opens
+        # so); on a regular file (a tree on disk read through this class, as `cgoom --mount`
+        # does on a fake one) "max" written over "283115520" must not leave "max115520".
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
         try:
             os.write(fd, data.encode("utf-8", "surrogateescape"))
         finally:

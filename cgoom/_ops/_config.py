@@ -5,7 +5,7 @@ time. Pure apart from reading the files.
 Layout (docs/configuration.md; docs/cgoom.example.toml is the annotated example)::
 
     [handler]            own_cgroup, records, restore, kmsg, proc_events, stall_timeout,
-                         max_tenant_cgroups
+                         max_tenant_cgroups, state
     [metrics]            address, port: Prometheus metrics over HTTP (off without it)
     [notices]            socket, pressure_socket, pressure_level, mode, interval: the
                          notice socket for applications and systemd's pressure protocol
@@ -48,7 +48,8 @@ _SECONDS = ((int, float), "a number of seconds above 0")
 HANDLER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "own_cgroup": _PATH, "records": _PATH, "restore": _BOOL, "kmsg": _BOOL,
     "proc_events": _BOOL, "stall_timeout": _SECONDS,
-    "max_tenant_cgroups": ((int,), "a number of cgroups, 1 or more")}
+    "max_tenant_cgroups": ((int,), "a number of cgroups, 1 or more"),
+    "state": ((str,), "a path string (\"\": no durable undo log)")}
 METRICS_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "address": ((str,), "an IP address string, e.g. \"127.0.0.1\""),
     "port": ((int,), "a TCP port, 1-65535")}
@@ -85,6 +86,9 @@ class HandlerSettings:
     stall_timeout: float | None = None
     #: The most cgroups a decision reads below a delegated cgroup (docs/policies.md).
     max_tenant_cgroups: int = TENANT_CGROUPS
+    #: The durable undo log (``None``: /run/cgoom/undo.json on the host's own mount, as
+    #: root; ``""``: none).
+    state: str | None = None
 
 
 @attrs.frozen
@@ -136,7 +140,8 @@ class Config:
                      f"records={h.records or '(not kept)'} restore={h.restore} "
                      f"kmsg={h.kmsg} proc_events={h.proc_events} "
                      f"stall_timeout={h.stall_timeout or '(off)'} "
-                     f"max_tenant_cgroups={h.max_tenant_cgroups}")
+                     f"max_tenant_cgroups={h.max_tenant_cgroups} "
+                     f"state={h.state if h.state is not None else '(default)'}")
         m = self.metrics
         lines.append(f"metrics: http://{m.address}:{m.port}/metrics" if m is not None
                      else "metrics: (off)")

@@ -26,6 +26,7 @@ import attrs
 from .._engine._incident import IncidentRecord
 from .._engine._rules import Rule
 from .._engine._stall import StallWatchdog
+from .._engine._undo import default_path as default_state
 from .._errors import CgoomError
 from .._kernel._clock import SYSTEM, Clock
 from .._kernel._hierarchy import Hierarchy
@@ -58,15 +59,18 @@ async def run(config_path: str, *, dry_run: bool = False,
                  "clients; %d are always kept for the engine)", before, after, FD_RESERVE)
     for line in limits(h, config.rules):
         log.warning("cgoom: not allowed here: %s", line)
-    daemon = _Daemon(config_path, config, h, dry_run=dry_run, clock=clock)
+    daemon = _Daemon(config_path, config, h, dry_run=dry_run, clock=clock,
+                     host=hierarchy is None)
     return await daemon.run()
 
 
 class _Daemon:
     def __init__(self, path: str, config: Config, hierarchy: Hierarchy, *,
-                 dry_run: bool, clock: Clock) -> None:
+                 dry_run: bool, clock: Clock, host: bool = False) -> None:
         from .._engine._handler import Handler
 
+        self.host = host
+        config = self._settled(config)
         self.path, self.config, self.dry_run = path, config, dry_run
         settings = config.handler
         self.records = RecordLog(settings.records) if settings.records else None
@@ -76,7 +80,8 @@ class _Daemon:
                                proc_events=settings.proc_events, priorities=config.priorities,
                                notice_interval=config.notices.interval, clock=clock,
                                policies=config.policies,
-                               max_tenant_cgroups=settings.max_tenant_cgroups)
+                               max_tenant_cgroups=settings.max_tenant_cgroups,
+                               state=settings.state or None)
         self.stall: StallWatchdog | None = None
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
@@ -225,7 +230,7 @@ class _Daemon:
         try:
             fresh = await asyncio.wait_for(asyncio.to_thread(load_config, self.path),
                                            RELOAD_DEADLINE)
-            changes = self._apply(fresh)
+            changes = self._apply(self._settled(fresh))
         except TimeoutError:
             log.error("cgoom: reload: loading the configuration took more than %g s (a "
                       "policy plugin that hangs?); the running one is kept", RELOAD_DEADLINE)
@@ -251,6 +256,14 @@ class _Daemon:
         if self._reload_again:
             self._reload_again = False
             self._reloading = asyncio.get_running_loop().create_task(self._reload())
+
+    def _settled(self, config: Config) -> Config:
+        """``config`` with its defaults that depend on where it runs: the durable undo log
+        in /run/cgoom (as root) on the host's own cgroups, unless the file names one."""
+        if config.handler.state is None and self.host:
+            return attrs.evolve(config, handler=attrs.evolve(config.handler,
+                                                             state=default_state()))
+        return config
 
     def _apply(self, fresh: Config) -> list[str]:
         """Apply ``fresh`` to the running daemon, all or nothing."""

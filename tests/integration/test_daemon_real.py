@@ -321,8 +321,10 @@ def test_a_dry_run_changes_nothing_and_pairs_its_choice_with_the_kernel_s(
     daemon = subprocess.Popen(
         [sys.executable, "-m", "cgoom.cli", "run", "--dry-run", "--config", config],
         env={**os.environ, "NOTIFY_SOCKET": notes.path}, stderr=subprocess.PIPE, text=True)
+    ready = ""
     try:
-        assert notes.next().startswith("READY=1")
+        ready = notes.next()
+        assert ready.startswith("READY=1"), ready
         during = host_state()
         hog = spawn(kids["batch"], python_cmd(GROW))
         wait_until(lambda: hog.proc.poll() is not None
@@ -338,6 +340,8 @@ def test_a_dry_run_changes_nothing_and_pairs_its_choice_with_the_kernel_s(
         stop(daemon, notes)
     finally:
         stderr = cleanup(daemon, notes)
+        if not ready:
+            print(f"the daemon's stderr:\n{stderr}")  # shown with the failure
     after = host_state()
     changed = {k: (before[k], during.get(k)) for k in before if during.get(k) != before[k]}
     assert not changed, changed
@@ -356,3 +360,65 @@ def test_a_dry_run_changes_nothing_and_pairs_its_choice_with_the_kernel_s(
         print(f"\n[figures] cgoom run --dry-run: nothing on the host changed ({len(before)} "
               f"values compared during and after); {len(dry)} dry-run record(s), first: "
               f"{dry[0].actions[0].detail}; {verdict.explain()}")
+
+
+def test_sigkill_leaves_nothing_after_cgoom_restore_or_a_restart(
+        box: cgoom.Cgroup, capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 18: `cgoom run` with a high_below_max rule (and memory.oom.group on the leaves)
+    and a machine rule (memory.high tripwires on every top-level cgroup) is SIGKILLed: what
+    it set stays. Then `cgoom restore` (ExecStopPost=), and separately a restart and a clean
+    stop: every memory.high, memory.oom.group, cgroup.freeze and xattr on the host is what it
+    was before cgoom ever ran."""
+    parent, kids = inversion(box, early=False)
+    work = tempfile.mkdtemp(prefix="cgoom-crash-")
+    state = os.path.join(work, "run", "undo.json")
+    config = os.path.join(work, "cgoom.toml")
+    with open(config, "w") as f:
+        f.write(f'[handler]\nstate = "{state}"\n\n'
+                f'[[rule]]\nname = "inversion"\ndomain = "{parent.path}"\non = ["high"]\n'
+                'high_below_max = 0.1\noom_group_leaves = true\n\n'
+                '[[rule]]\nname = "machine"\ndomain = "/"\navailable_below = 0.02\n')
+    before = host_state()
+    figures = []
+
+    def started() -> tuple[subprocess.Popen[str], Notifications]:
+        notes = Notifications(os.path.join(work, f"notify-{time.monotonic_ns()}"))
+        daemon = subprocess.Popen([sys.executable, "-m", "cgoom.cli", "run", "--config",
+                                   config], env={**os.environ, "NOTIFY_SOCKET": notes.path},
+                                  stderr=subprocess.PIPE, text=True)
+        ready = notes.next()
+        if not ready.startswith("READY=1"):
+            raise AssertionError(f"{ready}: {cleanup(daemon, notes)}")
+        return daemon, notes
+
+    for then in ("cgoom restore", "a restart"):
+        daemon, notes = started()
+        try:
+            assert parent.memory_high() == 270 * M
+            assert all(k.memory_oom_group() for k in kids.values())
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait(30)
+        finally:
+            cleanup(daemon, notes)
+        left = {k: v for k, v in host_state().items() if before.get(k) != v}
+        assert f"{parent.path} memory.high" in left, left
+        if then == "cgoom restore":
+            out = subprocess.run([sys.executable, "-m", "cgoom.cli", "restore", "--config",
+                                  config], capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            said = out.stdout.splitlines()[0]
+        else:
+            daemon, notes = started()
+            try:
+                stop(daemon, notes)
+            finally:
+                stderr = cleanup(daemon, notes)
+            said = next(line for line in stderr.splitlines() if "a previous cgoom left" in line)
+        after = host_state()
+        changed = {k: (before[k], after.get(k)) for k in before if after.get(k) != before[k]}
+        assert not changed, (then, changed)
+        assert not os.path.exists(state)
+        figures.append(f"SIGKILL left {len(left)} value(s) changed; after {then}: none "
+                       f"({said})")
+    with capsys.disabled():
+        print("\n[figures] crash recovery: " + "; ".join(figures))
