@@ -371,8 +371,19 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version (a checkout that is not installed says so)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cgoom")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgoom", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"cgoom {_version()}")
     parser.add_argument(
         "--mount", help="the cgroup2 mount (default: found in /proc/self/mountinfo)"
     )

@@ -208,6 +208,12 @@ def test_the_example_unit() -> None:
     assert Path(argv[0]).name == "cgoom"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "run" and args.config == "/etc/cgoom/cgoom.toml"
+    # After a crash too, what it set is put back from the undo log it keeps in /run/cgoom.
+    argv = shlex.split(service["ExecStopPost"])
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "restore" and args.config == "/etc/cgoom/cgoom.toml"
+    assert service["RuntimeDirectory"] == "cgoom"
+    assert service["RuntimeDirectoryPreserve"] == "yes"
 
 
 def exists(*paths: str) -> bool:

@@ -237,8 +237,8 @@ def _missing_file(
                 f"cannot {what} {path}: this host's cgroup v2 hierarchy at {mount} has no "
                 f"{controller} controller ({mount}/cgroup.controllers lists "
                 f"{' '.join(sorted(root_controllers)) or 'nothing'}); it is probably bound to "
-                "cgroup v1. Boot with cgroup_no_v1=all, or run cgoom inside the project's VM "
-                "(`cgoom-vm run -- cgoom status`, see docs/real-kernel.md)",
+                "cgroup v1. Boot with cgroup_no_v1=all (or systemd.unified_cgroup_hierarchy=1) "
+                "so that it is on cgroup v2 (docs/operator-guide.md)",
             )
         parent = os.path.dirname(directory)
         return error(

@@ -224,9 +224,9 @@ class Hierarchy:
         raise MemoryControllerUnavailable(
             f"the cgroup v2 hierarchy at {self.mount} has no memory controller{where}: "
             f"{self.mount}/cgroup.controllers lists {listed}, so no cgroup here has memory.* "
-            "files. Boot the kernel with cgroup_no_v1=all (or systemd.unified_cgroup_hierarchy=1), "
-            "or run cgoom in the project's throwaway VM: `cgoom-vm run -- cgoom status` "
-            "(docs/real-kernel.md)",
+            "files. Boot the kernel with cgroup_no_v1=all (or "
+            "systemd.unified_cgroup_hierarchy=1) so that the memory controller is on cgroup v2 "
+            "(docs/operator-guide.md)",
             path=os.path.join(self.mount, "cgroup.controllers"),
         )
 
