@@ -137,6 +137,11 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def _hierarchy(args: argparse.Namespace) -> Hierarchy:
     if args.mount:
+        if not os.path.isdir(args.mount):
+            raise InvalidValue(f"--mount {args.mount}: no such directory", value=args.mount)
+        if not os.path.exists(os.path.join(args.mount, "cgroup.controllers")):
+            raise InvalidValue(f"--mount {args.mount}: not a cgroup2 mount (it has no "
+                               "cgroup.controllers)", value=args.mount)
         return Hierarchy(mount=args.mount, proc_root=args.proc)
     return Hierarchy.discover(proc_root=args.proc)
 
@@ -366,7 +371,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     else:
         chosen = records[-1:]
         if not chosen:
-            raise InvalidValue(f"{args.log} holds no record yet", path=args.log)
+            raise CgoomError(f"{args.log} holds no record yet", path=args.log)
     print(chosen[-1].explain())
     return 0
 
@@ -455,8 +460,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except InvalidValue as exc:  # what was asked cannot be: a usage error
+        print(f"cgoom: {exc}", file=sys.stderr)
+        return 2
     except CgoomError as exc:
         print(f"cgoom: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`cgoom status --json | head`): no traceback. Python's own
+        # advice (the signal module's docs): point stdout at devnull so that the flush at
+        # exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

@@ -94,15 +94,26 @@ def test_rank_with_a_policy_and_arguments(lab: FakeCgroupTree,
     assert [v["cgroup"] for v in decision["victims"]] == ["/lab/batch", "/lab/web"]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["rank", "lab", "--policy", "nope"], "no policy named 'nope'"),
-    (["rank", "lab", "--arg", "oops"], "write NAME=VALUE"),
-    (["rank", "missing"], "no cgroup /missing"),
+@pytest.mark.parametrize(("argv", "message", "status"), [
+    (["rank", "lab", "--policy", "nope"], "no policy named 'nope'", 1),
+    (["rank", "lab", "--arg", "oops"], "write NAME=VALUE", 2),
+    (["rank", "missing"], "no cgroup /missing", 1),
+    (["set-priority", "lab", "high"], "a priority is an integer", 2),
 ])
 def test_rank_errors(lab: FakeCgroupTree, capsys: pytest.CaptureFixture[str], argv: list[str],
-                     message: str) -> None:
-    assert main(["--mount", lab.mount, *argv]) == 1
+                     message: str, status: int) -> None:
+    """docs/cli.md: 2 for a usage error (what was asked cannot be), 1 when cgoom cannot do
+    its job here."""
+    assert main(["--mount", lab.mount, *argv]) == status
     assert message in capsys.readouterr().err
+
+
+def test_a_mount_that_is_not_one_is_a_usage_error(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mount", str(tmp_path / "nonexistent"), "status"]) == 2
+    assert "--mount" in capsys.readouterr().err
+    assert main(["--mount", str(tmp_path), "features"]) == 2
+    assert "not a cgroup2 mount (it has no cgroup.controllers)" in capsys.readouterr().err
 
 
 def test_policies_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,10 +176,10 @@ def test_set_priority_and_preferences(lab: FakeCgroupTree,
     assert main(["--mount", lab.mount, "no-preference", "lab/web"]) == 0
     assert lab.cgroup("lab/batch").priority() is None
     assert lab.cgroup("lab/web").get_xattr("user.cgoom.preference") is None
-    assert main(["--mount", lab.mount, "set-priority", "lab/batch", "high"]) == 1
+    assert main(["--mount", lab.mount, "set-priority", "lab/batch", "high"]) == 2
     assert "a priority is an integer (higher is more important) or 'none', not 'high'" in \
         capsys.readouterr().err
-    assert main(["--mount", lab.mount, "set-priority", "lab/batch", str(2**31)]) == 1
+    assert main(["--mount", lab.mount, "set-priority", "lab/batch", str(2**31)]) == 2
     lab.cgroup("lab/batch").set_xattr("user.cgoom.priority", "lots")
     capsys.readouterr()
     assert main(["--mount", lab.mount, "status", "lab", "--json"]) == 0
@@ -187,3 +198,14 @@ def test_cgoom_run_imports_asyncio_without_tls() -> None:
             "assert 'ssl' not in sys.modules\nimport ssl\nprint(ssl.HAS_TLSv1_3 in (True, False))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "True", run.stderr
+
+
+def test_a_reader_that_goes_away_is_no_traceback(lab: FakeCgroupTree) -> None:
+    """`cgoom status --json | head`: the pipe closes early; cgoom ends without a
+    BrokenPipeError traceback."""
+    for i in range(300):
+        lab.add(f"lab/many/c{i}")
+    shell = (f"{sys.executable} -m cgoom.cli --mount {lab.mount} status --json | head -c 10 "
+             ">/dev/null")
+    out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr

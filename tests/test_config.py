@@ -52,7 +52,16 @@ def test_drop_ins_merge_in_name_order(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[[rule]]\nname = "r"\ndomain = "t"\nthreshold = 0\n',
-     r"cgoom.toml, line 4: rule 'r': rule 'r': threshold=0, a positive number"),
+     r"cgoom.toml, line 4: rule 'r': threshold=0, a positive number"),
+    ('[[rule]]\nname = "w"\ndomain = "a"\n\n[[rule]]\nname = "w"\ndomain = "b"\n',
+     r"line 6: rule 'w': named twice in this file \(\[\[rule\]\] #1 and #2\): rule names "
+     "are unique"),
+    ('[[rule]]\nname = "w"\non = "max"\n',
+     r"line 2: rule 'w': each \[\[rule\]\] needs a domain: the cgroup whose subtree it "
+     "watches"),
+    ('[handler]\nrecords = "/nonexistent/cgoom/records.jsonl"\n[[rule]]\nname = "w"\n'
+     'domain = "t"\n', r"\[handler\] records = '/nonexistent/cgoom/records.jsonl': its "
+     "directory /nonexistent/cgoom does not exist"),
     ('[[rule]]\nname = "r"\ndomain = "t"\ncoldown = 5\n',
      r"line 4: rule 'r': unknown key 'coldown': a rule has action, available_below, "),
     ('rules = 1\n',

@@ -104,7 +104,7 @@ def test_explain_command(tree: FakeCgroupTree, tmp_path: Path,
     assert main(["explain", "--log", path, record.id]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"incident {record.id}: rule 'r' on /t") and "/t/batch" in out
-    assert main(["explain", "--log", path, "nope"]) == 1
+    assert main(["explain", "--log", path, "nope"]) == 2  # a usage error
     assert f"no incident 'nope' in {path} (the latest: {record.id})" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

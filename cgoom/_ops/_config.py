@@ -298,6 +298,7 @@ def load_config(path: str) -> Config:
         if not isinstance(raw_rules, list):
             raise _error(source, "rule", "rules are [[rule]] tables (an array of tables)",
                          key="rule")
+        seen: dict[str, int] = {}
         for nth, raw in enumerate(raw_rules):
             name = raw.get("name")
             if not isinstance(name, str) or not name:
@@ -310,6 +311,12 @@ def load_config(path: str) -> Config:
                 raise _error(source, f"rule {name!r}: unknown key {key!r}",
                              f"a rule has {', '.join(sorted(RULE_KEYS))}", key=key,
                              table="rule", nth=nth)
+            if name in seen:
+                raise _error(source, f"rule {name!r}", f"named twice in this file ([[rule]] "
+                             f"#{seen[name] + 1} and #{nth + 1}): rule names are unique; a "
+                             "drop-in (FILE.d/*.toml) changes a rule of the file by naming "
+                             "it", key="name", table="rule", nth=nth)
+            seen[name] = nth
             rules.setdefault(name, {}).update(raw)
             origin[name] = (source, nth)
     settings = None
@@ -325,6 +332,12 @@ def load_config(path: str) -> Config:
     if not rules:
         raise ConfigError(f"{path}: no [[rule]]: the handler needs at least one rule",
                           path=path)
+    records = handler.get("records")
+    if records is not None and not os.path.isdir(os.path.dirname(os.path.abspath(records))):
+        raise ConfigError(f"{path}: [handler] records = {records!r}: its directory "
+                          f"{os.path.dirname(os.path.abspath(records))} does not exist "
+                          "(make it, e.g. LogsDirectory=cgoom in the unit for /var/log/cgoom)",
+                          path=path, key="records")
     built = [_rule(origin[name][0], origin[name][1], raw) for name, raw in rules.items()]
     return Config(rules=tuple(r for r, _ in built),
                   policies={r.name: policy for r, policy in built},
@@ -399,6 +412,10 @@ def _rule(source: _Source, nth: int, raw: Mapping[str, Any]) -> tuple[Rule, Poli
     name = raw["name"]
     where = f"rule {name!r}"
     kwargs = dict(raw)
+    if "domain" not in kwargs:
+        raise _error(source, where, "each [[rule]] needs a domain: the cgroup whose subtree "
+                     "it watches and chooses in, e.g. domain = \"workload.slice\" (\"/\" for "
+                     "the whole machine)", key="name", table="rule", nth=nth)
     if "pressure" in kwargs:
         kwargs["pressure"] = _pressure(source, where, kwargs["pressure"], nth)
     args = kwargs.get("policy_args", {})
@@ -418,4 +435,6 @@ def _rule(source: _Source, nth: int, raw: Mapping[str, Any]) -> tuple[Rule, Poli
         return Rule(**kwargs), loaded
     except (InvalidValue, TypeError, ValueError) as exc:
         key = exc.key if isinstance(exc, InvalidValue) else None
-        raise _error(source, where, str(exc), key=key, table="rule", nth=nth) from exc
+        text = str(exc)
+        text = text[len(where) + 2:] if text.startswith(f"{where}: ") else text
+        raise _error(source, where, text, key=key, table="rule", nth=nth) from exc
