@@ -32,7 +32,9 @@ from ._kernel._parse import format_size
 from ._kernel._types import Limit
 
 if TYPE_CHECKING:
+    from ._decide._candidates import CgroupSnapshot, Incident
     from ._decide._policy import Decision
+    from ._engine._rules import Rule
 
 def human(value: Limit | None) -> str:
     """``1536 -> "1.5K"``, ``"max" -> "max"``, ``None -> "-"`` (binary units, as the kernel)."""
@@ -210,23 +212,87 @@ def _cmd_rank(args: argparse.Namespace) -> int:
 
     hierarchy = _hierarchy(args)
     hierarchy.require_memory()
-    policy = load_policy(args.policy, **_policy_args(args.arg))
-    start = hierarchy.cgroup(args.path)
+    path, own = args.path, None
+    if args.config is not None:
+        # The ranking the daemon would make: the rule's domain, policy and options, the
+        # file's [priorities] and bounds, its set-up in place.
+        from ._engine._deciding import as_if_set_up
+        from ._ops._config import load_config
+
+        config = load_config(args.config)
+        rule = _the_rule(config.rules, args.rule, args.path)
+        policy = config.policies[rule.name]
+        path = args.path if args.path != "/" else rule.domain
+        snapshotter = Snapshotter(hierarchy, priorities=config.priorities,
+                                  max_tenant_cgroups=config.handler.max_tenant_cgroups)
+        as_if = as_if_set_up(attrs.evolve(rule, dry_run=True),
+                             [c.path for c in hierarchy.cgroup(path).walk()])
+        own = config.handler.own_cgroup
+    else:
+        if args.rule is not None:
+            raise InvalidValue("--rule needs --config: the rules are the file's",
+                               value=args.rule)
+        policy = load_policy(args.policy, **_policy_args(args.arg))
+        snapshotter, as_if = Snapshotter(hierarchy), None
+    start = hierarchy.cgroup(path)
     if not start.exists():
         raise CgroupGone(f"no cgroup {start.path} under {hierarchy.mount}", path=start.dir)
-    try:
-        own = hierarchy.own_cgroup().path
-    except CgoomError:
-        own = None
-    candidates = Snapshotter(hierarchy).snapshot(start.path, fields=policy_fields(policy))
+    if own is None:
+        try:
+            own = hierarchy.own_cgroup().path
+        except CgoomError:
+            own = None
+    candidates = snapshotter.snapshot(start.path, fields=policy_fields(policy))
+    if as_if is not None:
+        candidates = {p: as_if(s) for p, s in candidates.items()}
     incident = Incident.create(start.path, "manual", own_cgroup=own)
     decision = decide(policy, incident, candidates)
     problems = {path: list(s.problems) for path, s in candidates.items() if s.problems}
+    left = left_out(incident, candidates)
     if args.json:
-        print(json.dumps({**attrs.asdict(decision), "problems": problems}, indent=2))
+        print(json.dumps({**attrs.asdict(decision), "problems": problems, "left_out": left},
+                         indent=2))
         return 0
     print("\n".join(format_decision(decision, start.path, args.top, problems)))
+    for cgroup, why in left.items():
+        print(f"left out: {cgroup}: {why}")
     return 0
+
+
+def _the_rule(rules: Sequence[Rule], name: str | None, path: str) -> Rule:
+    """The rule ``rank --config`` ranks for: ``--rule NAME``, the only one, or the one with
+    the deepest domain holding PATH."""
+    from ._kernel._paths import inside, normalize_path
+
+    names = ", ".join(r.name for r in rules)
+    if name is not None:
+        for rule in rules:
+            if rule.name == name:
+                return rule
+        raise InvalidValue(f"--rule {name}: the file has no such rule ({names})", value=name)
+    if len(rules) == 1:
+        return rules[0]
+    if path != "/":
+        holding = [r for r in rules if inside(normalize_path(path), r.domain)]
+        if holding:
+            return max(holding, key=lambda r: len(r.domain))
+    raise InvalidValue(f"which rule? the file has {names}: give --rule NAME (or a PATH in "
+                       "one rule's domain)", value=names)
+
+
+def left_out(incident: Incident, candidates: Mapping[str, CgroupSnapshot]) -> dict[str, str]:
+    """The cgroups no policy may choose here, and why (``rank`` says so rather than leave
+    them out without a word)."""
+    left = {}
+    for path, snap in candidates.items():
+        if path in incident.protected:
+            left[path] = "cgoom's own cgroup, or one of its ancestors"
+        elif snap.preference == "omit":
+            left[path] = ("omitted by a trusted writer (user.cgoom.preference=omit, or "
+                          "user.oomd_omit): never chosen, nor anything below it")
+        elif snap.threaded:
+            left[path] = "a threaded cgroup: its processes are its threaded domain's"
+    return left
 
 
 def format_decision(decision: Decision, path: str, top: int = 10,
@@ -409,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="an option of the policy (repeatable)")
     rank.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
     rank.add_argument("--json", action="store_true", help="print the whole decision as JSON")
+    rank.add_argument("--config", default=None, help="rank as `cgoom run` on this file "
+                      "would: the rule's domain, policy, options and the [priorities]")
+    rank.add_argument("--rule", default=None, help="which rule of --config (default: the "
+                      "only one, or the one whose domain holds PATH)")
     rank.set_defaults(func=_cmd_rank)
     policies = sub.add_parser("policies", help="the policies installed (built-in and plugins)")
     policies.set_defaults(func=_cmd_policies)

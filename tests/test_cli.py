@@ -209,3 +209,41 @@ def test_a_reader_that_goes_away_is_no_traceback(lab: FakeCgroupTree) -> None:
              ">/dev/null")
     out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+
+
+def test_rank_with_the_daemon_s_configuration(lab: FakeCgroupTree, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 18: `rank --config` ranks as `cgoom run` on that file would: its [priorities]
+    (the operator's main tool: without them, batch's 300M made it first), the rule's policy,
+    its oom_group_leaves in place (whole); and what no policy may choose is listed, not
+    silently left out."""
+    lab.add_process(100, name="batchd", rss=250 << 20)
+    lab.cgroup("lab/web").attach(300)
+    lab.add_process(300, name="nginx", rss=50 << 20)
+    lab.add("lab/keep", procs=[400], memory_current=10 << 20)
+    lab.add_process(400, name="keep", rss=10 << 20)
+    lab.cgroup("lab/keep").set_preference("omit")  # root's: trusted
+    config = tmp_path / "cgoom.toml"
+    config.write_text('[priorities]\n"lab/batch" = 100\n"lab/web" = 0\n\n'
+                      '[[rule]]\nname = "lab"\ndomain = "lab"\noom_group_leaves = true\n\n'
+                      '[[rule]]\nname = "machine"\ndomain = "/"\navailable_below = 0.1\n')
+    argv = ["--mount", lab.mount, "--proc", f"{lab.base}/proc", "rank"]
+    assert main([*argv, "lab"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("  1. /lab/batch (pid 100)")
+    assert main([*argv, "--config", str(config), "--rule", "lab"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("  1. /lab/web (whole cgroup): priority 0"), out
+    assert out[2].startswith("  2. /lab/batch (whole cgroup): priority 100"), out
+    assert out[-1] == ("left out: /lab/keep: omitted by a trusted writer "
+                       "(user.cgoom.preference=omit, or user.oomd_omit): never chosen, nor "
+                       "anything below it")
+    assert main([*argv, "lab/web", "--config", str(config)]) == 0  # the rule holding PATH
+    assert "1. /lab/web (whole cgroup)" in capsys.readouterr().out
+    assert main([*argv, "--config", str(config)]) == 2  # two rules, no PATH: which?
+    assert "which rule? the file has lab, machine: give --rule NAME" in \
+        capsys.readouterr().err
+    assert main([*argv, "--config", str(config), "--rule", "nope"]) == 2
+    assert main([*argv, "--config", str(config), "--rule", "lab", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["left_out"] == {
+        "/lab/keep": "omitted by a trusted writer (user.cgoom.preference=omit, or "
+                     "user.oomd_omit): never chosen, nor anything below it"}
