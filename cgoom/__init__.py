@@ -105,6 +105,9 @@ if TYPE_CHECKING:
     from ._notices._server import ServerStatistics as ServerStatistics
     from ._notices._server import open_notice_server as open_notice_server
     from ._notices._server import open_pressure_socket as open_pressure_socket
+    from ._ops._config import Config as Config
+    from ._ops._config import ConfigError as ConfigError
+    from ._ops._config import load_config as load_config
     from ._ops._protect import Protection as Protection
     from ._ops._protect import protect_self as protect_self
     from ._ops._recordlog import RecordLog as RecordLog
@@ -149,6 +152,9 @@ _LAZY: dict[str, str] = {
     "IncidentRecord": "_engine._incident",
     "KernelOomKill": "_kernel._kmsg",
     "Timings": "_engine._incident",
+    "Config": "_ops._config",
+    "ConfigError": "_ops._config",
+    "load_config": "_ops._config",
     "RecordLog": "_ops._recordlog",
     "read_records": "_ops._recordlog",
     "record_from_json": "_ops._recordlog",

@@ -352,7 +352,14 @@ def _cmd_set_priority(args: argparse.Namespace) -> int:
                            f"not {args.priority!r}", value=args.priority) from None
     cgroup.set_priority(value)
     print(f"{cgroup.path}: user.cgoom.priority={value}")
+    _durable_note()
     return 0
+
+
+def _durable_note() -> None:
+    print("note: an xattr lives with its cgroup: systemd makes a unit's cgroup anew when the "
+          "unit restarts, and the setting is gone; for one that lasts, use [priorities] in "
+          "cgoom's configuration (docs/configuration.md)", file=sys.stderr)
 
 
 def _cmd_preference(args: argparse.Namespace) -> int:
@@ -361,6 +368,8 @@ def _cmd_preference(args: argparse.Namespace) -> int:
     cgroup.set_preference(preference)
     print(f"{cgroup.path}: user.cgoom.preference "
           + ("removed" if preference is None else f"={preference}"))
+    if preference is not None:
+        _durable_note()
     if preference in ("avoid", "omit") and os.geteuid() != 0:
         print("note: avoid and omit count only when root or the domain's owner sets them "
               "(docs/policies.md)", file=sys.stderr)

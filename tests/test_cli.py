@@ -167,7 +167,8 @@ def test_set_priority_and_preferences(lab: FakeCgroupTree,
     assert main(["--mount", lab.mount, "avoid", "lab/web"]) == 0
     assert lab.cgroup("lab/batch").priority() == -5
     assert lab.cgroup("lab/web").get_xattr("user.cgoom.preference") == "avoid"
-    capsys.readouterr()
+    # said where they are set: an xattr goes with the cgroup systemd makes anew on restart
+    assert capsys.readouterr().err.count("note: an xattr lives with its cgroup") == 2
     assert main(["--mount", lab.mount, "status", "lab"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[-2:] == ["PRIO", "PREF"]
