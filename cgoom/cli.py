@@ -398,8 +398,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     from ._ops._daemon import run
+    from ._ops._journal import stderr_formatter
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(stderr_formatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     hierarchy = _hierarchy(args) if args.mount else None
     return asyncio.run(run(args.config, dry_run=args.dry_run, hierarchy=hierarchy))
 

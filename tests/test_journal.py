@@ -88,3 +88,25 @@ async def test_cgoom_run_sends_each_record_to_the_journal(
     assert fields["CGOOM_INCIDENT"] and fields["MESSAGE"].startswith("cgoom: incident ")
     assert fields["CGOOM_CHOSEN"] == "/t/batch" and "CGOOM_VICTIM" not in fields  # dry run
     assert "policy priority" in fields["CGOOM_EXPLAIN"] and "\n" in fields["CGOOM_EXPLAIN"]
+
+
+def test_stderr_lines_carry_their_priority_when_stderr_is_the_journal(tmp_path: Path) -> None:
+    """issue 18: every stderr line reached the journal at one priority; with stderr the
+    journal's stream, each line carries its level as a ``<N>`` prefix (sd-daemon(3))."""
+    import logging
+
+    from cgoom._ops._journal import PriorityPrefix, stderr_formatter
+
+    def line(level: int, message: str) -> str:
+        record = logging.LogRecord("cgoom", level, __file__, 1, message, None, None)
+        return PriorityPrefix("%(message)s").format(record)
+
+    assert line(logging.WARNING, "cgoom: not allowed here") == "<4>cgoom: not allowed here"
+    assert line(logging.ERROR, "a\nb") == "<3>a\n<3>b"
+    assert line(logging.INFO, "set-up") == "<6>set-up"
+    assert line(logging.DEBUG, "") == "<7>"
+    with open(tmp_path / "stream", "w") as f:
+        st = os.fstat(f.fileno())
+        journal = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        assert isinstance(stderr_formatter(journal, f.fileno()), PriorityPrefix)
+        assert not isinstance(stderr_formatter({}, f.fileno()), PriorityPrefix)

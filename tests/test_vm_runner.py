@@ -40,6 +40,13 @@ def test_needs_apt_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
         vm.ensure_prerequisites()
 
 
+@pytest.fixture(autouse=True)
+def no_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_tests builds and installs the wheel for the daemon tests (tests/test_packaging.py
+    does that for real): a stand-in here."""
+    monkeypatch.setattr(vm, "install_wheel", lambda directory: "/opt/wheel/bin/cgoom")
+
+
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest"
 errors="{errors}" failures="{failures}" skipped="{skipped}" tests="{tests}"></testsuite>
 </testsuites>"""
@@ -59,6 +66,7 @@ def test_report_judgement(monkeypatch: pytest.MonkeyPatch, counts: dict[str, int
 
     def fake_vm(command: str, *, rwdirs: list[str], **kw: object) -> int:
         assert "tests/integration" in command and "CGOOM_REQUIRE_CGROUP2=" in command
+        assert "CGOOM_CLI=/opt/wheel/bin/cgoom" in command
         (Path(rwdirs[0]) / "junit.xml").write_text(JUNIT.format(**counts))
         return status
 

@@ -22,6 +22,7 @@ So each incident goes to the journal once with its fields (``CGOOM_INCIDENT``, `
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -52,6 +53,30 @@ def stderr_is_journal(environ: Mapping[str, str] | None = None, fd: int = 2) -> 
         return (int(device), int(inode)) == (st.st_dev, st.st_ino)
     except (ValueError, OSError):
         return False
+
+
+class PriorityPrefix(logging.Formatter):
+    """``<N>message``: the syslog priority of the record's level in front of each line, which
+    journald reads from a service's stderr (``SyslogLevelPrefix=yes``, systemd's default;
+    sd-daemon(3)): without it every line of cgoom's, warnings and errors too, was stored at the
+    stream's one priority (info)."""
+
+    LEVELS = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+              (logging.INFO, 6))
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in self.LEVELS if record.levelno >= level), 7)
+        return "\n".join(f"<{priority}>{line}"
+                         for line in super().format(record).splitlines() or [""])
+
+
+def stderr_formatter(environ: Mapping[str, str] | None = None, fd: int = 2,
+                     ) -> logging.Formatter:
+    """The daemon's stderr format: priority-prefixed lines when stderr is the journal, plain
+    messages otherwise (a terminal, a file)."""
+    if stderr_is_journal(environ, fd):
+        return PriorityPrefix("%(message)s")
+    return logging.Formatter("%(message)s")
 
 
 def encode(fields: Mapping[str, str]) -> bytes:

@@ -46,6 +46,38 @@ KERNEL_GLOB = "/boot/vmlinuz-*-amd64"
 #: Environment variable the integration tests read: set, a missing cgroup v2 memory
 #: controller is a failure, not a skip (tests/integration/conftest.py).
 REQUIRE_ENV = "CGOOM_REQUIRE_CGROUP2"
+#: The ``cgoom`` command the daemon tests run: the wheel built from the checkout, installed
+#: into a virtualenv of its own (what an operator installs, not the source tree).
+CLI_ENV = "CGOOM_CLI"
+
+
+def install_wheel(directory: str) -> str:
+    """Build the checkout's wheel and install it (with the ``metrics`` extra) into a new
+    virtualenv under ``directory``; the path of its ``cgoom``. :class:`VMError` if that
+    cannot be done (the daemon tests must not fall back to the source tree in silence)."""
+    dist, venv = os.path.join(directory, "dist"), os.path.join(directory, "venv")
+    base = getattr(sys, "_base_executable", sys.executable)
+    steps = [
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", dist, os.getcwd()],
+        [base, "-m", "venv", venv],
+    ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise VMError(f"cannot install the wheel for the daemon tests: {shlex.join(step)}: "
+                          f"{done.stderr.strip()[-500:]}")
+    wheels = glob.glob(os.path.join(dist, "cgoom-*.whl"))
+    if len(wheels) != 1:
+        raise VMError(f"expected one wheel in {dist}, found {wheels}")
+    step = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
+            "--disable-pip-version-check", f"{wheels[0]}[metrics]"]
+    done = subprocess.run(step, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise VMError(f"cannot install the wheel for the daemon tests: {shlex.join(step)}: "
+                      f"{done.stderr.strip()[-500:]}")
+    _say(f"the daemon tests run the installed wheel: {os.path.basename(wheels[0])} in {venv}")
+    return os.path.join(venv, "bin", "cgoom")
 
 
 class VMError(Exception):
@@ -178,6 +210,7 @@ def run_tests(pytest_args: Sequence[str], *, require: bool = True, vm: bool | No
         junit = os.path.join(results, "junit.xml")
         env = {
             REQUIRE_ENV: "1" if require else "0",
+            CLI_ENV: install_wheel(results),
             # The checkout is read-only inside the guest: no bytecode, and hypothesis keeps its
             # example database in the writable results directory.
             "PYTHONDONTWRITEBYTECODE": "1",

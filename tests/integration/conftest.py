@@ -124,6 +124,19 @@ def sysctl(path: str, value: int | None = None) -> int:
         return int(f.read())
 
 
+def cgoom_command() -> list[str]:
+    """The ``cgoom`` command the daemon tests run: the installed wheel that ``cgoom-vm test``
+    built ($CGOOM_CLI), as an operator runs it; elsewhere the checkout's. Under
+    CGOOM_REQUIRE_CGROUP2=1 (CI) it must be the installed one."""
+    cli = os.environ.get("CGOOM_CLI")
+    if cli:
+        return [cli]
+    if os.environ.get("CGOOM_REQUIRE_CGROUP2") == "1":
+        pytest.fail("CGOOM_REQUIRE_CGROUP2=1 but CGOOM_CLI is unset: the daemon tests run the "
+                    "installed wheel (scripts/cgoom-vm test builds it)")
+    return [sys.executable, "-m", "cgoom.cli"]
+
+
 @pytest.fixture
 def root() -> None:
     """Tests that act as other users (setuid in a forked child) need root: the VM's tests

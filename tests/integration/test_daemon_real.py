@@ -25,7 +25,7 @@ import pytest
 import cgoom
 from cgoom.testing import wait_until
 
-from .conftest import holding_hog, python_cmd
+from .conftest import cgoom_command, holding_hog, python_cmd
 from .test_handler_real import GROW, inversion
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
@@ -110,7 +110,7 @@ def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spaw
 
     write(db=100, web=50, batch=0)
     notes = Notifications(os.path.join(work, "notify"))
-    daemon = subprocess.Popen([sys.executable, "-m", "cgoom.cli", "run", "--config", config],
+    daemon = subprocess.Popen([*cgoom_command(), "run", "--config", config],
                               env={**os.environ, "NOTIFY_SOCKET": notes.path,
                                    "WATCHDOG_USEC": "2000000"},
                               stderr=subprocess.PIPE, text=True)
@@ -153,8 +153,15 @@ def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spaw
     assert [m for m in order if m != "WATCHDOG"] == ["READY", "RELOADING", "READY",
                                                      "RELOADING", "READY", "STOPPING"], order
     t, t2 = first.timings, second.timings
+    version = subprocess.run([*cgoom_command(), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout.strip()
+    if os.environ.get("CGOOM_CLI"):  # CI: the wheel, installed apart from the checkout
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert not os.path.realpath(cgoom_command()[0]).startswith(root + os.sep)
+        assert version == "cgoom 0.1.0.dev0", version
     with capsys.disabled():
-        print(f"\n[figures] cgoom run: READY after {ready_s:.1f} s (VM); onset to kill "
+        print(f"\n[figures] cgoom run ({version}, {cgoom_command()[0]}): READY after "
+              f"{ready_s:.1f} s (VM); onset to kill "
               f"{t.kill_ms:.1f} ms, notification to empty {t.confirmed_ms:.1f} ms; after "
               f"the reload (web's priority 0): web killed, onset to kill {t2.kill_ms:.1f} "
               f"ms; metrics: {kills.splitlines()[0]}; sd_notify: {' '.join(order)}")
@@ -319,7 +326,7 @@ def test_a_dry_run_changes_nothing_and_pairs_its_choice_with_the_kernel_s(
     before = host_state()
     notes = Notifications(os.path.join(work, "notify"))
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "cgoom.cli", "run", "--dry-run", "--config", config],
+        [*cgoom_command(), "run", "--dry-run", "--config", config],
         env={**os.environ, "NOTIFY_SOCKET": notes.path}, stderr=subprocess.PIPE, text=True)
     ready = ""
     try:
@@ -383,7 +390,7 @@ def test_sigkill_leaves_nothing_after_cgoom_restore_or_a_restart(
 
     def started() -> tuple[subprocess.Popen[str], Notifications]:
         notes = Notifications(os.path.join(work, f"notify-{time.monotonic_ns()}"))
-        daemon = subprocess.Popen([sys.executable, "-m", "cgoom.cli", "run", "--config",
+        daemon = subprocess.Popen([*cgoom_command(), "run", "--config",
                                    config], env={**os.environ, "NOTIFY_SOCKET": notes.path},
                                   stderr=subprocess.PIPE, text=True)
         ready = notes.next()
@@ -403,7 +410,7 @@ def test_sigkill_leaves_nothing_after_cgoom_restore_or_a_restart(
         left = {k: v for k, v in host_state().items() if before.get(k) != v}
         assert f"{parent.path} memory.high" in left, left
         if then == "cgoom restore":
-            out = subprocess.run([sys.executable, "-m", "cgoom.cli", "restore", "--config",
+            out = subprocess.run([*cgoom_command(), "restore", "--config",
                                   config], capture_output=True, text=True, timeout=120)
             assert out.returncode == 0, out.stderr
             said = out.stdout.splitlines()[0]
