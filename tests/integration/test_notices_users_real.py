@@ -141,19 +141,18 @@ async def test_one_user_holds_at_most_max_registrations_per_user(
     assert left == {} and len(handler._notifier.registry) == 0
 
 
-def hold_as(uid: int, path: str, sizes: list[int]) -> list[bytes]:
+def hold_as(uid: int, path: str, sizes: list[int], go: int) -> list[bytes]:
     """As ``uid``: a connection per size in ``sizes``, each sending that many bytes of a
-    line it never finishes (0.2 s apart); what each was then told ("open" if nothing)."""
+    line it never finishes; once a byte comes on ``go``, what each was told ("open" if
+    nothing)."""
     def work() -> bytes:
-        import time
-
         socks = []
         for size in sizes:
             s = socket.socket(socket.AF_UNIX)
             s.connect(path)
             s.sendall(b'{"v":1,"op":"register","cgroup":"' + b"x" * size)
             socks.append(s)
-            time.sleep(0.2)
+        os.read(go, 1)
         told = []
         for s in socks:
             s.settimeout(0.5)
@@ -171,42 +170,51 @@ async def test_one_user_holds_at_most_max_bytes_per_user(
         domain: FakeCgroupTree, shared_sock: str, root: None) -> None:
     """issue 19: one user's 256 connections, each with a 60 KiB line it never finished and
     answers it never read, grew the daemon from 28 to 72 MiB. What one user makes cgoom hold
-    is bounded across its connections: the connection that would take it over is ended,
-    told why; the others, and other users, go on."""
+    is bounded across its connections: the connection that would take it over (whichever
+    of the three cgoom reads last) is ended, told why; the others, and other users, go
+    on."""
     sock_path = shared_sock
-    async with handler_for(domain) as handler, \
-            cgoom.open_notice_server(handler, sock_path,
-                                     max_bytes_per_user=64 << 10) as server:
-        holding = asyncio.ensure_future(
-            asyncio.to_thread(hold_as, 65534, sock_path, [30_000, 30_000, 30_000]))
-        await until(lambda: server.statistics().dropped == 1)
-        await asyncio.sleep(0.1)
-        statistics = server.statistics()  # the child reads its answers for a second more
-        told = await holding
-        async with notices.connect(sock_path) as client:  # root: its own share
-            assert (await client.register("t/web"))["cgroup"] == "/t/web"
-        await until(lambda: server.statistics().clients == 0)
-        left = dict(server._bytes_by_uid)
-    assert told[:2] == [b"open", b"open"], told
-    assert told[2].startswith(b'{"v":1,"op":"error"') and b"uid 65534 holds" in told[2] \
-        and b"more than max_bytes_per_user (65536): connection closed" in told[2], told
+    go_read, go = os.pipe()
+    try:
+        async with handler_for(domain) as handler, \
+                cgoom.open_notice_server(handler, sock_path,
+                                         max_bytes_per_user=64 << 10) as server:
+            holding = asyncio.ensure_future(asyncio.to_thread(
+                hold_as, 65534, sock_path, [30_000, 30_000, 30_000], go_read))
+            await until(lambda: server.statistics().dropped == 1 or holding.done(), 120,
+                        what="a connection ended for what its user holds")
+            await until(lambda: server.statistics().held >= 60_000, 60,
+                        what="the other two lines read")
+            statistics = server.statistics()  # while the child still holds its connections
+            os.write(go, b"x")
+            told = await holding
+            async with notices.connect(sock_path) as client:  # root: its own share
+                assert (await client.register("t/web"))["cgroup"] == "/t/web"
+            await until(lambda: server.statistics().clients == 0, 60)
+            left = dict(server._bytes_by_uid)
+    finally:
+        os.close(go_read)
+        os.close(go)
+    ended = [t for t in told if t != b"open"]
+    assert len(ended) == 1 and told.count(b"open") == 2, told
+    assert ended[0].startswith(b'{"v":1,"op":"error"') and b"uid 65534 holds" in ended[0] \
+        and b"more than max_bytes_per_user (65536): connection closed" in ended[0], told
     assert statistics.dropped == 1 and statistics.clients == 2
     assert 60_000 <= statistics.held <= 64 << 10
     assert left == {}  # its count went with its connections
     assert server.statistics().bad_messages == 2  # the unfinished lines, at the end
 
 
-def flood_unread_as(uid: int, path: str, count: int) -> bytes:
+def flood_unread_as(uid: int, path: str, count: int, go: int) -> bytes:
     """As ``uid``: ``count`` registrations for t/web on one connection, none of the answers
-    read for a second; then how many answers came, and how it ended."""
+    read until a byte comes on ``go`` (the test's word that cgoom has acted); then how many
+    answers came, and how it ended."""
     def work() -> bytes:
-        import time
-
         s = socket.socket(socket.AF_UNIX)
         s.connect(path)
         s.sendall(b'{"v":1,"op":"register","cgroup":"t/web"}\n' * count)
-        time.sleep(1.0)
-        s.settimeout(2)
+        os.read(go, 1)
+        s.settimeout(10)
         data = b""
         try:
             while chunk := s.recv(1 << 16):
@@ -224,12 +232,23 @@ async def test_answers_a_user_does_not_read_count_against_its_bytes(
         domain: FakeCgroupTree, shared_sock: str, root: None) -> None:
     domain.chown("t/web", 65534)  # delegated: the user may register for it
     sock_path = shared_sock
-    async with handler_for(domain) as handler, \
-            cgoom.open_notice_server(handler, sock_path, max_rate=1e6,
-                                     max_buffered=1 << 20,  # not what ends it
-                                     max_bytes_per_user=16 << 10) as server:
-        said = await asyncio.to_thread(flood_unread_as, 65534, sock_path, 5000)
-        statistics = server.statistics()
+    go_read, go = os.pipe()
+    try:
+        async with handler_for(domain) as handler, \
+                cgoom.open_notice_server(handler, sock_path, max_rate=1e6,
+                                         max_buffered=1 << 20,  # not what ends it
+                                         max_bytes_per_user=16 << 10) as server:
+            flooding = asyncio.ensure_future(
+                asyncio.to_thread(flood_unread_as, 65534, sock_path, 5000, go_read))
+            # Deterministic on a slow machine: the client reads nothing until cgoom acted.
+            await until(lambda: server.statistics().dropped == 1 or flooding.done(), 120,
+                        what="the connection ended for what its user holds")
+            os.write(go, b"x")
+            said = await flooding
+            statistics = server.statistics()
+    finally:
+        os.close(go_read)
+        os.close(go)
     answered, end = said.split()
     assert end in (b"closed", b"reset") and 0 < int(answered) < 5000, said
     assert statistics.dropped == 1 and statistics.clients == 0
