@@ -322,7 +322,11 @@ def format_decision(decision: Decision, path: str, top: int = 10,
 def _cmd_policies(args: argparse.Namespace) -> int:
     from ._decide._plugins import available_policies
 
-    for name, origin in available_policies().items():
+    found = available_policies()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    for name, origin in found.items():
         print(f"{name:<16} {origin}")
     return 0
 
@@ -335,8 +339,19 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cgoom: {exc}", file=sys.stderr)
         return 2
+    if args.json:
+        data = attrs.asdict(config, filter=lambda a, _v: a.name != "policies")
+        print(json.dumps(data, indent=2, default=_jsonable))
+        return 0
     print(config.describe())
     return 0
+
+
+def _jsonable(value: object) -> object:
+    """For ``--json``: sets as sorted lists, anything else JSON has no type for as text."""
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
 
 
 def _cmd_set_priority(args: argparse.Namespace) -> int:
@@ -450,6 +465,11 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         chosen = records[-1:]
         if not chosen:
             raise CgoomError(f"{args.log} holds no record yet", path=args.log)
+    if args.json:
+        from ._ops._recordlog import record_to_json
+
+        print(record_to_json(chosen[-1]))
+        return 0
     print(chosen[-1].explain())
     return 0
 
@@ -493,9 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "only one, or the one whose domain holds PATH)")
     rank.set_defaults(func=_cmd_rank)
     policies = sub.add_parser("policies", help="the policies installed (built-in and plugins)")
+    policies.add_argument("--json", action="store_true", help="print JSON")
     policies.set_defaults(func=_cmd_policies)
     check = sub.add_parser("check-config", help="check a configuration file and print it")
     check.add_argument("file", help="the TOML file (its FILE.d/*.toml drop-ins are read too)")
+    check.add_argument("--json", action="store_true", help="print the loaded configuration "
+                       "as JSON")
     check.set_defaults(func=_cmd_check_config)
     run = sub.add_parser("run", help="the handler as a daemon, from a configuration file")
     run.add_argument("--config", required=True, help="the TOML file (docs/configuration.md)")
@@ -511,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "reads it (the latest, or by id)")
     explain.add_argument("--log", required=True, help="the record log (JSON lines)")
     explain.add_argument("id", nargs="?", default=None, help="an incident's id")
+    explain.add_argument("--json", action="store_true", help="print the record as JSON")
     explain.set_defaults(func=_cmd_explain)
     prio = sub.add_parser("set-priority", help="set user.cgoom.priority (higher: more "
                           "important) or remove it")

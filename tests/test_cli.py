@@ -248,3 +248,18 @@ def test_rank_with_the_daemon_s_configuration(lab: FakeCgroupTree, tmp_path: Pat
     assert json.loads(capsys.readouterr().out)["left_out"] == {
         "/lab/keep": "omitted by a trusted writer (user.cgoom.preference=omit, or "
                      "user.oomd_omit): never chosen, nor anything below it"}
+
+
+def test_policies_check_config_and_explain_speak_json(capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path) -> None:
+    """issue 18: `policies`, `check-config` and `explain` had no `--json`."""
+    assert main(["policies", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["priority"] == "built in"
+    config = tmp_path / "cgoom.toml"
+    config.write_text('[priorities]\n"db*" = 100\n[[rule]]\nname = "w"\ndomain = "w.slice"\n'
+                      'on = ["high", "max"]\n')
+    assert main(["check-config", "--json", str(config)]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    assert loaded["rules"][0]["name"] == "w" and loaded["rules"][0]["domain"] == "/w.slice"
+    assert loaded["rules"][0]["on"] == ["high", "max"]
+    assert loaded["priorities"] == [["db*", 100]] and "policies" not in loaded

@@ -106,6 +106,8 @@ def test_explain_command(tree: FakeCgroupTree, tmp_path: Path,
     assert out.startswith(f"incident {record.id}: rule 'r' on /t") and "/t/batch" in out
     assert main(["explain", "--log", path, "nope"]) == 2  # a usage error
     assert f"no incident 'nope' in {path} (the latest: {record.id})" in capsys.readouterr().err
+    assert main(["explain", "--log", path, record.id, "--json"]) == 0
+    assert cgoom.record_from_json(capsys.readouterr().out) == record
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert main(["explain", "--log", str(empty)]) == 1
