@@ -203,3 +203,15 @@ def test_max_tenant_cgroups_loads_and_reaches_the_handler(tmp_path: Path) -> Non
     daemon = _Daemon(str(config), loaded, tree.hierarchy, dry_run=True,
                      clock=cgoom.testing.ManualClock())
     assert daemon.handler._snapshotter.max_tenant_cgroups == 7
+
+
+def test_the_per_key_reference_is_generated_from_the_code() -> None:
+    """docs/reference.md is `python -m cgoom._ops._reference`'s output: every key, its type,
+    default and meaning, and whether a reload applies it, from the code that reads them."""
+    from cgoom._ops._reference import reference
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
+    assert page.read_text() == reference(), \
+        "docs/reference.md is stale: python -m cgoom._ops._reference > docs/reference.md"
+    for key in ("confirm_timeout", "grace", "max_tenant_cgroups", "state"):
+        assert f"| `{key}` |" in page.read_text()

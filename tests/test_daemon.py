@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,6 +215,41 @@ def test_the_example_unit() -> None:
     assert args.command == "restore" and args.config == "/etc/cgoom/cgoom.toml"
     assert service["RuntimeDirectory"] == "cgoom"
     assert service["RuntimeDirectoryPreserve"] == "yes"
+    # Sandboxed as systemd-oomd and earlyoom are; cgroupfs stays writable (no
+    # ProtectControlGroups=) and /dev/kmsg readable (no ProtectKernelLogs=).
+    assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
+    assert "ProtectControlGroups" not in service and "ProtectKernelLogs" not in service
+    assert {"CAP_KILL", "CAP_SYS_ADMIN", "CAP_NET_ADMIN"} <= set(
+        service["CapabilityBoundingSet"].split())
+    assert unit["Unit"]["Conflicts"] == "shutdown.target"
+
+
+def test_the_example_unit_verifies_and_its_exposure_is_recorded(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts docs/cgoom.service (its binaries pointed at this
+    virtualenv's), and `systemd-analyze security --offline` rates it as docs/operator-guide.md
+    says."""
+    import re
+    import shutil
+
+    analyze = shutil.which("systemd-analyze")
+    cgoom_bin = shutil.which("cgoom")
+    if analyze is None or cgoom_bin is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-analyze (the systemd package) is missing: CI checks the unit")
+        pytest.skip("systemd-analyze is not installed here")
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cgoom.service").read_text()
+    unit = tmp_path / "cgoom.service"
+    unit.write_text(text.replace("/opt/cgoom/bin/cgoom", cgoom_bin))
+    verified = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                              timeout=120)
+    assert verified.returncode == 0, verified.stderr
+    security = subprocess.run([analyze, "security", "--offline=true", str(unit)],
+                              capture_output=True, text=True, timeout=120)
+    found = re.search(r"Overall exposure level for cgoom.service: ([0-9.]+) (\w+)",
+                      security.stdout)
+    assert found is not None, security.stdout[-500:]
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "operator-guide.md").read_text()
+    assert f"exposure level {found[1]} {found[2]}" in guide, found[0]
 
 
 def exists(*paths: str) -> bool:

@@ -150,20 +150,35 @@ class Rule:
     memory.oom.group=1 on the domain's leaves, so that a late kernel OOM kill takes a whole
     workload, as cgoom would."""
 
+    #: The rule's name (required, unique): in records, logs and metrics.
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    #: The cgroup whose subtree the rule watches and chooses victims in (required; "/" for
+    #: the whole machine).
     domain: str = attrs.field(converter=normalize_path)
     #: memory.events counters of the domain; default high, max and oom, or none when the
     #: rule has another trigger (``pressure``, ``available_below``, ``usage_above``).
     on: frozenset[str] = attrs.field(default=None, converter=_triggers)
+    #: How many of the ``on`` events within ``window`` make an incident.
     threshold: int = attrs.field(default=1, validator=_positive)
+    #: Seconds over which ``threshold`` events are counted.
     window: float = attrs.field(default=1.0, validator=_positive)
+    #: The victim selection: a policy name (``cgoom policies``) or a policy object.
     policy: Any = "priority"
+    #: The policy's options (a table in the file).
     policy_args: tuple[tuple[str, Any], ...] = attrs.field(factory=tuple, converter=_args)
+    #: Seconds after an incident during which the rule's events are folded, not acted on.
     cooldown: float = attrs.field(default=5.0, validator=_non_negative)
+    #: Decide and record, never act, and write nothing on the host (shadow mode).
     dry_run: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: Seconds to wait for a victim to be gone before the record says it was not confirmed.
     confirm_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Seconds the policy may take to decide before the fallback decides.
     budget: float = attrs.field(default=0.1, validator=_positive)
+    #: The early trigger: memory.high this fraction below the domain's memory.max (set at
+    #: start, put back at stop), so ``high`` events come before the kernel's OOM killer.
     high_below_max: float | None = attrs.field(default=None, validator=_fraction)
+    #: memory.oom.group=1 on the domain's leaves at start: a late kernel OOM kill takes a
+    #: whole workload, as cgoom would.
     oom_group_leaves: bool = attrs.field(default=False,
                                          validator=attrs.validators.instance_of(bool))
     #: A PSI trigger or sustained-pressure rule, on the domain's memory.pressure or
@@ -171,6 +186,8 @@ class Rule:
     pressure: PressureTrigger | SustainedPressure | None = attrs.field(
         default=None, validator=attrs.validators.optional(
             attrs.validators.instance_of((PressureTrigger, SustainedPressure))))
+    #: Where ``pressure`` is measured: the domain's memory.pressure, or the whole machine's
+    #: /proc/pressure/memory (``"system"``).
     pressure_scope: Literal["domain", "system"] = attrs.field(
         default="domain", validator=_one_of(("domain", "system")))
     #: The whole-machine trigger: MemAvailable below this fraction of MemTotal, seen through

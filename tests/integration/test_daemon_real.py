@@ -67,6 +67,22 @@ def cleanup(daemon: subprocess.Popen[str], notes: Notifications) -> str:
     return stderr
 
 
+def sandboxed() -> list[str]:
+    """setpriv with docs/cgoom.service's CapabilityBoundingSet= and NoNewPrivileges=: the
+    daemon test runs with no capability more than the example unit gives."""
+    import configparser
+
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # keys are CamelCase
+    unit.read(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "cgoom.service"))
+    caps = unit["Service"]["CapabilityBoundingSet"].split()
+    assert unit["Service"]["NoNewPrivileges"] == "yes"
+    keep = ",".join(f"+{c.removeprefix('CAP_').lower()}" for c in caps)
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) is missing"
+    return [setpriv, "--no-new-privs", "--bounding-set", f"-all,{keep}", "--"]
+
+
 def metric(port: int, prefix: str) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -110,7 +126,9 @@ def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spaw
 
     write(db=100, web=50, batch=0)
     notes = Notifications(os.path.join(work, "notify"))
-    daemon = subprocess.Popen([*cgoom_command(), "run", "--config", config],
+    # As the example unit runs it: its CapabilityBoundingSet= and NoNewPrivileges=yes
+    # (setpriv does for this one process what systemd does for the unit).
+    daemon = subprocess.Popen([*sandboxed(), *cgoom_command(), "run", "--config", config],
                               env={**os.environ, "NOTIFY_SOCKET": notes.path,
                                    "WATCHDOG_USEC": "2000000"},
                               stderr=subprocess.PIPE, text=True)
@@ -160,7 +178,8 @@ def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spaw
         assert not os.path.realpath(cgoom_command()[0]).startswith(root + os.sep)
         assert version == "cgoom 0.1.0.dev0", version
     with capsys.disabled():
-        print(f"\n[figures] cgoom run ({version}, {cgoom_command()[0]}): READY after "
+        print(f"\n[figures] cgoom run ({version}, {cgoom_command()[0]}, under the example "
+              f"unit's CapabilityBoundingSet= and NoNewPrivileges=): READY after "
               f"{ready_s:.1f} s (VM); onset to kill "
               f"{t.kill_ms:.1f} ms, notification to empty {t.confirmed_ms:.1f} ms; after "
               f"the reload (web's priority 0): web killed, onset to kill {t2.kill_ms:.1f} "
