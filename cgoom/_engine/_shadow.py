@@ -24,6 +24,7 @@ from .._kernel._kmsg import KernelOomKill
 from .._kernel._paths import inside
 
 if TYPE_CHECKING:
+    from .._decide._policy import Victim
     from ._incident import IncidentRecord
 
 #: How long after a dry run's decision a kernel OOM kill in its domain still answers it
@@ -62,12 +63,10 @@ class ShadowVerdict:
 
 @attrs.frozen
 class _Pending:
-    record: str
-    rule: str
-    domain: str
-    would: str
-    would_pid: int | None
-    whole: bool
+    """A dry run's record, its first victim, when it decided (monotonic)."""
+
+    record: IncidentRecord
+    first: Victim
     decided: float
     #: The victim's processes, and the domain's, as the dry run read them.
     victim_pids: frozenset[int]
@@ -89,8 +88,7 @@ class Shadow:
         victim_pids = frozenset(
             pid for c in record.candidates if inside(c.path, first.cgroup) for pid in c.pids)
         self._pending[record.domain] = _Pending(
-            record.id, record.rule, record.domain, first.cgroup, first.pid, first.whole, at,
-            victim_pids if first.whole
+            record, first, at, victim_pids if first.whole
             else frozenset() if first.pid is None else frozenset({first.pid}),
             frozenset(pid for c in record.candidates for pid in c.pids))
 
@@ -107,9 +105,10 @@ class Shadow:
             if not here or lead < 0:
                 continue
             del self._pending[domain]
+            first = pending.first
             agreed = kill.pid in pending.victim_pids or (
-                pending.whole and kill.task_memcg is not None
-                and inside(kill.task_memcg, pending.would))
-            return ShadowVerdict(pending.record, pending.rule, domain, pending.would,
-                                 pending.would_pid, pending.whole, lead, agreed, kill)
+                first.whole and kill.task_memcg is not None
+                and inside(kill.task_memcg, first.cgroup))
+            return ShadowVerdict(pending.record.id, pending.record.rule, domain, first.cgroup,
+                                 first.pid, first.whole, lead, agreed, kill)
         return None

@@ -19,6 +19,7 @@ from cgoom.testing import next_incident
 
 from .conftest import holding_hog, python_cmd
 from .test_handler_real import GROW
+from .test_hardening_real import as_user
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 M = 1 << 20
@@ -97,23 +98,6 @@ async def test_a_hog_flipped_between_its_own_cgroups_never_costs_a_neighbour(
               + "".join(f"\n[figures]   {r.explain().splitlines()[0]}; "
                         + "; ".join(f"{x.action} {x.cgroup}: {'ok' if x.ok else 'stale'}"
                                     for x in r.actions) for r in records))
-
-
-def as_user(uid: int, action: Callable[[], object]) -> int:
-    """``action`` in a forked child as ``uid`` (plain syscalls only); its exit status."""
-    import os
-
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            action()
-        except BaseException:
-            os._exit(1)
-        os._exit(0)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def delegate(cgroup: cgoom.Cgroup, uid: int) -> None:
