@@ -66,9 +66,12 @@ class SetUp:
             return
         try:
             # The write reclaims down to the new value in the writer's context: in the
-            # writer thread, never on the loop. Noted first: a crash after it is undone.
-            self.undo_log.before(domain.path, "memory.high", str(old))
-            await self.writer.run(lambda: domain.set_memory_high(target))
+            # writer thread, never on the loop; the undo log's write (an fsync) there too,
+            # noted first: a crash after it is undone.
+            def write() -> None:
+                self.undo_log.before(domain.path, "memory.high", str(old))
+                domain.set_memory_high(target)
+            await self.writer.run(write)
         except PermissionDenied as exc:
             # Unprivileged, the delegated root's own files stay root's: the rule still
             # fires on memory.events, without cgoom's margin.
