@@ -139,13 +139,11 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def _hierarchy(args: argparse.Namespace) -> Hierarchy:
     if args.mount:
-        if not os.path.isdir(args.mount):
-            raise InvalidValue(f"--mount {args.mount}: no such directory", value=args.mount)
-        if not os.path.exists(os.path.join(args.mount, "cgroup.controllers")):
-            raise InvalidValue(f"--mount {args.mount}: not a cgroup2 mount (it has no "
-                               "cgroup.controllers)", value=args.mount)
-        return Hierarchy(mount=args.mount, proc_root=args.proc)
-    return Hierarchy.discover(proc_root=args.proc)
+        try:
+            return Hierarchy.at(args.mount, proc_root=args.proc, sys_root=args.sys)
+        except InvalidValue as exc:
+            raise InvalidValue(f"--mount {exc}", value=args.mount) from exc
+    return Hierarchy.discover(proc_root=args.proc, sys_root=args.sys)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -165,6 +163,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
     record = {
         "mount": hierarchy.mount,
         "mount_options": sorted(f.mount_options),
+        # where the kernel's facts below were read (--proc, --sys): with --mount on a fake
+        # or foreign tree, give its own roots, or these describe the running kernel
+        "proc": hierarchy.proc_root,
+        "sys": hierarchy.sys_root,
         "controllers": sorted(f.controllers),
         "memory": f.memory,
         "local_events": f.local_events,
@@ -491,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mount", help="the cgroup2 mount (default: found in /proc/self/mountinfo)"
     )
     parser.add_argument("--proc", default="/proc", help="where procfs is (default: /proc)")
+    parser.add_argument("--sys", default="/sys", help="where sysfs is, for the kernel's "
+                        "cgroup features (default: /sys)")
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="usage, limits, events and pressure of each cgroup")
     status.add_argument("path", nargs="?", default="/", help="subtree to show (default: all)")

@@ -53,6 +53,35 @@ def test_features(lab: FakeCgroupTree, capsys: pytest.CaptureFixture[str]) -> No
     assert record["memory"] is True and "memory.max" in record["interface_files"]
 
 
+def test_features_of_a_named_mount_read_its_own_roots(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--mount`` with ``--proc``/``--sys``: the features, the mount options and PSI are the
+    tree's own, not the host's (whose /sys/kernel/cgroup lists other options and whose
+    mountinfo does not list the fake mount at all)."""
+    tree = FakeCgroupTree(tmp_path, mount_options=("rw", "memory_localevents"))
+    features = tmp_path / "sys" / "kernel" / "cgroup" / "features"
+    features.write_text("nsdelegate memory_localevents only_in_this_tree\n")
+    (tmp_path / "proc" / "pressure" / "memory").unlink()
+    argv = ["--mount", tree.mount, "--proc", str(tmp_path / "proc"),
+            "--sys", str(tmp_path / "sys"), "features", "--json"]
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["kernel_features"] == ["memory_localevents", "nsdelegate", "only_in_this_tree"]
+    assert {"memory_localevents", "rw"} <= set(record["mount_options"])
+    assert "nsdelegate" not in record["mount_options"]  # the tree's mount was made without
+    assert record["local_events"] is True
+    assert record["psi"] is False
+    assert record["sys"] == str(tmp_path / "sys") and record["proc"] == str(tmp_path / "proc")
+
+
+def test_a_mount_not_in_mountinfo_has_no_options(
+        lab: FakeCgroupTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "proc" / "self" / "mountinfo").write_text("22 1 0:21 / / rw - ext4 /dev/vda rw\n")
+    assert main(["--mount", lab.mount, "--proc", str(tmp_path / "proc"), "features",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mount_options"] == []
+
+
 def test_no_memory_controller_says_what_to_do(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     tree = FakeCgroupTree(tmp_path, controllers=("cpu", "pids"))

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
-from .._errors import CgroupGone, MemoryControllerUnavailable, ParseError
+from .._errors import CgroupGone, InvalidValue, MemoryControllerUnavailable, ParseError
 from . import _parse
 from ._cgroup import Cgroup, normpath
 from ._fs import CgroupFS, OsFS
@@ -121,6 +121,40 @@ class Hierarchy:
         mounts.sort(key=lambda m: (m[0] != "/sys/fs/cgroup", len(m[0])))
         point, opts = mounts[0]
         return cls(mount=point, options=opts, fs=fs, proc_root=proc_root, sys_root=sys_root)
+
+    @classmethod
+    def at(
+        cls, mount: str, *, proc_root: str = "/proc", sys_root: str = "/sys",
+        fs: CgroupFS | None = None,
+    ) -> Hierarchy:
+        """The cgroup2 hierarchy at ``mount``, a directory you name (a second mount, a
+        container's, a fake tree).
+
+        Its mount options come from ``<proc_root>/self/mountinfo`` where ``mount`` is listed
+        there as a cgroup2 mount, and are empty otherwise. The kernel's facts (features,
+        delegatable files, PSI) are read under ``sys_root`` and ``proc_root``, never from the
+        host's /sys and /proc unless those are the roots given. Raises
+        :class:`~cgoom.InvalidValue` when ``mount`` is not a directory with
+        ``cgroup.controllers``.
+        """
+        fs = fs if fs is not None else OsFS()
+        mount = normpath(os.path.abspath(mount))
+        if not os.path.isdir(mount):
+            raise InvalidValue(f"{mount}: no such directory, so no cgroup2 mount",
+                               value=mount, path=mount)
+        if not fs.exists(os.path.join(mount, "cgroup.controllers")):
+            raise InvalidValue(f"{mount}: not a cgroup2 mount (it has no cgroup.controllers)",
+                               value=mount, path=mount)
+        options: frozenset[str] = frozenset()
+        source = os.path.join(proc_root, "self", "mountinfo")
+        try:
+            listed = _parse.parse_mountinfo(fs.read(source), source)
+        except (OSError, ParseError):
+            listed = []
+        for point, fstype, opts in listed:
+            if fstype == "cgroup2" and normpath(point) == mount:
+                options = frozenset(opts)
+        return cls(mount=mount, options=options, fs=fs, proc_root=proc_root, sys_root=sys_root)
 
     def __repr__(self) -> str:
         opts = ",".join(sorted(self.options))
