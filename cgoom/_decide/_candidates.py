@@ -22,6 +22,8 @@ from .._kernel._parse import PRIORITY_MIN as PRIORITY_MIN
 from .._kernel._paths import ancestors_and_self, normalize_path, parent_path
 from .._kernel._types import Limit, MemoryEvents, Pressure
 
+#: A cgroup's preference (``user.oomd_prefer``/``avoid``/``omit`` and cgoom's own): chosen
+#: first, chosen last, or never chosen.
 Preference = Literal["prefer", "avoid", "omit"]
 
 @attrs.frozen

@@ -166,4 +166,6 @@ class MemoryStat(Mapping[str, int]):
         return self.data.get("shmem")
 
 
+#: What ``cgroup.type`` says: a domain (the default), the root of a threaded subtree, a
+#: domain made invalid by a threaded child, or a threaded cgroup.
 CgroupType = Literal["domain", "domain threaded", "domain invalid", "threaded"]

@@ -235,6 +235,7 @@ class PressureTriggerEnded:
         return f"{self.cgroup or 'system'} pressure trigger {self.trigger} ended: {self.reason}"
 
 
+#: Whatever a watcher yields: one of the event records above.
 Event = (
     MemoryEventsChanged
     | SwapEventsChanged

@@ -9,8 +9,8 @@
   condition holds, with a timeout that shows what did arrive.
 - :class:`ManualClock`: the engine's time, moved by the test (``await clock.advance(5)``)
   instead of slept; :func:`until` and :func:`next_incident`: wait for what the engine does.
-- :mod:`cgoom.testing.vm` boots a throwaway VM with a stock cgroup v2 kernel to run tests
-  against the real thing (``cgoom-vm test``).
+- ``cgoom.testing.vm``, in a source checkout only (not in the wheel), boots a throwaway VM
+  with a stock cgroup v2 kernel for cgoom's own real-kernel tier (``scripts/cgoom-vm``).
 """
 
 from ._collect import collect_events as collect_events
