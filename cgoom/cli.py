@@ -9,7 +9,7 @@ population and memory pressure; ``cgoom features`` prints what the kernel and mo
 puts back what one that died left changed (``ExecStopPost=``);
 ``cgoom set-priority PATH N|none`` and ``cgoom prefer|avoid|omit|no-preference PATH`` set
 the xattrs the policies read; ``cgoom explain --log FILE [ID]`` tells an incident from the
-record log as a person reads it.
+record log as a person reads it; ``cgoom completion bash|zsh`` prints the shell completion.
 Exit status: 0 on success, 1 when cgoom cannot do its job here (the message says why and
 what to do), 2 for a usage error.
 """
@@ -30,6 +30,7 @@ from ._kernel._cgroup import PREFERENCE_XATTR, Cgroup, if_supported
 from ._kernel._hierarchy import Hierarchy
 from ._kernel._parse import format_size
 from ._kernel._types import Limit
+from ._ops._clidoc import CGROUP, DIRECTORY, FILE, SHELLS, completes, render_completion, render_man
 
 if TYPE_CHECKING:
     from ._decide._candidates import CgroupSnapshot, Incident
@@ -486,18 +487,49 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(render_completion(build_parser(), args.shell))
+    return 0
+
+
+def man_page(version: str | None = None) -> str:
+    """``cgoom(1)``, rendered from the parser (the wheel ships it as share/man/man1/cgoom.1)."""
+    from .client import DEFAULT_PATH
+
+    what = __doc__.split("\n\n")[1].split("Exit status:")[0]
+    return render_man(
+        build_parser(), version=version or _version(),
+        summary="out-of-memory policy for Linux cgroup v2", description=what,
+        sections=(
+            ("Exit status", "0 on success; 1 when cgoom cannot do its job here, with a message "
+             "that says why and what to do; 2 for a usage error (an option, a value or a "
+             "configuration file that cannot be used)."),
+            ("Files", "/etc/cgoom/cgoom.toml and its cgoom.toml.d/*.toml drop-ins: the "
+             "configuration of cgoom run (the path is given with --config). "
+             "/run/cgoom/undo.json (as root; $XDG_RUNTIME_DIR/cgoom/undo.json otherwise): the "
+             f"undo log, what cgoom restore puts back. {DEFAULT_PATH}: the notice socket "
+             "for the workloads."),
+            ("Environment", "CGOOM_NOTICES: the notice socket's path, for clients."),
+            ("See also", "systemd-oomd(8), earlyoom(1), systemd.resource-control(5); the "
+             "documentation in the source distribution's docs/ (first-ten-minutes.md, "
+             "operator-guide.md, configuration.md, reference.md)."),
+        ))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgoom", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"cgoom {_version()}")
-    parser.add_argument(
+    completes(parser.add_argument(
         "--mount", help="the cgroup2 mount (default: found in /proc/self/mountinfo)"
-    )
-    parser.add_argument("--proc", default="/proc", help="where procfs is (default: /proc)")
-    parser.add_argument("--sys", default="/sys", help="where sysfs is, for the kernel's "
-                        "cgroup features (default: /sys)")
+    ), DIRECTORY)
+    completes(parser.add_argument("--proc", default="/proc",
+                                  help="where procfs is (default: /proc)"), DIRECTORY)
+    completes(parser.add_argument("--sys", default="/sys", help="where sysfs is, for the "
+                                  "kernel's cgroup features (default: /sys)"), DIRECTORY)
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="usage, limits, events and pressure of each cgroup")
-    status.add_argument("path", nargs="?", default="/", help="subtree to show (default: all)")
+    completes(status.add_argument("path", nargs="?", default="/",
+                                  help="subtree to show (default: all)"), CGROUP)
     status.add_argument("--depth", type=int, default=None, help="levels below PATH to show")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_cmd_status)
@@ -505,14 +537,16 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--json", action="store_true", help="print JSON")
     features.set_defaults(func=_cmd_features)
     rank = sub.add_parser("rank", help="whom a policy would kill now, and why (dry run)")
-    rank.add_argument("path", nargs="?", default="/", help="the cgroup that ran out of memory")
+    completes(rank.add_argument("path", nargs="?", default="/",
+                                help="the cgroup that ran out of memory"), CGROUP)
     rank.add_argument("--policy", default="priority", help="a policy name (cgoom policies)")
     rank.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
                       help="an option of the policy (repeatable)")
     rank.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
     rank.add_argument("--json", action="store_true", help="print the whole decision as JSON")
-    rank.add_argument("--config", default=None, help="rank as `cgoom run` on this file "
-                      "would: the rule's domain, policy, options and the [priorities]")
+    completes(rank.add_argument("--config", default=None, help="rank as `cgoom run` on this "
+                                "file would: the rule's domain, policy, options and the "
+                                "[priorities]"), FILE)
     rank.add_argument("--rule", default=None, help="which rule of --config (default: the "
                       "only one, or the one whose domain holds PATH)")
     rank.set_defaults(func=_cmd_rank)
@@ -520,29 +554,34 @@ def build_parser() -> argparse.ArgumentParser:
     policies.add_argument("--json", action="store_true", help="print JSON")
     policies.set_defaults(func=_cmd_policies)
     check = sub.add_parser("check-config", help="check a configuration file and print it")
-    check.add_argument("file", help="the TOML file (its FILE.d/*.toml drop-ins are read too)")
+    completes(check.add_argument(
+        "file", help="the TOML file (its FILE.d/*.toml drop-ins are read too)"), FILE)
     check.add_argument("--json", action="store_true", help="print the loaded configuration "
                        "as JSON")
     check.set_defaults(func=_cmd_check_config)
     run = sub.add_parser("run", help="the handler as a daemon, from a configuration file")
-    run.add_argument("--config", required=True, help="the TOML file (docs/configuration.md)")
+    completes(run.add_argument("--config", required=True,
+                               help="the TOML file (docs/configuration.md)"), FILE)
     run.add_argument("--dry-run", action="store_true", help="decide and record, never act")
     run.set_defaults(func=_cmd_run)
     restore = sub.add_parser("restore", help="put back what a cgoom that died left changed "
                              "(memory.high, memory.oom.group, cgroup.freeze, raised limits)")
-    restore.add_argument("--state", default=None, help="the undo log (default: the "
-                         "configuration's [handler] state, else /run/cgoom/undo.json)")
-    restore.add_argument("--config", default=None, help="the daemon's TOML file")
+    completes(restore.add_argument("--state", default=None, help="the undo log (default: the "
+                                   "configuration's [handler] state, else "
+                                   "/run/cgoom/undo.json)"), FILE)
+    completes(restore.add_argument("--config", default=None, help="the daemon's TOML file"),
+              FILE)
     restore.set_defaults(func=_cmd_restore)
     explain = sub.add_parser("explain", help="an incident from the record log, as a person "
                              "reads it (the latest, or by id)")
-    explain.add_argument("--log", required=True, help="the record log (JSON lines)")
+    completes(explain.add_argument("--log", required=True,
+                                   help="the record log (JSON lines)"), FILE)
     explain.add_argument("id", nargs="?", default=None, help="an incident's id")
     explain.add_argument("--json", action="store_true", help="print the record as JSON")
     explain.set_defaults(func=_cmd_explain)
     prio = sub.add_parser("set-priority", help="set user.cgoom.priority (higher: more "
                           "important) or remove it")
-    prio.add_argument("path", help="the cgroup")
+    completes(prio.add_argument("path", help="the cgroup"), CGROUP)
     prio.add_argument("priority", help="an integer, or 'none' to remove it")
     prio.set_defaults(func=_cmd_set_priority)
     for name, text in (("prefer", "kill it first among equals"),
@@ -550,8 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
                        ("omit", "never kill it"),
                        ("no-preference", "remove user.cgoom.preference")):
         pref = sub.add_parser(name, help=f"user.cgoom.preference: {text}")
-        pref.add_argument("path", help="the cgroup")
+        completes(pref.add_argument("path", help="the cgroup"), CGROUP)
         pref.set_defaults(func=_cmd_preference)
+    completion = sub.add_parser("completion", help="print the shell completion script "
+                                "(bash: source it, or put it in "
+                                "/etc/bash_completion.d/cgoom; zsh: as _cgoom on $fpath)")
+    completion.add_argument("shell", choices=SHELLS, help="the shell")
+    completion.set_defaults(func=_cmd_completion)
     return parser
 
 

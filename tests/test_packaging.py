@@ -1,6 +1,7 @@
 """What a user installs: the wheel built from this checkout, installed into a virtualenv of
 its own (outside the checkout), runs `cgoom --version` and `cgoom check-config` on the
-example, carries the LICENSE, and leaves the project's test tools (the VM runner) out."""
+example, carries the LICENSE and the man page and completions, and leaves the project's test
+tools (the VM runner) out."""
 
 from __future__ import annotations
 
@@ -42,3 +43,12 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> Non
                             "import cgoom; print(cgoom.__file__)"], **run)
     assert where.stdout.startswith(str(venv)), where.stdout  # the installed one, not ours
     assert not (venv / "bin" / "cgoom-vm").exists()
+    # the man page and the completions, rendered from the parser at build time, installed
+    # under the environment's share/ (man-db finds <venv>/share/man beside <venv>/bin)
+    share = venv / "share"
+    page = (share / "man" / "man1" / "cgoom.1").read_text()
+    assert page.startswith(".TH CGOOM 1") and '"cgoom 0.1.0.dev0"' in page
+    for shell, path in (("bash", share / "bash-completion" / "completions" / "cgoom"),
+                        ("zsh", share / "zsh" / "site-functions" / "_cgoom")):
+        printed = subprocess.run([str(venv / "bin" / "cgoom"), "completion", shell], **run)  # type: ignore[call-overload]
+        assert printed.returncode == 0 and path.read_text() == printed.stdout, shell
