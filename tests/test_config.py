@@ -74,7 +74,17 @@ def test_drop_ins_merge_in_name_order(tmp_path: Path) -> None:
     ('[[rule]]\nname = "r"\ndomain = "t"\npolicy = "nosuch"\n',
      r"line 4: rule 'r': policy = 'nosuch': .*nosuch"),
     ('[[rule]]\nname = "r"\ndomain = "t"\npressure = { kind = "half", percent = 10 }\n',
-     r"line 4: rule 'r': pressure = .*kind \"some\" or \"full\""),
+     r"line 4: rule 'r': pressure: kind = 'half': \"some\" or \"full\"$"),
+    # which of the pressure table's values is wrong, not the whole table's rules again
+    ('[[rule]]\nname = "r"\ndomain = "t"\npressure = { kind = "some", percent = 200 }\n',
+     r"line 4: rule 'r': pressure: percent = 200: stalled percent of the window, above 0, "
+     r"at most 100$"),
+    ('[[rule]]\nname = "r"\ndomain = "t"\npressure = { kind = "some", percent = 9, '
+     'window = 0 }\n', r"line 4: rule 'r': pressure: window = 0: seconds above 0$"),
+    # a known policy that refuses an option: the line of policy_args, and what it takes
+    ('[[rule]]\nname = "r"\ndomain = "t"\npolicy = "largest"\n\npolicy_args = { fo = 1 }\n',
+     r"line 6: rule 'r': policy_args = \{'fo': 1\}: policy 'largest' .*unexpected keyword "
+     r"argument 'fo'; it takes protection_aware, whole$"),
     ('[[rule]]\nname = "r"\ndomain = "t"\naction = "explode"\n', r"line 4: rule 'r': .*action"),
     ('[[rule]]\ndomain = "t"\n', r"rule #1: name = None: each \[\[rule\]\] needs a name"),
     ('[handler]\nrestore = "yes"\n', r"line 2: \[handler\] restore = 'yes': true or false"),

@@ -24,6 +24,7 @@ does, and an empty decision always carries a note saying why.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -122,9 +123,23 @@ def load_policy(name: str, /, **args: Any) -> Policy:
         policy = factory(**args)
     except Exception as exc:
         raise PluginError(f"policy {name!r} ({origin}) refused its arguments {args!r}: "
-                          f"{type(exc).__name__}: {exc}", plugin=name) from exc
+                          f"{type(exc).__name__}: {exc}{_options_of(factory)}",
+                          plugin=name) from exc
     validate_policy(policy, plugin=name, origin=origin)
     return policy
+
+
+def _options_of(factory: Callable[..., object]) -> str:
+    """"; it takes a, b" (or "; it takes no options"): the keywords ``factory`` accepts, to
+    say with a refusal; empty where its signature cannot be read or takes ``**kwargs``."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return ""
+    names = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return f"; it takes {', '.join(names)}" if names else "; it takes no options"
 
 
 def _trial() -> tuple[Incident, dict[str, CgroupSnapshot]]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from .._decide._plugins import PluginError, load_policy
+from .._decide._plugins import PluginError, available_policies, load_policy
 from .._decide._policy import Policy
 from .._decide._snapshot import TENANT_CGROUPS
 from .._engine._rules import Rule
@@ -392,12 +392,18 @@ def _pressure(source: _Source, where: str, raw: Any, nth: int,
                      "last (optional)}", key="pressure", table="rule", nth=nth)
     kind, percent = raw["kind"], raw["percent"]
     window = raw.get("window", 1.0)
-    if kind not in ("some", "full") or isinstance(percent, bool) or \
-            not isinstance(percent, int | float) or not 0 < percent <= 100 or \
-            isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
-        raise _error(source, f"{where}: pressure = {raw!r}", "kind \"some\" or \"full\", "
-                     "percent in (0, 100], window > 0 seconds", key="pressure",
-                     table="rule", nth=nth)
+
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int | float)
+
+    wrong = (f"kind = {kind!r}: \"some\" or \"full\"" if kind not in ("some", "full") else
+             f"percent = {percent!r}: stalled percent of the window, above 0, at most 100"
+             if not number(percent) or not 0 < percent <= 100 else
+             f"window = {window!r}: seconds above 0" if not number(window) or window <= 0
+             else None)
+    if wrong is not None:
+        raise _error(source, f"{where}: pressure", wrong, key="pressure", table="rule",
+                     nth=nth)
     if "duration" in raw:
         duration = raw["duration"]
         if isinstance(duration, bool) or not isinstance(duration, int | float) \
@@ -429,6 +435,10 @@ def _rule(source: _Source, nth: int, raw: Mapping[str, Any]) -> tuple[Rule, Poli
     try:
         loaded = load_policy(policy, **args)  # a bad name or option: an error now
     except (PluginError, InvalidValue, TypeError) as exc:
+        # the policy exists and refused its options: the line to fix is policy_args's
+        if args and policy in available_policies():
+            raise _error(source, f"{where}: policy_args = {args!r}", str(exc),
+                         key="policy_args", table="rule", nth=nth) from exc
         raise _error(source, f"{where}: policy = {policy!r}", str(exc), key="policy",
                      table="rule", nth=nth) from exc
     try:
