@@ -93,6 +93,192 @@ def _kernel() -> str | None:
     return kernels[-1] if kernels else None
 
 
+# --- other kernels, from Debian's archive ----------------------------------------------------
+#
+# Debian packages the kernels cgoom's users run: 6.1 (bookworm, the host's), 6.12 (trixie)
+# and 7.x (trixie-backports, sid). A private apt configuration under the cache (its own
+# sources list, lists and archives; the host's dpkg status only read) downloads them with
+# `apt-get download` and unpacks them with `dpkg -x`: nothing is installed on the host and
+# the host's apt sources are not touched. The archive's keys are the host's
+# debian-archive-keyring (bookworm's carries trixie's; sid is signed with them too).
+#
+# Package shapes: 6.12's linux-image-KVER-amd64 holds /boot/vmlinuz-KVER and
+# /usr/lib/modules/KVER; 7.x splits it into linux-binary-KVER-amd64
+# (/usr/lib/modules/KVER/vmlinuz) and linux-modules-KVER-amd64. virtme-ng finds the modules
+# from the image's path (it walks up to .../usr/lib/modules) and puts the ones the guest
+# needs to boot (virtio, 9p) in its initramfs; for the rest (zram) the guest's
+# /lib/modules/KVER is bound to the unpacked tree before the tests (see _guest_modules).
+
+#: Suites searched for kernels (the host's bookworm is /boot's).
+DEBIAN_SUITES = ("trixie", "trixie-backports", "sid")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def cache_dir() -> str:
+    """Where fetched kernels are kept: ``$CGOOM_VM_CACHE``, else /var/cache/cgoom-vm as
+    root, else ~/.cache/cgoom-vm."""
+    if os.environ.get("CGOOM_VM_CACHE"):
+        return os.environ["CGOOM_VM_CACHE"]
+    if os.geteuid() == 0:
+        return "/var/cache/cgoom-vm"
+    return os.path.join(os.path.expanduser("~"), ".cache", "cgoom-vm")
+
+
+class _Apt:
+    """apt-get and apt-cache on a private configuration under ``root``."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        for sub in ("lists/partial", "archives/partial", "etc"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        sources = os.path.join(root, "etc", "sources.list")
+        with open(sources, "w", encoding="utf-8") as f:
+            for suite in DEBIAN_SUITES:
+                f.write(f"deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {suite} main\n")
+        self.options = [
+            "-o", f"Dir::Etc::SourceList={sources}", "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={os.path.join(root, 'lists')}",
+            "-o", f"Dir::Cache={root}", "-o", "Dir::State::status=/var/lib/dpkg/status",
+            "-o", "APT::Architecture=amd64", "-o", "Acquire::Languages=none",
+            "-o", "APT::Sandbox::User=root",
+        ]
+
+    def __call__(self, tool: str, *args: str, cwd: str | None = None) -> str:
+        cmd = [tool, *self.options, *args]
+        done = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0:
+            raise VMError(f"{shlex.join(cmd[:1] + list(args))} failed ({done.returncode}): "
+                          f"{done.stderr.strip()[-1500:]}")
+        return done.stdout
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.replace("-", ".").split(".")
+                 if part.isdigit())
+
+
+def debian_kernels(apt: _Apt) -> dict[str, str]:
+    """The kernel versions the suites offer: upstream version (``7.3.4``) -> the image
+    package (``linux-image-7.3.4+deb13-amd64``), from the metapackage linux-image-amd64."""
+    found: dict[str, str] = {}
+    for line in apt("apt-cache", "madison", "linux-image-amd64").splitlines():
+        version = line.split("|")[1].strip()  # 7.3.4-1~bpo13+1
+        upstream = version.split("-")[0]
+        shown = apt("apt-cache", "show", f"linux-image-amd64={version}")
+        for dep in shown.split("Depends:", 1)[1].splitlines()[0].split(","):
+            name = dep.split("(")[0].strip()
+            if name.startswith("linux-image-") and name.endswith("-amd64"):
+                found[upstream] = name
+    return found
+
+
+def _pick(offered: Sequence[str], wanted: str) -> str | None:
+    """The newest of ``offered`` matching ``wanted``: ``newest``, or a version prefix
+    (``6.12``, ``7``) matched at whole components."""
+    if wanted == "newest":
+        matches = list(offered)
+    else:
+        parts = wanted.split(".")
+        matches = [v for v in offered if v.split(".")[:len(parts)] == parts]
+    return max(matches, key=_version_key) if matches else None
+
+
+def fetch_kernel(wanted: str) -> str:
+    """The path of a vmlinuz for ``wanted`` (``6.12``, ``7``, ``newest``), downloaded from
+    Debian's archive and unpacked under :func:`cache_dir` when not already there."""
+    base = cache_dir()
+    apt = _Apt(os.path.join(base, "apt"))
+    _say(f"looking up Debian's kernels ({', '.join(DEBIAN_SUITES)})")
+    apt("apt-get", "update", "-q")
+    offered = debian_kernels(apt)
+    upstream = _pick(list(offered), wanted)
+    if upstream is None:
+        raise VMError(f"no Debian kernel matches {wanted!r}; offered: "
+                      f"{', '.join(sorted(offered, key=_version_key))}")
+    image = offered[upstream]
+    kver = image[len("linux-image-"):]  # 7.3.4+deb13-amd64
+    tree = os.path.join(base, "kernels", kver)
+    found = _vmlinuz(tree, kver)
+    if found is not None:
+        return found
+    shown = apt("apt-cache", "show", image)
+    depends = shown.split("Depends:", 1)[1].splitlines()[0] if "Depends:" in shown else ""
+    packages = [image] + [name for name in (d.split("(")[0].strip() for d in depends.split(","))
+                          if name in (f"linux-binary-{kver}", f"linux-modules-{kver}")]
+    downloads = os.path.join(base, "debs")
+    os.makedirs(downloads, exist_ok=True)
+    _say(f"downloading {', '.join(packages)}")
+    apt("apt-get", "download", "-q", *packages, cwd=downloads)
+    partial = tree + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)  # dpkg -x makes the last level only
+    for package in packages:
+        (deb,) = glob.glob(os.path.join(downloads, f"{glob.escape(package)}_*.deb"))
+        subprocess.run(["dpkg", "-x", deb, partial], check=True, stdin=subprocess.DEVNULL)
+        os.unlink(deb)
+    moddir = os.path.join(partial, "usr", "lib", "modules", kver)
+    if os.path.isdir(moddir):
+        # the .debs carry no modules.dep: modprobe in the guest needs it
+        # (it warns of the modules.builtin files 7.x's packages leave out: harmless)
+        subprocess.run(["depmod", "-a", "-b", os.path.join(partial, "usr"), kver], check=True,
+                       stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(tree, ignore_errors=True)
+    os.rename(partial, tree)
+    found = _vmlinuz(tree, kver)
+    if found is None:
+        raise VMError(f"unpacked {', '.join(packages)} into {tree} but found no vmlinuz")
+    return found
+
+
+def _vmlinuz(tree: str, kver: str) -> str | None:
+    for path in (os.path.join(tree, "boot", f"vmlinuz-{kver}"),
+                 os.path.join(tree, "usr", "lib", "modules", kver, "vmlinuz")):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def kernel_release(path: str) -> str:
+    """``6.12.117+deb13-amd64`` for a Debian vmlinuz path (from its name or directory)."""
+    name = os.path.basename(path)
+    if name.startswith("vmlinuz-"):
+        return name[len("vmlinuz-"):]
+    return os.path.basename(os.path.dirname(path))
+
+
+def resolve_kernel(wanted: str | None) -> str:
+    """The vmlinuz to boot: the host's newest /boot/vmlinuz-*-amd64 for ``None`` or
+    ``host``, a path as given, else a Debian kernel by version (:func:`fetch_kernel`)."""
+    if wanted in (None, "host"):
+        kernel = _kernel()
+        if kernel is None:
+            raise VMError(f"no host kernel ({KERNEL_GLOB}): apt-get install linux-image-amd64")
+        return kernel
+    assert wanted is not None
+    if os.sep in wanted:
+        if not os.path.isfile(wanted):
+            raise VMError(f"--kernel {wanted}: no such file")
+        return wanted
+    return fetch_kernel(wanted)
+
+
+def _guest_modules(kernel: str) -> str:
+    """Shell run first in the guest: a kernel from elsewhere has its modules in the unpacked
+    tree, not in the host's /lib/modules that the guest sees; bind them there so that
+    modprobe (zram) finds them."""
+    kver = kernel_release(kernel)
+    moddir = kernel.split("/boot/")[0] + f"/usr/lib/modules/{kver}" if "/boot/" in kernel \
+        else os.path.dirname(kernel)
+    if moddir == f"/usr/lib/modules/{kver}" or not os.path.isdir(moddir):
+        return ""
+    target = f"/lib/modules/{kver}"
+    return (f"{{ [ -d {target} ] || {{ mkdir -p {target} && mount --bind "
+            f"{shlex.quote(moddir)} {target}; }}; }} "
+            "|| echo 'cgoom-vm: could not bind the kernel modules' >&2; ")
+
+
 def ensure_prerequisites() -> tuple[str, str]:
     """Install what is missing where we can; return ``(vng, kernel)`` paths."""
     if platform.machine() != "x86_64":
@@ -140,10 +326,13 @@ def ensure_prerequisites() -> tuple[str, str]:
 
 
 def run_in_vm(command: str, *, rwdirs: Sequence[str] = (), memory: str = "1G", cpus: int = 2,
-              timeout: float = 1800.0) -> int:
-    """Boot the VM, run ``command`` (a shell string) from the current directory inside it,
-    and return its exit status. Standard input is closed; output streams through."""
-    vng, kernel = ensure_prerequisites()
+              timeout: float = 1800.0, kernel: str | None = None) -> int:
+    """Boot the VM on ``kernel`` (:func:`resolve_kernel`: the host's by default), run
+    ``command`` (a shell string) from the current directory inside it, and return its exit
+    status. Standard input is closed; output streams through."""
+    vng, _ = ensure_prerequisites()
+    kernel = resolve_kernel(kernel)
+    command = _guest_modules(kernel) + command
     argv = [vng, "--disable-kvm", "-r", kernel, "--memory", memory, "--cpus", str(cpus),
             "--append", "cgroup_no_v1=all", "--cwd", os.getcwd()]
     for directory in rwdirs:
@@ -152,7 +341,8 @@ def run_in_vm(command: str, *, rwdirs: Sequence[str] = (), memory: str = "1G", c
     # vng runs virtme-run by name: put this virtualenv's bin first on PATH.
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep
                + os.environ.get("PATH", ""))
-    _say(f"booting {os.path.basename(kernel)} under qemu (software emulation, ~20 s)")
+    _say(f"booting {kernel_release(kernel)} ({kernel}) under qemu (software emulation, "
+         "~20 s)")
     started = time.monotonic()
     # The VM's output goes through a pipe that we copy: qemu reopens its stdout, and when
     # that is a regular file (a CI log) it truncates it, erasing everything printed before.
@@ -189,10 +379,34 @@ def _junit_counts(path: str) -> dict[str, int]:
     return counts
 
 
-def run_tests(pytest_args: Sequence[str], *, require: bool = True, vm: bool | None = None) -> int:
+def run_tests(pytest_args: Sequence[str], *, require: bool = True, vm: bool | None = None,
+              kernels: Sequence[str | None] = (None,)) -> int:
     """Run tests/integration on this host if it has a usable cgroup v2 memory controller
-    (``vm=None``; ``vm=False`` insists), else inside the VM. With ``require``, a skipped test
-    or an empty run is a failure: a green real-kernel tier that proved nothing is not green."""
+    (``vm=None``; ``vm=False`` insists), else inside the VM, once per kernel of ``kernels``
+    (:func:`resolve_kernel`), and print each kernel's tally. With ``require``, a skipped
+    test or an empty run is a failure: a green real-kernel tier that proved nothing is not
+    green. The status is the first failure's."""
+    if len(kernels) > 1 or kernels[0] is not None:
+        if vm is False:
+            _say("--kernel needs the VM; it cannot be used with --host")
+            return 2
+        vm = True
+    tallies: list[str] = []
+    worst = 0
+    for kernel in kernels:
+        started = time.monotonic()
+        status, summary = _run_tier(pytest_args, require=require, vm=vm, kernel=kernel)
+        tallies.append(f"{summary} in {time.monotonic() - started:.0f} s")
+        worst = worst or status
+    if len(tallies) > 1:
+        _say("real-kernel tier, per kernel:")
+        for line in tallies:
+            _say(f"  {line}")
+    return worst
+
+
+def _run_tier(pytest_args: Sequence[str], *, require: bool, vm: bool | None,
+              kernel: str | None) -> tuple[int, str]:
     if vm is None or vm is False:
         from ._realkernel import find_test_parent
 
@@ -202,7 +416,7 @@ def run_tests(pytest_args: Sequence[str], *, require: bool = True, vm: bool | No
             vm = False
         elif vm is False:
             _say(f"cannot run the real-kernel tier on this host: {reason}")
-            return 3
+            return 3, f"this host: not run ({reason})"
         else:
             _say("no usable cgroup v2 memory controller on this host; using the VM")
             vm = True
@@ -226,23 +440,26 @@ def run_tests(pytest_args: Sequence[str], *, require: bool = True, vm: bool | No
                   f"--junitxml={junit}", *pytest_args]
         command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()),
                             *map(shlex.quote, pytest)])
+        where = "this host"
         if vm:
-            status = run_in_vm(make_swap + command, rwdirs=[results])
+            path = resolve_kernel(kernel)
+            where = kernel_release(path)
+            status = run_in_vm(make_swap + command, rwdirs=[results], kernel=path)
         else:
             status = subprocess.run(pytest, env=dict(os.environ, **env), check=False).returncode
         if not os.path.exists(junit):
             _say(f"no test report came back from the VM (status {status})")
-            return status or 1
+            return status or 1, f"{where}: no test report (status {status})"
         counts = _junit_counts(junit)
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-    _say(f"real-kernel tier: {summary}")
+    _say(f"real-kernel tier on {where}: {summary}")
     if require and counts["tests"] == 0:
         _say("FAILED: the real-kernel tier ran no test")
-        return status or 1
+        return status or 1, f"{where}: no test ran"
     if require and counts["skipped"]:
         _say("FAILED: tests were skipped in the real-kernel tier; they must run there")
-        return status or 1
-    return status
+        return status or 1, f"{where}: {summary} (skips are failures)"
+    return status, f"{where}: {summary}"
 
 
 def command_words(argv: Sequence[str]) -> list[str]:
@@ -265,18 +482,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="always boot the VM, even on a host that could run the tests")
     where.add_argument("--host", dest="vm", action="store_const", const=False,
                        help="only on this host; fail if it has no usable memory controller")
+    test.add_argument("--kernel", action="append", default=None, metavar="KERNEL",
+                      help="boot this kernel (repeatable: the tier runs on each): 'host' "
+                      "(the default: /boot's newest), a vmlinuz path, or a Debian version "
+                      "fetched from the archive: 6.12, 7, newest")
     run = sub.add_parser("run", help="run a command in the VM: cgoom-vm run -- cgoom status")
+    run.add_argument("--kernel", default=None, metavar="KERNEL",
+                     help="as for test (default: the host's)")
     run.add_argument("argv", nargs=argparse.REMAINDER)
     args, extra = parser.parse_known_args(argv)
     try:
         if args.command == "test":
-            return run_tests(extra, require=not args.allow_skips, vm=args.vm)
+            return run_tests(extra, require=not args.allow_skips, vm=args.vm,
+                             kernels=args.kernel or [None])
         words = command_words(args.argv) + extra
         if not words:
             parser.error("run needs a command: cgoom-vm run -- COMMAND")
         # Put the virtualenv first so `cgoom` resolves to this checkout's.
         bindir = shlex.quote(os.path.dirname(sys.executable))
-        return run_in_vm(f"PATH={bindir}:$PATH " + " ".join(map(shlex.quote, words)))
+        return run_in_vm(f"PATH={bindir}:$PATH " + " ".join(map(shlex.quote, words)),
+                         kernel=args.kernel)
     except VMError as exc:
         _say(str(exc))
         return 3

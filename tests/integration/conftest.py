@@ -7,6 +7,7 @@ error instead: the tier must never pass by skipping."""
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -24,6 +25,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.cgroup2)
+
+
+# --- figures ---------------------------------------------------------------------------------
+# What a test measured goes through report_figures: printed at once as "[figures KERNEL] ..."
+# (the kernel it came from, e.g. 6.12.117+deb13-amd64) and printed again, all together, at
+# the end of the run, so that CI's log has every figure of each kernel in one place.
+
+KERNEL = platform.release()
+_figures: list[str] = []
+
+
+def report_figures(text: str) -> None:
+    """Print ``text`` (lines that start with "[figures]" continue it) tagged with the kernel,
+    and keep it for the run's summary. Call it where the output is not captured
+    (``with capsys.disabled():``)."""
+    lines = [line.removeprefix("[figures]").strip() for line in text.strip("\n").split("\n")]
+    tagged = [f"[figures {KERNEL}] {line}" for line in lines]
+    _figures.extend(tagged)
+    print("\n" + "\n".join(tagged))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # (nothing to say when no test measured anything)
+    if _figures:
+        terminalreporter.section(f"figures measured on Linux {KERNEL}")
+        for line in _figures:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import pytest
 import cgoom
 from cgoom.testing import wait_until
 
-from .conftest import cgoom_command, holding_hog, python_cmd
+from .conftest import cgoom_command, holding_hog, python_cmd, report_figures
 from .test_handler_real import GROW, inversion
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
@@ -178,7 +178,7 @@ def test_cgoom_run_handles_the_priority_inversion(box: cgoom.Cgroup, spawn: Spaw
         assert not os.path.realpath(cgoom_command()[0]).startswith(root + os.sep)
         assert version == "cgoom 0.1.0.dev0", version
     with capsys.disabled():
-        print(f"\n[figures] cgoom run ({version}, {cgoom_command()[0]}, under the example "
+        report_figures(f"cgoom run ({version}, {cgoom_command()[0]}, under the example "
               f"unit's CapabilityBoundingSet= and NoNewPrivileges=): READY after "
               f"{ready_s:.1f} s (VM); onset to kill "
               f"{t.kill_ms:.1f} ms, notification to empty {t.confirmed_ms:.1f} ms; after "
@@ -294,7 +294,7 @@ def test_cgoom_run_unprivileged_in_a_delegated_subtree(box: cgoom.Cgroup, spawn:
     assert any("the process connector is not followed" in s for s in said), stderr
     t = record.timings
     with capsys.disabled():
-        print(f"\n[figures] cgoom run as nobody in a delegated subtree ({python}): batch "
+        report_figures(f"cgoom run as nobody in a delegated subtree ({python}): batch "
               f"killed, onset to kill {t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms; "
               "it said:\n  " + "\n  ".join(said))
 
@@ -383,7 +383,7 @@ def test_a_dry_run_changes_nothing_and_pairs_its_choice_with_the_kernel_s(
     assert verdict.agreed == (killed is not None and killed.startswith(kids["batch"].path))
     assert "dry run: memory.high of" in stderr and "MemAvailable is polled" in stderr, stderr
     with capsys.disabled():
-        print(f"\n[figures] cgoom run --dry-run: nothing on the host changed ({len(before)} "
+        report_figures(f"cgoom run --dry-run: nothing on the host changed ({len(before)} "
               f"values compared during and after); {len(dry)} dry-run record(s), first: "
               f"{dry[0].actions[0].detail}; {verdict.explain()}")
 
@@ -447,4 +447,4 @@ def test_sigkill_leaves_nothing_after_cgoom_restore_or_a_restart(
         figures.append(f"SIGKILL left {len(left)} value(s) changed; after {then}: none "
                        f"({said})")
     with capsys.disabled():
-        print("\n[figures] crash recovery: " + "; ".join(figures))
+        report_figures("crash recovery: " + "; ".join(figures))

@@ -22,7 +22,7 @@ import cgoom
 from cgoom._notices._dbus import INTERFACE, NAME, open_low_memory_monitor
 from cgoom.testing import FakeCgroupTree, until
 
-from .conftest import python_cmd
+from .conftest import python_cmd, report_figures
 from .test_handler_real import inversion
 from .test_notices_real import GROW, held, mark_low
 
@@ -89,7 +89,7 @@ async def test_low_memory_warning_reaches_a_subscriber(
                 stream.close()
     assert heard[0][1] == 50 and sent >= 1
     with capsys.disabled():
-        print(f"\n[figures] D-Bus: LowMemoryWarning(50) reached a subscriber matching on "
+        report_figures(f"D-Bus: LowMemoryWarning(50) reached a subscriber matching on "
               f"{NAME} {(heard[0][0] - told[0]) * 1000:.1f} ms after cgoom raised "
               f"{parent.path} to low")
 
@@ -165,6 +165,6 @@ async def test_a_restarted_bus_is_connected_again(
         in caplog.text
     assert "connected again after" in caplog.text
     with capsys.disabled():
-        print(f"\n[figures] D-Bus: the bus restarted; cgoom connected again "
+        report_figures(f"D-Bus: the bus restarted; cgoom connected again "
               f"{back_after * 1000:.0f} ms after the new bus was started, and the next "
               "LowMemoryWarning(50) reached a subscriber on it")

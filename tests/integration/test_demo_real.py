@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import report_figures
+
 DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
 
 
@@ -26,5 +28,5 @@ def test_the_main_job(capsys: pytest.CaptureFixture[str]) -> None:
             in out), out
     assert re.search(r"exit status 0; memory\.high of \S*/workload\.slice: max", out), out
     with capsys.disabled():
-        print("\n[figures] the main job: " + next(
+        report_figures("the main job: " + next(
             line.strip() for line in out.splitlines() if line.strip().startswith("onset")))

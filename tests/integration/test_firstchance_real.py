@@ -17,7 +17,7 @@ import pytest
 import cgoom
 from cgoom.testing import wait_until
 
-from .conftest import holding_hog, python_cmd
+from .conftest import holding_hog, python_cmd, report_figures
 from .test_handler_real import inversion
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
@@ -98,4 +98,4 @@ async def test_the_first_chance(box: cgoom.Cgroup, spawn: Spawn, workload: str,
                    f"{t.kill_ms:.1f} ms ({t.kill_ms - deadline * 1000:.1f} ms past the "
                    f"deadline), to empty {t.confirmed_ms:.1f} ms")
     with capsys.disabled():
-        print(f"\n[figures] first chance, a workload that {workload}: {figures}")
+        report_figures(f"first chance, a workload that {workload}: {figures}")

@@ -16,7 +16,7 @@ import cgoom
 from cgoom._engine._actions import Pidfds, kill_process
 from cgoom.testing import wait_until
 
-from .conftest import holding_hog, python_cmd
+from .conftest import holding_hog, python_cmd, report_figures
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 M = 1 << 20
@@ -82,7 +82,7 @@ async def test_priority_inversion(box: cgoom.Cgroup, spawn: Spawn,
     t = record.timings
     assert t.kill_ms is not None and t.confirmed_ms is not None
     with capsys.disabled():
-        print(f"\n[figures] priority inversion: onset (first high) to kill {t.kill_ms:.1f} ms, "
+        report_figures(f"priority inversion: onset (first high) to kill {t.kill_ms:.1f} ms, "
               f"notification to empty {t.confirmed_ms:.1f} ms (started {t.started_ms:.1f} ms, "
               f"snapshot {t.snapshot_ms:.1f} ms, decision {t.decision_ms:.1f} ms); "
               f"{record.trigger}; memory "
@@ -129,7 +129,7 @@ async def test_one_process_freed_by_process_mrelease(box: cgoom.Cgroup, spawn: S
     with capsys.disabled():
         released = ("n/a (already gone)" if victim.mrelease_ms is None
                     else f"{victim.mrelease_ms:.1f} ms")
-        print(f"\n[figures] process kill: signal {victim.syscall_ms:.2f} ms, process_mrelease "
+        report_figures(f"process kill: signal {victim.syscall_ms:.2f} ms, process_mrelease "
               f"{released}, kill to exit {victim.confirmed_ms:.1f} ms; memory "
               f"{(record.memory_before or 0) >> 20}M -> {(record.memory_after or 0) >> 20}M, "
               f"{usage_unreaped >> 20}M in the cgroup while the victim was still unreaped")
@@ -186,7 +186,7 @@ async def test_dry_run_decides_and_the_kernel_acts(box: cgoom.Cgroup, spawn: Spa
     assert parent.memory_events().oom_kill > 0
     dead = [name for name, c in kids.items() if not c.cgroup_events().populated]
     with capsys.disabled():
-        print(f"\n[figures] dry run: cgoom chose {record.decision.first.cgroup}, killed "
+        report_figures(f"dry run: cgoom chose {record.decision.first.cgroup}, killed "
               f"nothing; the kernel's OOM killer then emptied {dead} "
               f"(oom_kill {parent.memory_events().oom_kill}); in the stream: {kernel}")
     assert dead  # the kernel acted: with oom.group, a whole workload went
@@ -238,7 +238,7 @@ async def test_a_failing_plugin_still_kills_the_right_victim(
     assert said in record.decision.notes[0], record.decision.notes
     t = record.timings
     with capsys.disabled():
-        print(f"\n[figures] a plugin that {plugin.name.split('-')[0]} at OOM time: the fallback "
+        report_figures(f"a plugin that {plugin.name.split('-')[0]} at OOM time: the fallback "
               f"killed batch, decision {t.decision_ms:.1f} ms, onset to kill "
               f"{t.kill_ms:.1f} ms; {record.decision.notes[0][:120]}")
     assert record.victim is not None and record.victim.cgroup == kids["batch"].path
@@ -313,7 +313,7 @@ async def test_a_large_domain_read_level_by_level(box: cgoom.Cgroup, spawn: Spaw
     t = record.timings
     assert t.kill_ms is not None and t.confirmed_ms is not None
     with capsys.disabled():
-        print(f"\n[figures] a domain of 94 cgroups read level by level (34 read): batch "
+        report_figures(f"a domain of 94 cgroups read level by level (34 read): batch "
               f"killed whole, onset (first high) to kill {t.kill_ms:.1f} ms (started "
               f"{t.started_ms:.1f} ms, snapshot {t.snapshot_ms:.1f} ms, decision "
               f"{t.decision_ms:.1f} ms), notification to "

@@ -16,7 +16,7 @@ import pytest
 import cgoom
 from cgoom.testing import wait_until
 
-from .conftest import holding_hog, python_cmd
+from .conftest import holding_hog, python_cmd, report_figures
 from .test_handler_real import GROW
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
@@ -65,7 +65,7 @@ async def test_kubernetes_qos_kills_the_besteffort_pod_whole(
     assert not any(p.memory_oom_group() for p in pods.values())  # put back on stop
     t = record.timings
     with capsys.disabled():
-        print(f"\n[figures] kubernetes-qos: the BestEffort pod killed whole (pause and app), "
+        report_figures(f"kubernetes-qos: the BestEffort pod killed whole (pause and app), "
               f"the Burstable pod alive; onset to kill {t.kill_ms:.1f} ms, to empty "
               f"{t.confirmed_ms:.1f} ms; ranking: "
               + ", ".join(v.cgroup.rsplit("/", 1)[1] for v in record.decision.victims))

@@ -16,7 +16,7 @@ import pytest
 import cgoom
 from cgoom.testing import wait_until
 
-from .conftest import hog, holding_hog, python_cmd, sysctl, throttled
+from .conftest import hog, holding_hog, python_cmd, report_figures, sysctl, throttled
 from .test_handler_real import GROW
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
@@ -100,7 +100,7 @@ async def test_whole_machine_hog_dies_before_the_kernel_acts(
     assert t.kill_ms is not None and t.confirmed_ms is not None
     kill_at = t.notified + t.kill_ms / 1000
     with capsys.disabled():
-        print(f"\n[figures] whole machine: MemAvailable < 10% to kill "
+        report_figures(f"whole machine: MemAvailable < 10% to kill "
               f"{(kill_at - low_at) * 1000:+.1f} ms (negative: before that moment); "
               f"notification to kill {t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms; "
               f"{stats.tripwire_trips} tripwire trip(s); kernel oom_kill unchanged; "
@@ -137,7 +137,7 @@ async def test_a_psi_rule_on_the_domain(box: cgoom.Cgroup, spawn: Spawn,
     assert victim.stalls and max(s.reclaim_ms for s in victim.stalls) > 0, victim.detail
     t = record.timings
     with capsys.disabled():
-        print(f"\n[figures] PSI rule: trigger to kill {t.kill_ms:.1f} ms, to empty "
+        report_figures(f"PSI rule: trigger to kill {t.kill_ms:.1f} ms, to empty "
               f"{t.confirmed_ms:.1f} ms; {victim.detail.split('; ', 2)[-1]}")
 
 
@@ -212,7 +212,7 @@ async def test_the_process_connector_sees_each_exit(box: cgoom.Cgroup, spawn: Sp
     assert "by SIGKILL" in victim.detail and len(victim.pids) > 20, victim.detail
     assert job.cgroup_procs() == ()
     with capsys.disabled():
-        print(f"\n[figures] process connector: {len(victim.pids)} processes signalled by "
+        report_figures(f"process connector: {len(victim.pids)} processes signalled by "
               f"cgroup.kill{victim.detail.split('populated 0')[1]}")
 
 
@@ -246,7 +246,7 @@ def test_protect_self(box: cgoom.Cgroup, capsys: pytest.CaptureFixture[str]) -> 
     assert got["locked"] is not None and 0 < got["locked"] < 64 * M, got
     assert got["after"] < 64 * M, got
     with capsys.disabled():
-        print(f"\n[figures] protect_self: locked {got['locked'] >> 10} KiB resident after "
+        report_figures(f"protect_self: locked {got['locked'] >> 10} KiB resident after "
               f"mlockall, {got['after'] >> 10} KiB after 8 more threads (VmLck, whole "
               f"mappings: {got['vmlck'] >> 20} MiB); {'; '.join(got['notes'])}")
 
@@ -273,5 +273,5 @@ async def test_usage_above_a_fraction(box: cgoom.Cgroup, spawn: Spawn,
     assert domain.memory_high() == "max" and domain.memory_events().oom_kill == 0
     t = record.timings
     with capsys.disabled():
-        print(f"\n[figures] usage_above 80%: {record.trigger}; notification to kill "
+        report_figures(f"usage_above 80%: {record.trigger}; notification to kill "
               f"{t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms")

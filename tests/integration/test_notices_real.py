@@ -30,7 +30,7 @@ import pytest
 import cgoom
 from cgoom.testing import until, wait_until
 
-from .conftest import holding_hog, python_cmd
+from .conftest import holding_hog, python_cmd, report_figures
 from .test_daemon_real import NOBODY, interpreter_for, readable_lib
 from .test_handler_real import inversion
 
@@ -160,7 +160,7 @@ async def test_a_low_notice_frees_memory_and_nothing_is_killed(
     assert kids["batch"].cgroup_procs() and kids["db"].cgroup_procs()
     assert parent.memory_events().oom_kill == 0
     with capsys.disabled():
-        print(f"\n[figures] a low notice over the socket: usage {notice['usage'] / M:.0f}M, "
+        report_figures(f"a low notice over the socket: usage {notice['usage'] / M:.0f}M, "
               f"told to free {notice['target'] / M:.1f}M; notice to the app "
               f"{(notice['at'] - told[0]) * 1000:.1f} ms after cgoom sent it; memory below "
               f"{threshold / M:.0f}M {(fell - notice['at']) * 1000:.0f} ms after; "
@@ -258,7 +258,7 @@ async def test_misbehaving_clients_delay_nothing(
     assert parent.memory_events().oom_kill == 0
     assert stats.dropped >= 1 and stats.bad_messages >= 20, stats
     with capsys.disabled():
-        print(f"\n[figures] misbehaving clients: batch left mid-incident (first chance "
+        report_figures(f"misbehaving clients: batch left mid-incident (first chance "
               f"{deadline:.0f} s): killed {t_.kill_ms:.1f} ms after the notification, empty "
               f"at {t_.confirmed_ms:.1f} ms; {stats.dropped} clients dropped, "
               f"{stats.bad_messages} bad messages, {stats.connected} connections; another "
@@ -291,7 +291,7 @@ async def test_a_background_killable_workload_dies_before_a_bigger_one(
     assert (sizes[saved.path] or 0) < (sizes[kids["batch"].path] or 0), sizes
     assert kids["db"].cgroup_procs() and kids["batch"].cgroup_procs()
     with capsys.disabled():
-        print(f"\n[figures] background-killable: {saved.path} "
+        report_figures(f"background-killable: {saved.path} "
               f"({(sizes[saved.path] or 0) / M:.0f}M, declared over the socket) killed "
               f"before batch ({(sizes[kids['batch'].path] or 0) / M:.0f}M, same priority) "
               f"{record.timings.kill_ms:.1f} ms after the notification; reason: "
@@ -349,7 +349,7 @@ async def test_a_memory_pressure_watch_consumer_is_woken(
     assert said == "low" and woken == 1
     assert told, "cgoom told nobody"
     with capsys.disabled():
-        print(f"\n[figures] a $MEMORY_PRESSURE_WATCH consumer (poll() on the socket) in "
+        report_figures(f"a $MEMORY_PRESSURE_WATCH consumer (poll() on the socket) in "
               f"{service.path}: woken {(float(at) - told[0]) * 1000:.1f} ms after cgoom "
               f"raised the domain's level to low")
 
@@ -398,4 +398,4 @@ async def test_escalation_notice_deadline_sigterm_grace_sigkill(
     assert not kids["batch"].cgroup_procs() and kids["db"].cgroup_procs()
     assert parent.memory_events().oom_kill == 0
     with capsys.disabled():
-        print(f"\n[figures] escalation (deadline 1 s, grace 1 s): {steps}")
+        report_figures(f"escalation (deadline 1 s, grace 1 s): {steps}")

@@ -19,7 +19,7 @@ import cgoom
 from cgoom._engine._stall import StallWatchdog
 from cgoom.testing import wait_until
 
-from .conftest import holding_hog, python_cmd
+from .conftest import holding_hog, python_cmd, report_figures
 from .test_handler_real import GROW, inversion
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
@@ -71,7 +71,7 @@ async def test_the_stall_watchdog_kills_batch_from_its_thread(box: cgoom.Cgroup,
     assert parent.memory_events().oom_kill == 0
     t = record.timings
     with capsys.disabled():
-        print(f"\n[figures] stall watchdog: the loop blocked {blocked:.1f} s; {record.trigger}; "
+        report_figures(f"stall watchdog: the loop blocked {blocked:.1f} s; {record.trigger}; "
               f"detection to kill {t.kill_ms:.1f} ms, to empty {t.confirmed_ms:.1f} ms; "
               f"memory {(record.memory_before or 0) >> 20}M -> "
               f"{(record.memory_after or 0) >> 20}M; kernel oom_kill 0")

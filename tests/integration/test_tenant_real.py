@@ -17,7 +17,7 @@ import pytest
 import cgoom
 from cgoom.testing import next_incident
 
-from .conftest import holding_hog, python_cmd
+from .conftest import holding_hog, python_cmd, report_figures
 from .test_handler_real import GROW
 from .test_hardening_real import as_user
 
@@ -91,7 +91,7 @@ async def test_a_hog_flipped_between_its_own_cgroups_never_costs_a_neighbour(
     kernel = parent.memory_events().oom_kill
     where = ", ".join(sorted({x.cgroup for x in acted}))
     with capsys.disabled():
-        print(f"\n[figures] flipping tenant: {ROUNDS} hogs, {len(records)} incident(s), "
+        report_figures(f"flipping tenant: {ROUNDS} hogs, {len(records)} incident(s), "
               f"{len(acted)} kill(s), all in the tenant ({where}); "
               f"{len(stale)} victim(s) slipped away and were decided afresh; batch and db "
               f"alive throughout; kernel oom_kill {kernel}; " + "; ".join(figures)
@@ -182,6 +182,6 @@ async def test_a_tenant_s_many_cgroups_cost_no_decision_and_no_neighbour(
     assert not tenant.cgroup_events().populated
     assert batch.cgroup_procs() and db.cgroup_procs()
     with capsys.disabled():
-        print("\n[figures] crowded tenant (300 cgroups of uid 65534, cgroup.max.descendants "
+        report_figures("crowded tenant (300 cgroups of uid 65534, cgroup.max.descendants "
               "refused the 301st: EAGAIN): " + "; ".join(figures)
               + "; batch and db alive")
