@@ -27,8 +27,15 @@ def test_root_with_every_capability_is_told_nothing(tree: FakeCgroupTree) -> Non
     assert limits(tree.hierarchy, [cgoom.Rule("t", "t", high_below_max=0.1)]) == []
 
 
+@pytest.mark.parametrize(("kernel", "netlink"), [
+    ((6, 1), ["no", "process", "connector"]),
+    # Linux 6.6 lets every user listen to the process connector; taskstats stays admin's
+    ((6, 6), ["no", "taskstats", "(CAP_NET_ADMIN):"]),
+])
 def test_a_user_without_capabilities_is_told_what_it_cannot_do(
-        tree: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch) -> None:
+        tree: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch, kernel: tuple[int, int],
+        netlink: list[str]) -> None:
+    monkeypatch.setattr(_privileges, "kernel_release", lambda: kernel)
     tree.add("t", memory_max=100 * M)
     status(tree, "0000000000000000")
     monkeypatch.setattr(_privileges.os, "access", lambda path, mode: False)
@@ -36,7 +43,7 @@ def test_a_user_without_capabilities_is_told_what_it_cannot_do(
                                    cgoom.Rule("u", "t", dry_run=True)])
     assert [s.split(" ", 3)[:3] for s in said][:4] == [
         ["it", "signals", "only"], ["trusted.*", "xattrs", "(oomd's"],
-        ["it", "cannot", "lower"], ["no", "process", "connector"]]
+        ["it", "cannot", "lower"], netlink]
     assert said[4].startswith("rule 't': it cannot write memory.high of /t (a delegated "
                               "root's own files stay root's)")
     assert len(said) == 5  # rule u sets nothing on /t

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 
 from .._engine._rules import Rule
 from .._kernel._hierarchy import Hierarchy
+from .._kernel._linux import kernel_release
 
 CAP_KILL, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CAP_SYSLOG = 5, 12, 21, 24, 34
 
@@ -68,8 +69,15 @@ def limits(hierarchy: Hierarchy, rules: Iterable[Rule]) -> list[str]:
         said.append("it cannot lower its own oom_score_adj (CAP_SYS_RESOURCE): set "
                     "OOMScoreAdjust=-1000 in the unit")
     if lacks(CAP_NET_ADMIN):
-        said.append("no process connector nor taskstats (CAP_NET_ADMIN): kills are "
-                    "confirmed by populated 0 and pidfds alone")
+        # Linux 6.6 ("connector/cn_proc: Allow non-root users access") lets any user
+        # listen to the process connector; taskstats' GET stays GENL_ADMIN_PERM.
+        if kernel_release() >= (6, 6):
+            said.append("no taskstats (CAP_NET_ADMIN): the memory stalls of killed processes "
+                        "are not recorded (the process connector needs no capability since "
+                        "Linux 6.6)")
+        else:
+            said.append("no process connector nor taskstats (CAP_NET_ADMIN, before Linux "
+                        "6.6): kills are confirmed by populated 0 and pidfds alone")
     for rule in rules:
         if rule.high_below_max is None and rule.usage_above is None:
             continue

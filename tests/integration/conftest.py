@@ -33,6 +33,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # the end of the run, so that CI's log has every figure of each kernel in one place.
 
 KERNEL = platform.release()
+#: (major, minor) of the running kernel. A test whose expectation depends on the kernel
+#: compares with it and says which feature (and since which version) in a comment.
+KERNEL_VERSION = tuple(int("".join(c for c in part if c.isdigit()) or 0)
+                       for part in KERNEL.split(".")[:2])
 _figures: list[str] = []
 
 
