@@ -48,9 +48,9 @@ def kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     """No download and no /boot here: each kernel name stands for a vmlinuz path of its own
     (test_kernel_* below exercise the real resolution's pure parts)."""
     paths = {None: "/boot/vmlinuz-6.1.0-57-amd64", "host": "/boot/vmlinuz-6.1.0-57-amd64",
-             "6.12": "/var/cache/cgoom-vm/kernels/6.12.117+deb13-amd64/boot/"
+             "6.12": "/var/lib/cgoom-vm/kernels/6.12.117+deb13-amd64/boot/"
                      "vmlinuz-6.12.117+deb13-amd64",
-             "newest": "/var/cache/cgoom-vm/kernels/7.3.4+deb13-amd64/usr/lib/modules/"
+             "newest": "/var/lib/cgoom-vm/kernels/7.3.4+deb13-amd64/usr/lib/modules/"
                        "7.3.4+deb13-amd64/vmlinuz"}
     monkeypatch.setattr(vm, "resolve_kernel", lambda wanted: paths[wanted])
 

@@ -116,12 +116,13 @@ DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 def cache_dir() -> str:
-    """Where fetched kernels are kept: ``$CGOOM_VM_CACHE``, else /var/cache/cgoom-vm as
-    root, else ~/.cache/cgoom-vm."""
+    """Where fetched kernels are kept: ``$CGOOM_VM_CACHE``, else /var/lib/cgoom-vm as
+    root, else ~/.cache/cgoom-vm. Not /var/cache nor /tmp: the guest mounts a tmpfs over
+    those, and its modules must be visible to it at the same path."""
     if os.environ.get("CGOOM_VM_CACHE"):
         return os.environ["CGOOM_VM_CACHE"]
     if os.geteuid() == 0:
-        return "/var/cache/cgoom-vm"
+        return "/var/lib/cgoom-vm"
     return os.path.join(os.path.expanduser("~"), ".cache", "cgoom-vm")
 
 
@@ -266,15 +267,16 @@ def resolve_kernel(wanted: str | None) -> str:
 
 def _guest_modules(kernel: str) -> str:
     """Shell run first in the guest: a kernel from elsewhere has its modules in the unpacked
-    tree, not in the host's /lib/modules that the guest sees; bind them there so that
-    modprobe (zram) finds them."""
+    tree, not in the host's /lib/modules. virtme-ng links the guest's /lib/modules/KVER to
+    that tree (which must therefore be visible in the guest: see :func:`cache_dir`); where
+    it did not, bind the tree there, so that modprobe (zram) finds the modules."""
     kver = kernel_release(kernel)
     moddir = kernel.split("/boot/")[0] + f"/usr/lib/modules/{kver}" if "/boot/" in kernel \
         else os.path.dirname(kernel)
     if moddir == f"/usr/lib/modules/{kver}" or not os.path.isdir(moddir):
         return ""
     target = f"/lib/modules/{kver}"
-    return (f"{{ [ -d {target} ] || {{ mkdir -p {target} && mount --bind "
+    return (f"{{ [ -e {target}/modules.dep ] || {{ mkdir -p {target} && mount --bind "
             f"{shlex.quote(moddir)} {target}; }}; }} "
             "|| echo 'cgoom-vm: could not bind the kernel modules' >&2; ")
 
