@@ -791,3 +791,31 @@ async def test_the_socket_s_mode_is_never_set_through_a_planted_symlink(
             async with cgoom.open_notice_server(handler, str(shared / "n.sock")):
                 pass
     assert not (shared / "n.sock").exists()
+
+
+async def test_a_connection_made_as_the_server_stops_is_ended_not_leaked(
+        domain: FakeCgroupTree, sock_path: str) -> None:
+    """A client accepted as the server stops (its connection made, its task not yet
+    started, or made only after the stop began) is ended with the server: no transport is
+    left open, no task pending, nothing for the garbage collector to warn about."""
+    loop = asyncio.get_running_loop()
+    async with handler_for(domain) as handler:
+        server = cgoom.NoticeServer(handler, sock_path)
+        await server.start()
+        clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        for client in clients:
+            client.connect(sock_path)  # in the backlog; the loop has not accepted it yet
+        await until(lambda: len(server._made) >= 1, 5, what="an accepted connection")
+        made = list(server._made)
+        await server.aclose()  # at once: some of those tasks have not run a step
+        # one made after the stop began (asyncio may still finish an accept then)
+        left, right = socket.socketpair()
+        late_transport, late = await loop.connect_accepted_socket(server._connection, left)
+        try:
+            assert late.task is None and late_transport.is_closing()
+            for connection in made:
+                assert connection.transport is not None and connection.transport.is_closing()
+                assert connection.task is not None and connection.task.done()
+        finally:
+            for client in [*clients, right]:
+                client.close()

@@ -38,11 +38,13 @@ class Connection(asyncio.BufferedProtocol):
     newline included), :attr:`transport` to write. ``serve(connection)`` runs as a task from
     the moment it connects. ``taken(size)`` hears of every ``size`` bytes read (before it is
     set, they add up in :attr:`early`). With ``discard``, what comes in is read and dropped
-    (:meth:`wait_closed` waits for the end)."""
+    (:meth:`wait_closed` waits for the end). With ``refused`` (its server is stopping), it is
+    aborted as it is made and never served."""
 
     def __init__(self, serve: Callable[[Connection], Coroutine[Any, Any, None]],
-                 limit: int, *, discard: bool = False) -> None:
+                 limit: int, *, discard: bool = False, refused: bool = False) -> None:
         self._serve = serve
+        self._refused = refused
         self.limit = limit
         self.discard = discard
         self.transport: asyncio.Transport | None = None
@@ -62,6 +64,9 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self._refused:  # made after its server began to stop: ended at once, unserved
+            transport.abort()
+            return
         self.task = asyncio.get_running_loop().create_task(self._serve(self))
 
     def get_buffer(self, sizehint: int) -> bytearray:

@@ -52,6 +52,7 @@ import socket
 import stat
 import struct
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, ClassVar
 
@@ -327,6 +328,10 @@ class _UnixServer:
         self._limit = limit  # the longest line a client may send
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Every connection made, including one accepted as the server stops, whose task
+        #: has not started yet (so is not in _tasks): aclose must end those too.
+        self._made: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._closing = False
         self._held: dict[int, int] = {}  # connections by uid
         self._refused = 0
         #: Every log line a client can cause goes through a throttle (journald's default
@@ -340,8 +345,7 @@ class _UnixServer:
         # A backlog as large as the kernel allows (net.core.somaxconn caps it): clients
         # that all connect at once, at boot or after a restart, are not refused.
         self._server = await asyncio.get_running_loop().create_unix_server(
-            lambda: Connection(self._serve, self._limit, discard=self._discard), self.path,
-            backlog=BACKLOG)
+            self._connection, self.path, backlog=BACKLOG)
         _chmod_socket(self.path, self.mode)
         room = fd_room()
         if room < self.max_clients:
@@ -349,16 +353,32 @@ class _UnixServer:
                         "%d (%d kept for the engine); raise it (LimitNOFILE= in the unit)",
                         self.path, room, self.max_clients, room + FD_RESERVE, FD_RESERVE)
 
+    def _connection(self) -> Connection:
+        connection = Connection(self._serve, self._limit, discard=self._discard,
+                                refused=self._closing)
+        self._made.add(connection)
+        return connection
+
     async def aclose(self) -> None:
+        self._closing = True  # a connection accepted from now on is ended as it is made
         if self._server is not None:
             self._server.close()
         self._abort_all()
+        # One accepted as the server closed: made, its task not started (so not in
+        # _tasks): its transport would stay open, unowned, once the loop ends.
+        late = [c for c in list(self._made) if c.task is not None and c.task not in self._tasks
+                and not c.task.done()]
+        for connection in late:
+            assert connection.transport is not None and connection.task is not None
+            connection.transport.abort()
+            connection.task.cancel()
+        tasks = set(self._tasks) | {c.task for c in late if c.task is not None}
         if self._tasks:  # each ends on its own once its connection is aborted
             await asyncio.wait(set(self._tasks), timeout=1.0)
-        for task in list(self._tasks):
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 

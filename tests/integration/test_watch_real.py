@@ -12,7 +12,7 @@ import pytest
 import cgoom
 from cgoom.testing import collect_events
 
-from .conftest import hog, sysctl, throttled
+from .conftest import KERNEL_VERSION, hog, sysctl, throttled
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 
@@ -162,8 +162,15 @@ async def test_system_wide_trigger_arms(box: cgoom.Cgroup) -> None:
         w.watch_pressure(None, cgoom.PressureTrigger("full", 100_000, 1_000_000))
         w.watch_pressure(None, cgoom.PressureTrigger("some", 200_000, 1_000_000))
         assert w.statistics().triggers == 2
-        with pytest.raises(cgoom.InvalidValue, match=r"at least 500 ms before Linux 6\.5"):
-            w.watch_pressure(None, cgoom.PressureTrigger("some", 10_000, 100_000))
+        with pytest.raises(cgoom.InvalidValue, match=r"at most 10 s"):
+            w.watch_pressure(None, cgoom.PressureTrigger("some", 10_000, 11_000_000))
+        short = cgoom.PressureTrigger("some", 10_000, 100_000)
+        if KERNEL_VERSION >= (6, 5):  # 6.5 lowered the shortest window below 500 ms
+            w.watch_pressure(None, short)
+            assert w.statistics().triggers == 3
+        else:
+            with pytest.raises(cgoom.InvalidValue, match=r"at least 500 ms before Linux 6\.5"):
+                w.watch_pressure(None, short)
     assert w.statistics().triggers == 0
 
 
