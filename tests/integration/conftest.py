@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 import cgoom
+from cgoom._kernel._linux import kernel_release
 from cgoom.testing import find_test_parent, sandbox
 
 _parent, _reason = find_test_parent()
@@ -35,8 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 KERNEL = platform.release()
 #: (major, minor) of the running kernel. A test whose expectation depends on the kernel
 #: compares with it and says which feature (and since which version) in a comment.
-KERNEL_VERSION = tuple(int("".join(c for c in part if c.isdigit()) or 0)
-                       for part in KERNEL.split(".")[:2])
+KERNEL_VERSION = kernel_release(KERNEL)
 _figures: list[str] = []
 
 
@@ -51,7 +51,6 @@ def report_figures(text: str) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    # (nothing to say when no test measured anything)
     if _figures:
         terminalreporter.section(f"figures measured on Linux {KERNEL}")
         for line in _figures:
