@@ -28,6 +28,7 @@ import attrs
 from ._errors import CgoomError, CgroupGone, InvalidValue
 from ._kernel._cgroup import PREFERENCE_XATTR, Cgroup, if_supported
 from ._kernel._hierarchy import Hierarchy
+from ._kernel._linux import process_features
 from ._kernel._parse import format_size
 from ._kernel._types import Limit
 from ._ops._clidoc import CGROUP, DIRECTORY, FILE, SHELLS, completes, render_completion, render_man
@@ -176,6 +177,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
         "delegatable": None if f.delegatable is None else sorted(f.delegatable),
         "probed": f.probed,
         "interface_files": sorted(f.interface_files),
+        # how processes are killed: asked of the running kernel, whatever --mount says
+        "processes": process_features().names(),
     }
     if args.json:
         print(json.dumps(record, indent=2))

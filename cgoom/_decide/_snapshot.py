@@ -68,7 +68,7 @@ from .._kernel._cgroup import (
 from .._kernel._hierarchy import Hierarchy
 from .._kernel._parse import check_priority
 from .._kernel._paths import inside, normalize_path, parent_path
-from .._kernel._proc import oom_score_adj, process_now, readable
+from .._kernel._proc import oom_score_adj, process_now, process_stat, readable
 from ._candidates import (
     CgroupSnapshot,
     Preference,
@@ -721,11 +721,15 @@ def walk_descent(root: str, children: Mapping[str, Sequence[str]],
     return result, stop
 
 
-def identity_problem(hierarchy: Hierarchy, victim: Victim) -> str | None:
+def identity_problem(hierarchy: Hierarchy, victim: Victim, *,
+                     pidfd_cgroup: int | None = None) -> str | None:
     """Why acting on ``victim`` now would hit something else than was decided on, or
     ``None``: the cgroup is gone or was re-created (another id), the process is gone, its
     pid was reused (another start time), it left the cgroup, or it is already dead. Whoever
-    acts calls this right before acting (with a pidfd already open, for a process)."""
+    acts calls this right before acting (with a pidfd already open, for a process).
+
+    ``pidfd_cgroup``: the cgroup id the open pidfd gave (``PIDFD_GET_INFO``, 6.13+); then
+    the process's cgroup is that, and /proc/PID/cgroup is not read."""
     try:
         inode = hierarchy.fs.stat(hierarchy.cgroup(victim.cgroup).dir).st_ino
     except OSError:
@@ -734,13 +738,20 @@ def identity_problem(hierarchy: Hierarchy, victim: Victim) -> str | None:
         return f"{victim.cgroup} was removed and re-created (id {victim.cgroup_id} is now {inode})"
     if victim.pid is None:
         return None
-    now = process_now(hierarchy, victim.pid)
+    if pidfd_cgroup is not None:
+        stat = process_stat(hierarchy, victim.pid)
+        now = None if stat is None else (*stat, "")
+    else:
+        now = process_now(hierarchy, victim.pid)
     if now is None:
         return f"process {victim.pid} is gone"
     start, state, where = now
     if victim.start_time is not None and start != victim.start_time:
         return f"pid {victim.pid} was reused (start time {victim.start_time} is now {start})"
-    if where != victim.cgroup:
+    if pidfd_cgroup is not None and pidfd_cgroup != inode:
+        return (f"process {victim.pid} left {victim.cgroup} (its pidfd is in cgroup id "
+                f"{pidfd_cgroup}, {victim.cgroup} is {inode})")
+    if pidfd_cgroup is None and where != victim.cgroup:
         return f"process {victim.pid} left {victim.cgroup}"
     if state in ("Z", "X"):
         return f"process {victim.pid} is already dead"

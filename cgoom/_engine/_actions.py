@@ -18,10 +18,19 @@ Some facts this code depends on (notes/kernel-interface.md §5-§6):
 - Identity for a process: ``pidfd_open`` pins *a* process; if the pid was reused before we
   opened it, the pidfd names the new one. So the start time (field 22 of /proc/PID/stat) and
   the cgroup are re-checked *after* opening: if they match, the pidfd is the process decided
-  on, and a signal through it can reach no other (``pidfd_send_signal``).
-- ``process_mrelease`` (5.15) then frees the dying process's anonymous memory at once, in
-  this thread, instead of after its exit or the OOM reaper's 2 s delay. A pidfd becomes
-  readable when the process exits: that is the confirmation.
+  on, and a signal through it can reach no other (``pidfd_send_signal``). From 6.13 the
+  cgroup comes from the pidfd itself (``PIDFD_GET_INFO``'s cgroup id, compared with the
+  victim cgroup's inode), not from /proc/PID/cgroup; the start time is still read from
+  /proc/PID/stat (the ioctl has none). If it matches, the process holding the pid at that
+  read is the one decided on, and it is the pidfd's: had it died before ``pidfd_open``, the
+  pidfd would name a newer process, whose start time differs. Every /proc file of the victim
+  is read and closed before the signal: an open one would hold its memory.
+- ``process_mrelease`` (5.15) then frees the dying process's anonymous memory at once,
+  instead of after its exit or the OOM reaper's 2 s delay. It can take long (792 ms for a
+  swap-heavy exit, measured upstream; Android's lmkd reaps in a thread pool for that reason),
+  so it is *not* called here: :func:`release_process` runs in the executor's reaper threads,
+  started before any incident, and the event loop moves on. A pidfd becomes readable when
+  the process exits: that is the confirmation.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import contextlib
 import errno
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -42,7 +52,7 @@ from .._errors import CgoomError
 from .._kernel._cgroup import Cgroup, if_supported
 from .._kernel._fs import OsFS
 from .._kernel._hierarchy import Hierarchy
-from .._kernel._linux import process_mrelease
+from .._kernel._linux import pidfd_cgroup_id, process_mrelease
 from .._kernel._paths import inside
 from .._kernel._proc import oom_score_adj, process_now
 from .._kernel._taskstats import MemoryStall
@@ -72,6 +82,10 @@ class ActionResult:
     #: A graceful action that came to SIGKILL: how long before it the SIGTERM went (the
     #: grace the victim had).
     graced_ms: float | None = None
+    #: How a process's identity was checked, with its pidfd open: ``"PIDFD_GET_INFO"``
+    #: (the pidfd's cgroup id, 6.13+) or ``"/proc"`` (/proc/PID/cgroup); ``None`` for a
+    #: cgroup-wide action.
+    identity: str | None = None
     #: Not acted on because the victim slipped away since the decision: its process exited,
     #: moved out or its pid was reused, its cgroup was removed or re-created, or emptied.
     #: The engine then never takes the decision's next victim (that would punish whoever
@@ -98,7 +112,15 @@ class ProcessControl(Protocol):
         ...
 
     def release(self, handle: int) -> None:
-        """Free the dying process's memory now (process_mrelease); OSError if it cannot."""
+        """Free the dying process's memory now (process_mrelease); OSError if it cannot.
+        Called in a reaper thread (it may take long), never on the event loop."""
+        ...
+
+    def cgroup_id(self, handle: int) -> int | None:
+        """The id (inode) of the cgroup the process behind ``handle`` is in, asked of the
+        handle itself, or ``None`` where that cannot be asked (the kernel has no
+        ``PIDFD_GET_INFO``: before 6.13; the /proc check is used then).
+        :class:`ProcessLookupError` if the process has been reaped."""
         ...
 
     def close(self, handle: int) -> None:
@@ -127,6 +149,9 @@ class Pidfds:
 
     def release(self, handle: int) -> None:
         process_mrelease(handle)
+
+    def cgroup_id(self, handle: int) -> int | None:
+        return pidfd_cgroup_id(handle)
 
     def close(self, handle: int) -> None:
         os.close(handle)
@@ -250,12 +275,13 @@ def _kill_sparing(hierarchy: Hierarchy, victim: Victim, processes: ProcessContro
 def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
                  ) -> tuple[ActionResult, int | None]:
     """SIGKILL the victim's process through a pidfd, after checking (with the pidfd open)
-    that it is still the process decided on and still in the victim's cgroup; then
-    ``process_mrelease``. Returns the result and the handle to confirm the exit with (the
-    caller closes it), or ``None``."""
+    that it is still the process decided on and still in the victim's cgroup. Returns the
+    result and the handle to free its memory with (:func:`release_process`, in a reaper
+    thread) and to confirm the exit with (the caller closes it), or ``None``."""
     pid = victim.pid
     assert pid is not None
-    handle, refused = _open_checked(hierarchy, victim, processes, "kill-process", "killed")
+    handle, refused, identity = _open_checked(hierarchy, victim, processes, "kill-process",
+                                              "killed")
     if handle is None:
         assert refused is not None
         return refused, None
@@ -265,10 +291,18 @@ def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl
     except ProcessLookupError:
         processes.close(handle)
         return ActionResult("kill-process", victim.cgroup, pid, False,
-                            f"not killed: process {pid} exited meanwhile", stale=True), None
+                            f"not killed: process {pid} exited meanwhile", stale=True,
+                            identity=identity), None
     took = (time.perf_counter() - started) * 1000
-    detail = "SIGKILL sent through a pidfd"
-    released = None
+    return ActionResult("kill-process", victim.cgroup, pid, True,
+                        "SIGKILL sent through a pidfd",
+                        syscall_ms=took, pids=(pid,), identity=identity), handle
+
+
+def release_process(processes: ProcessControl, handle: int) -> tuple[float | None, str]:
+    """``process_mrelease`` on a killed process's handle: (milliseconds it took, or ``None``
+    if it did nothing; what happened, for the record). Blocking, for as long as the kernel
+    takes to free the memory: run it in a reaper thread, not on the event loop."""
     started = time.perf_counter()
     try:
         processes.release(handle)
@@ -276,38 +310,48 @@ def kill_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl
         reasons = {errno.ESRCH: "its memory was already gone",
                    errno.ENOSYS: "this kernel has no process_mrelease (before 5.15)",
                    errno.EINVAL: "it was not dying yet"}
-        detail += f"; process_mrelease: {reasons.get(exc.errno or 0, exc.strerror)}"
-    else:
-        released = (time.perf_counter() - started) * 1000
-        detail += "; its memory freed at once (process_mrelease)"
-    return ActionResult("kill-process", victim.cgroup, pid, True, detail, syscall_ms=took,
-                        mrelease_ms=released, pids=(pid,)), handle
+        return None, f"process_mrelease: {reasons.get(exc.errno or 0, exc.strerror)}"
+    took = (time.perf_counter() - started) * 1000
+    return took, ("its memory freed at once (process_mrelease, in "
+                  f"{threading.current_thread().name})")
 
 
 def _open_checked(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,
                   action: str, verb: str = "signalled",
-                  ) -> tuple[int | None, ActionResult | None]:
+                  ) -> tuple[int | None, ActionResult | None, str]:
     """A handle on the victim's process, opened and then checked to be the one decided on;
-    or ``None`` and the result saying why it was not ``verb``."""
+    or ``None`` and the result saying why it was not ``verb``. Also says how the identity
+    was checked (``ActionResult.identity``)."""
     pid = victim.pid
     assert pid is not None
     try:
         handle = processes.open(pid)
     except ProcessLookupError:
         return None, ActionResult(action, victim.cgroup, pid, False,
-                                  f"not {verb}: process {pid} is gone", stale=True)
+                                  f"not {verb}: process {pid} is gone", stale=True), "none"
     except OSError as exc:
         return None, ActionResult(action, victim.cgroup, pid, False,
-                                  f"not {verb}: pidfd_open({pid}): {exc.strerror}")
-    problem = identity_problem(hierarchy, victim)  # with the pidfd open: race-free
+                                  f"not {verb}: pidfd_open({pid}): {exc.strerror}"), "none"
+    # With the pidfd open: race-free (module docstring).
+    asked = getattr(processes, "cgroup_id", None)  # a ProcessControl older than 0.2 has none
+    try:
+        in_cgroup = None if asked is None else asked(handle)
+    except ProcessLookupError:
+        processes.close(handle)
+        return None, ActionResult(action, victim.cgroup, pid, False,
+                                  f"not {verb}: process {pid} is gone", stale=True,
+                                  identity="PIDFD_GET_INFO"), "PIDFD_GET_INFO"
+    identity = "/proc" if in_cgroup is None else "PIDFD_GET_INFO"
+    problem = identity_problem(hierarchy, victim, pidfd_cgroup=in_cgroup)
     stale = problem is not None
     if problem is None and victim.start_time is None:
         problem = f"no start time was recorded for pid {pid}: its identity cannot be checked"
     if problem is not None:
         processes.close(handle)
         return None, ActionResult(action, victim.cgroup, pid, False,
-                                  f"not {verb}: {problem}", stale=stale)
-    return handle, None
+                                  f"not {verb}: {problem}", stale=stale,
+                                  identity=identity), identity
+    return handle, None, identity
 
 
 def signal_in_subtree(hierarchy: Hierarchy, processes: ProcessControl, pid: int, top: str,
@@ -342,7 +386,8 @@ def terminate_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessCo
                       ) -> tuple[ActionResult, int | None]:
     """SIGTERM the victim's process through a pidfd (identity checked as for a kill).
     Returns the result and the handle to watch its exit with (the caller closes it)."""
-    handle, refused = _open_checked(hierarchy, victim, processes, "terminate-process")
+    handle, refused, identity = _open_checked(hierarchy, victim, processes,
+                                              "terminate-process")
     if handle is None:
         assert refused is not None
         return refused, None
@@ -353,10 +398,11 @@ def terminate_process(hierarchy: Hierarchy, victim: Victim, processes: ProcessCo
         processes.close(handle)
         return ActionResult("terminate-process", victim.cgroup, victim.pid, False,
                             f"not signalled: process {victim.pid} exited meanwhile",
-                            stale=True), None
+                            stale=True, identity=identity), None
     return ActionResult("terminate-process", victim.cgroup, victim.pid, True,
                         "SIGTERM sent through a pidfd",
-                        syscall_ms=(time.perf_counter() - started) * 1000), handle
+                        syscall_ms=(time.perf_counter() - started) * 1000,
+                        identity=identity), handle
 
 
 def terminate_cgroup(hierarchy: Hierarchy, victim: Victim, processes: ProcessControl,

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -27,18 +28,21 @@ from .._errors import CgoomError
 from .._kernel._cgroup import OVERLIMIT_XATTR, if_supported
 from .._kernel._clock import Clock, Timer
 from .._kernel._hierarchy import Hierarchy
+from .._kernel._linux import ProcessFeatures, process_features
 from .._kernel._meminfo import read_meminfo
 from .._kernel._netlink import ProcConnector, ProcessFork, ProcEvent, load, now_ns
 from .._kernel._parse import format_size
 from .._kernel._taskstats import ExitStats, MemoryStall, delay_accounting, family_id
-from .._kernel._worker import Worker
+from .._kernel._worker import Worker, WorkerPool
 from ._actions import (
     ActionResult,
+    Pidfds,
     ProcessControl,
     freeze_cgroup,
     kill_cgroup,
     kill_process,
     reclaim_cgroup,
+    release_process,
     signal_in_subtree,
     terminate_cgroup,
     terminate_process,
@@ -51,6 +55,10 @@ log = logging.getLogger("cgoom")
 
 #: ``(result, action time, gone time)``: monotonic seconds, ``None`` where it did not happen.
 Outcome = tuple[ActionResult, float | None, float | None]
+
+#: Threads that run ``process_mrelease`` for the processes killed (two: a second incident's
+#: kill is not queued behind the first's release; lmkd reaps in a pool for the same reason).
+REAPERS = 2
 
 
 class KillWatch:
@@ -121,6 +129,18 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def kill_path(features: ProcessFeatures) -> str:
+    """The set-up line saying how processes are killed on this kernel."""
+    identity = ("identity checked by the pidfd's own cgroup id (PIDFD_GET_INFO)"
+                if features.pidfd_get_info else
+                "identity checked by /proc/PID/stat and /proc/PID/cgroup (the pidfd's own "
+                "cgroup id, PIDFD_GET_INFO, needs Linux 6.13)")
+    release = (f"their memory freed by process_mrelease in {REAPERS} reaper threads"
+               if features.process_mrelease else
+               "their memory freed by their exit alone (process_mrelease needs Linux 5.15)")
+    return f"processes are killed through pidfds, {identity}; {release}"
+
+
 class Executor:
     """Acts on victims in ``hierarchy``; ``processes``: how processes are signalled (``None``
     until a rule needs it); ``proc_events``: follow the process connector."""
@@ -144,13 +164,21 @@ class Executor:
         self.raised: dict[str, tuple[int, int | str, str | None]] = {}
         self._timers: dict[str, Timer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Where ``process_mrelease`` runs, off the event loop; started with the listeners,
+        #: before any incident (a thread started at OOM time costs 125-490 ms).
+        self.reapers = WorkerPool("cgoom-reaper", REAPERS, start=False)
         self.closed = False
 
     # --- set-up ---------------------------------------------------------------------------
 
     async def open_listeners(self, setup: SetUp) -> None:
         """The process connector and taskstats, where a rule signals processes; what could
-        not be opened is said in ``setup``."""
+        not be opened is said in ``setup``. Starts the reaper threads where processes are
+        killed, and says how."""
+        if self.processes is not None:
+            self.reapers.start()
+        if isinstance(self.processes, Pidfds):
+            setup.say(kill_path(process_features()))
         if self._connector is None or self.processes is None:
             self._connector = None
             return
@@ -312,7 +340,8 @@ class Executor:
             if not result.ok:
                 return result, None, None
             if handles:  # -1000 processes were spared: populated 0 will not come
-                exits = await self._await_exits(handles, rule.confirm_timeout)
+                exits = await self._await_exits(handles, rule.confirm_timeout,
+                                                self._release(handles))
                 if exits is None:
                     return attrs.evolve(result, detail=result.detail + f"; not all gone after "
                                         f"{rule.confirm_timeout} s"), kill_at, None
@@ -331,16 +360,44 @@ class Executor:
         self._watch(result, since, False, held)
         if handle is None:
             return result, (kill_at if result.ok else None), None
-        gone_at = await self._await_exits([handle], rule.confirm_timeout)
+        releasing = self._release([handle])
+        gone_at = await self._await_exits([handle], rule.confirm_timeout, releasing)
+        released_ms, released = await self._released(releasing[0], rule.confirm_timeout)
+        result = attrs.evolve(result, detail=f"{result.detail}; {released}",
+                              mrelease_ms=released_ms)
         if gone_at is None:
             return attrs.evolve(result, detail=result.detail + f"; not gone after "
                                 f"{rule.confirm_timeout} s"), kill_at, None
         return attrs.evolve(result, detail=result.detail + "; exited (pidfd readable)",
                             confirmed_ms=(gone_at - kill_at) * 1000), kill_at, gone_at
 
-    async def _await_exits(self, handles: list[int], seconds: float) -> float | None:
+    def _release(self, handles: list[int],
+                 ) -> list[asyncio.Future[tuple[float | None, str]]]:
+        """``process_mrelease`` for each killed process, in the reaper threads; the loop
+        goes on at once. The handles stay open until each release is done (see
+        :meth:`_close`)."""
+        processes = self.processes
+        assert processes is not None
+        return [asyncio.wrap_future(self.reapers.submit(
+            functools.partial(release_process, processes, h))) for h in handles]
+
+    async def _released(self, releasing: asyncio.Future[tuple[float | None, str]],
+                        seconds: float) -> tuple[float | None, str]:
+        """What a release did, for the record: waited for up to ``seconds`` (it is usually
+        over by the time the exit is confirmed)."""
+        if not await self.clock.wait([releasing], seconds):
+            return None, f"process_mrelease still running after {seconds} s"
+        try:
+            return releasing.result()
+        except Exception as exc:  # a ProcessControl's own failure: said, not raised
+            return None, f"process_mrelease failed: {exc!r}"
+
+    async def _await_exits(self, handles: list[int], seconds: float,
+                           releasing: Sequence[asyncio.Future[tuple[float | None, str]]] = (),
+                           ) -> float | None:
         """When every process behind ``handles`` has exited (the last one's time), or
-        ``None`` after ``seconds``; the handles are closed either way."""
+        ``None`` after ``seconds``; the handles are closed either way, each once its
+        ``releasing`` (if any) is done."""
         loop = asyncio.get_running_loop()
         assert self.processes is not None
         futures = [self._readable(loop, h) for h in handles]
@@ -350,7 +407,27 @@ class Executor:
         finally:
             for handle in handles:
                 loop.remove_reader(handle)
-                self.processes.close(handle)
+            self._close(handles, releasing)
+
+    def _close(self, handles: list[int],
+               releasing: Sequence[asyncio.Future[tuple[float | None, str]]]) -> None:
+        """Close ``handles`` now, or once the releases still running on them end: a handle
+        closed under a queued release could be a new pidfd by then (fd numbers are reused)."""
+        processes = self.processes
+        assert processes is not None
+        running = [f for f in releasing if not f.done()]
+        for f in releasing:
+            if f.done() and not f.cancelled():
+                f.exception()  # seen: never "exception was never retrieved"
+
+        def close(_: object = None) -> None:
+            for handle in handles:
+                processes.close(handle)
+
+        if not running:
+            close()
+        else:
+            asyncio.gather(*running, return_exceptions=True).add_done_callback(close)
 
     def _readable(self, loop: asyncio.AbstractEventLoop, handle: int) -> asyncio.Future[float]:
         """A future set (to the clock's time) when ``handle`` becomes readable."""
@@ -475,6 +552,7 @@ class Executor:
             self._connector.close()
         if self._exit_stats is not None:
             self._exit_stats.close()
+        self.reapers.close()  # each ends once the releases queued on it are done
 
     async def restore(self) -> None:
         """Thaw what it froze, put back the limits it raised (where usage fits)."""

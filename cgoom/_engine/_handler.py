@@ -269,6 +269,7 @@ class Handler:
         if (self._executor.processes is None and self._watcher is not None
                 and _acts_on_processes(new)):
             self._executor.processes = Pidfds(self.hierarchy)
+            self._executor.reapers.start()
         changed = []
         for rule in new:
             before = old[rule.name]

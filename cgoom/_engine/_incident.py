@@ -147,8 +147,9 @@ class IncidentRecord:
             what = "whole" if v.whole else f"pid {v.pid}"
             lines.append(f"  {rank}. {v.cgroup} ({what}): {v.reason}")
         for a in self.actions:
+            checked = "" if a.identity is None else f" (identity by {a.identity})"
             lines.append(f"  action {a.action} {a.cgroup}"
-                         f"{'' if a.pid is None else f' pid {a.pid}'}: {a.detail}")
+                         f"{'' if a.pid is None else f' pid {a.pid}'}{checked}: {a.detail}")
         escalation = self.escalation()
         if escalation:
             lines.append(f"  escalation: {escalation}")

@@ -45,11 +45,20 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import attrs
+
 from .._decide._candidates import CgroupSnapshot
 from .._decide._policy import Decision
 from .._errors import CgoomError
 from . import _trigger
-from ._actions import ActionResult, Pidfds, ProcessControl, kill_cgroup, kill_process
+from ._actions import (
+    ActionResult,
+    Pidfds,
+    ProcessControl,
+    kill_cgroup,
+    kill_process,
+    release_process,
+)
 from ._incident import IncidentRecord, RecordBuilder
 
 if TYPE_CHECKING:
@@ -231,6 +240,10 @@ class StallWatchdog:
             else:
                 result, handle = kill_process(handler.hierarchy, victim, processes)
                 handles = [] if handle is None else [handle]
+                if handle is not None:  # in this thread: it is not the event loop
+                    ms, released = release_process(processes, handle)
+                    result = attrs.evolve(result, detail=f"{result.detail}; {released}",
+                                          mrelease_ms=ms)
             actions.append(result)
             if not result.ok:
                 for h in handles:

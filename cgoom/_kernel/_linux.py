@@ -1,6 +1,6 @@
-"""The few Linux interfaces the stdlib lacks: inotify, ``process_mrelease`` and ``mlockall``
-(ctypes), plus small helpers for capabilities, sysctls and the kernel release. Nothing here
-knows about cgroups.
+"""The few Linux interfaces the stdlib lacks: inotify, ``process_mrelease``, ``mlockall``
+(ctypes) and the ``PIDFD_GET_INFO`` ioctl, plus small helpers for capabilities, sysctls
+and the kernel release. Nothing here knows about cgroups.
 
 Why our own inotify binding (docs/design-notes.md has the long form): it is ~100 lines over
 three libc calls; it needs no dependency (asyncinotify would be one more package; pyroute2's
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import struct
 from collections.abc import Iterator
@@ -115,6 +116,91 @@ def process_mrelease(pidfd: int) -> None:
     if lib.syscall(NR_PROCESS_MRELEASE, ctypes.c_int(pidfd), ctypes.c_uint(0)) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"process_mrelease: {os.strerror(code)}")
+
+
+# Some facts about PIDFD_GET_INFO (fs/pidfs.c, include/uapi/linux/pidfd.h):
+#
+# - Linux 6.13. ``ioctl(pidfd, PIDFD_GET_INFO, &info)`` fills ``struct pidfd_info`` (64 bytes
+#   in its first version: mask, cgroupid, then eleven u32s: pid, tgid, ppid and the ids) for
+#   the process *the pidfd pins*, with no /proc path in between: that is what makes it a
+#   race-free check. The kernel dispatches on the ioctl's number and reads the size from the
+#   command (an extensible struct), so a newer kernel answers the 64-byte request too.
+# - ``cgroupid`` (mask bit PIDFD_INFO_CGROUPID) is the id of the process's cgroup in the v2
+#   hierarchy: the kernfs node id, which on 64-bit kernels is the cgroup directory's inode
+#   number (what cgoom already uses as a cgroup's identity), whatever cgroup namespace the
+#   reader is in.
+# - ESRCH once the process has been reaped (6.15 adds PIDFD_INFO_EXIT to still answer then;
+#   not asked for here). ENOTTY (no pidfs ioctls: before 6.11) or EINVAL (pidfs ioctls without
+#   this one: 6.11-6.12) mean the kernel has no such ioctl.
+
+#: _IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info) with the 64-byte first version.
+PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11
+PIDFD_INFO_CGROUPID = 1 << 2
+_PIDFD_INFO = struct.Struct("=QQ11I4x")  # mask, cgroupid, pid ... fsgid, spare0
+_NO_IOCTL = (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def pidfd_cgroup_id(pidfd: int) -> int | None:
+    """The cgroup id (v2) of the process behind ``pidfd``, through ``PIDFD_GET_INFO``; ``None``
+    where the kernel has no such ioctl (before 6.13). :class:`ProcessLookupError` once the
+    process has been reaped."""
+    buf = bytearray(_PIDFD_INFO.size)
+    _PIDFD_INFO.pack_into(buf, 0, PIDFD_INFO_CGROUPID, 0, *([0] * 11))
+    try:
+        fcntl.ioctl(pidfd, PIDFD_GET_INFO, buf, True)
+    except OSError as exc:
+        if exc.errno in _NO_IOCTL:
+            return None
+        if exc.errno == errno.ESRCH:
+            raise ProcessLookupError(errno.ESRCH, "the process was reaped") from exc
+        raise
+    mask, cgroup_id = _PIDFD_INFO.unpack_from(buf)[:2]
+    return cgroup_id if mask & PIDFD_INFO_CGROUPID else None
+
+
+@attrs.frozen
+class ProcessFeatures:
+    """What this kernel offers for acting on processes, probed once on cgoom's own process."""
+
+    #: pidfd_open(2) (5.3).
+    pidfd: bool
+    #: process_mrelease(2) (5.15).
+    process_mrelease: bool
+    #: The PIDFD_GET_INFO ioctl with the cgroup id (6.13).
+    pidfd_get_info: bool
+
+    def names(self) -> list[str]:
+        """The features present, as ``cgoom features`` prints them."""
+        return [name for name, present in (("pidfd", self.pidfd),
+                                           ("process_mrelease", self.process_mrelease),
+                                           ("PIDFD_GET_INFO", self.pidfd_get_info)) if present]
+
+
+_process_features: ProcessFeatures | None = None
+
+
+def process_features() -> ProcessFeatures:
+    """Probe (once) what the running kernel offers for acting on processes: cgoom opens a
+    pidfd on itself, asks it for its cgroup id and calls process_mrelease on it (EINVAL: it
+    exists, and cgoom is not dying; ENOSYS: it does not)."""
+    global _process_features
+    if _process_features is None:
+        try:
+            fd = os.pidfd_open(os.getpid())
+        except OSError:
+            _process_features = ProcessFeatures(False, False, False)
+            return _process_features
+        try:
+            has_info = pidfd_cgroup_id(fd) is not None
+            try:
+                process_mrelease(fd)
+                has_release = True
+            except OSError as exc:
+                has_release = exc.errno != errno.ENOSYS
+        finally:
+            os.close(fd)
+        _process_features = ProcessFeatures(True, has_release, has_info)
+    return _process_features
 
 
 MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4

@@ -22,15 +22,27 @@ def readable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def process_stat(hierarchy: Hierarchy, pid: int) -> tuple[int, str] | None:
+    """``(start time, state)`` of process ``pid`` now, from /proc/PID/stat (read and
+    closed), or ``None`` if it is gone."""
+    path = f"{hierarchy.proc_root}/{pid}/stat"
+    try:
+        _, state, _, start, _ = parse_proc_stat(readable(hierarchy.fs.read(path)), path)
+    except (OSError, CgoomError):
+        return None
+    return start, state
+
+
 def process_now(hierarchy: Hierarchy, pid: int) -> tuple[int, str, str] | None:
     """``(start time, state, cgroup path)`` of process ``pid`` now, from /proc/PID/stat and
     /proc/PID/cgroup (``0::/path``), or ``None`` if it is gone."""
-    base = f"{hierarchy.proc_root}/{pid}"
+    stat = process_stat(hierarchy, pid)
+    if stat is None:
+        return None
+    start, state = stat
     try:
-        _, state, _, start, _ = parse_proc_stat(readable(hierarchy.fs.read(f"{base}/stat")),
-                                                f"{base}/stat")
-        cgroup_text = hierarchy.fs.read(f"{base}/cgroup")
-    except (OSError, CgoomError):
+        cgroup_text = hierarchy.fs.read(f"{hierarchy.proc_root}/{pid}/cgroup")
+    except OSError:
         return None
     for line in cgroup_text.splitlines():
         if line.startswith("0::"):

@@ -62,6 +62,19 @@ class FakeProcesses:
     def release(self, handle: int) -> None:
         self.released.append(self._handles[handle][0])
 
+    def cgroup_id(self, handle: int) -> int | None:
+        """As ``PIDFD_GET_INFO`` answers on the tree's kernel (6.13 and later): the inode of
+        the cgroup directory the process is in; ``None`` on an older kernel."""
+        if self.tree.kernel < (6, 13):
+            return None
+        pid = self._handles[handle][0]
+        try:
+            with open(os.path.join(self.tree.base, "proc", str(pid), "cgroup")) as f:
+                path = next(line[3:].strip() for line in f if line.startswith("0::"))
+        except (OSError, StopIteration):
+            raise ProcessLookupError(pid, "the process was reaped") from None
+        return os.stat(self.tree.cgroup(path).dir).st_ino
+
     def close(self, handle: int) -> None:
         _pid, write_end = self._handles.pop(handle)
         if write_end >= 0:
