@@ -77,3 +77,13 @@ def test_tenant_benchmark_json() -> None:
     assert result["neighbours_300"]["victim"] == "/t/db"
     for row in result.values():
         assert row["decision_p99_ms"] >= row["decision_p50_ms"] > 0
+
+
+def test_kill_benchmark_json() -> None:
+    """It kills its own child three ways; no cgroup needed (a pidfd and process_mrelease)."""
+    result = run(str(BENCH / "kill.py"), "--json", "--megabytes", "32", "--runs", "1")
+    assert result["megabytes"] == 32 and result["runs"] == 1
+    for mode in ("reaper", "loop_signals", "on_loop"):
+        row = result[mode]
+        assert set(row) == {"loop_block_ms", "mrelease_ms", "exit_ms", "memory_back_ms"}
+        assert row["exit_ms"] > 0 and row["loop_block_ms"] >= 0

@@ -14,6 +14,7 @@ write returns in about a millisecond: DESIGN.md principle 3).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -40,7 +41,8 @@ from ._actions import (
     ProcessControl,
     freeze_cgroup,
     kill_cgroup,
-    kill_process,
+    kill_opened,
+    open_victim,
     reclaim_cgroup,
     release_process,
     signal_in_subtree,
@@ -355,14 +357,18 @@ class Executor:
             return attrs.evolve(result, detail=result.detail + "; populated 0",
                                 confirmed_ms=(empty_at - kill_at) * 1000), kill_at, empty_at
         assert self.processes is not None
-        result, handle = kill_process(self.hierarchy, victim, self.processes)
+        handle, refused, identity = open_victim(self.hierarchy, victim, self.processes)
+        if handle is None:
+            assert refused is not None
+            return refused, None, None
+        result, kept, releasing = await self._kill_in_reaper(victim, handle, identity)
         kill_at = self.clock.monotonic()
         self._watch(result, since, False, held)
-        if handle is None:
+        if kept is None:
             return result, (kill_at if result.ok else None), None
-        releasing = self._release([handle])
-        gone_at = await self._await_exits([handle], rule.confirm_timeout, releasing)
-        released_ms, released = await self._released(releasing[0], rule.confirm_timeout)
+        handle = kept
+        gone_at = await self._await_exits([handle], rule.confirm_timeout, [releasing])
+        released_ms, released = await self._released(releasing, rule.confirm_timeout)
         result = attrs.evolve(result, detail=f"{result.detail}; {released}",
                               mrelease_ms=released_ms)
         if gone_at is None:
@@ -370,6 +376,34 @@ class Executor:
                                 f"{rule.confirm_timeout} s"), kill_at, None
         return attrs.evolve(result, detail=result.detail + "; exited (pidfd readable)",
                             confirmed_ms=(gone_at - kill_at) * 1000), kill_at, gone_at
+
+    async def _kill_in_reaper(self, victim: Victim, handle: int, identity: str,
+                              ) -> tuple[ActionResult, int | None,
+                                         asyncio.Future[tuple[float | None, str]]]:
+        """SIGKILL through ``handle`` (checked on the loop by ``open_victim``) and at once
+        ``process_mrelease``, both in a reaper thread (module docstring of ``_actions``:
+        from the loop, the victim's own exit wins the race and the memory comes back later).
+        Returns once the signal is sent: the result, the handle (``None`` if the process had
+        exited) and the release still running."""
+        processes = self.processes
+        assert processes is not None
+        signalled: concurrent.futures.Future[tuple[ActionResult, int | None]] = \
+            concurrent.futures.Future()
+
+        def kill_and_release() -> tuple[float | None, str]:
+            try:
+                result, kept = kill_opened(victim, processes, handle, identity)
+            except BaseException as exc:
+                signalled.set_exception(exc)
+                raise
+            signalled.set_result((result, kept))
+            if kept is None:
+                return None, "not killed: nothing to release"
+            return release_process(processes, kept)
+
+        releasing = asyncio.wrap_future(self.reapers.submit(kill_and_release))
+        result, kept = await asyncio.wrap_future(signalled)
+        return result, kept, releasing
 
     def _release(self, handles: list[int],
                  ) -> list[asyncio.Future[tuple[float | None, str]]]:

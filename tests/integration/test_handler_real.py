@@ -16,7 +16,7 @@ import cgoom
 from cgoom._engine._actions import Pidfds, kill_process
 from cgoom.testing import wait_until
 
-from .conftest import holding_hog, python_cmd, report_figures
+from .conftest import KERNEL_VERSION, holding_hog, python_cmd, report_figures
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 M = 1 << 20
@@ -122,14 +122,18 @@ async def test_one_process_freed_by_process_mrelease(box: cgoom.Cgroup, spawn: S
     assert grower.proc.wait(10) == -9
     # Either process_mrelease freed the memory, or the victim (woken from memory.high's
     # throttling sleep by SIGKILL) had already released it (ESRCH): both are recorded.
-    assert ("freed at once (process_mrelease)" in victim.detail
+    assert ("freed at once (process_mrelease, in cgoom-reaper-" in victim.detail
             or "process_mrelease: its memory was already gone" in victim.detail), victim.detail
     assert victim.confirmed_ms is not None
     assert job.cgroup_procs()  # only the chosen process died
+    # The identity check took the pidfd's own cgroup id where the kernel has it (6.13).
+    path = "PIDFD_GET_INFO" if KERNEL_VERSION >= (6, 13) else "/proc"
+    assert victim.identity == path, (KERNEL_VERSION, victim)
     with capsys.disabled():
         released = ("n/a (already gone)" if victim.mrelease_ms is None
                     else f"{victim.mrelease_ms:.1f} ms")
-        report_figures(f"process kill: signal {victim.syscall_ms:.2f} ms, process_mrelease "
+        report_figures(f"process kill (identity by {victim.identity}): signal "
+              f"{victim.syscall_ms:.2f} ms, process_mrelease "
               f"{released}, kill to exit {victim.confirmed_ms:.1f} ms; memory "
               f"{(record.memory_before or 0) >> 20}M -> {(record.memory_after or 0) >> 20}M, "
               f"{usage_unreaped >> 20}M in the cgroup while the victim was still unreaped")
@@ -318,3 +322,117 @@ async def test_a_large_domain_read_level_by_level(box: cgoom.Cgroup, spawn: Spaw
               f"{t.started_ms:.1f} ms, snapshot {t.snapshot_ms:.1f} ms, decision "
               f"{t.decision_ms:.1f} ms), notification to "
               f"empty {t.confirmed_ms:.1f} ms; db and web untouched, kernel oom_kill 0")
+
+
+SWAPPED_HOG = (  # 256 MiB of incompressible memory (zram cannot shrink it), held until killed
+    "import os, sys, time\n"
+    "block = bytearray(os.urandom(1 << 20)) * 256\n"
+    "sys.stdout.write('held\\n'); sys.stdout.flush()\n"
+    "time.sleep(1000)\n"
+)
+
+
+class TimedPidfds(Pidfds):
+    """Real pidfds that note when the kill was sent and when process_mrelease ran, where."""
+
+    def __init__(self, hierarchy: cgoom.Hierarchy) -> None:
+        super().__init__(hierarchy)
+        self.killed_at: float | None = None
+        self.released: tuple[float, float, str] | None = None
+
+    def kill(self, handle: int) -> None:
+        super().kill(handle)
+        self.killed_at = time.perf_counter()
+
+    def release(self, handle: int) -> None:
+        import threading
+        started = time.perf_counter()
+        try:
+            super().release(handle)
+        finally:
+            self.released = (started, time.perf_counter(), threading.current_thread().name)
+
+
+def swap_in_use() -> bool:
+    with open("/proc/swaps") as f:
+        return len(f.read().splitlines()) > 1
+
+
+async def test_a_swapped_process_is_killed_without_blocking_the_loop(
+        box: cgoom.Cgroup, spawn: Spawn, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 256 MiB process, half of it pushed to the VM's zram swap by memory.max, is the
+    victim: SIGKILL on the loop, process_mrelease in a reaper thread. The event loop keeps
+    ticking (every 1 ms) while the memory is freed; the figure is its longest block from the
+    kill until the exit was seen (or the release ended, if later), and when the cgroup's RAM
+    and swap came back."""
+    assert swap_in_use(), "the VM's zram swap is not set up (cgoom-vm makes it)"
+    parent = box.create_child("reap")
+    parent.enable_controllers("memory", "pids")
+    job = parent.create_child("job")
+    parent.set_memory_max("128M")
+    hog_proc = spawn(job, "exec " + python_cmd(SWAPPED_HOG))
+    wait_until(lambda: (if_swap(job) or 0) > 100 * M, 180, "the hog to be half in swap")
+    before = (job.memory_current(), if_swap(job) or 0)
+    h = cgoom.Hierarchy.discover()
+    pidfds = TimedPidfds(h)
+    ticks: list[tuple[float, float, int]] = []  # (time, block beyond the 1 ms asked, usage)
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        while not stop.is_set():
+            asked = time.perf_counter()
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            ticks.append((now, now - asked - 0.001, job.memory_current() + (if_swap(job) or 0)))
+
+    rule = cgoom.Rule("reap", parent.path, on="max", confirm_timeout=60)
+    async with cgoom.open_handler(h, rule, processes=pidfds) as handler:
+        ticker = asyncio.create_task(tick())
+        # A small newcomer pushes against memory.max: the max event; the hog is the largest.
+        spawn(job, holding_hog(16))
+        record = await asyncio.wait_for(handler.__anext__(), 120)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await ticker
+    victim = record.victim
+    assert victim is not None and victim.action == "kill-process", record.explain()
+    assert victim.pid == hog_proc.pid, record.explain()
+    assert hog_proc.proc.wait(10) == -9
+    assert pidfds.killed_at is not None
+    assert ("freed at once (process_mrelease, in cgoom-reaper-" in victim.detail
+            or "process_mrelease: its memory was already gone" in victim.detail), victim.detail
+    during = [t for t in ticks if t[0] >= pidfds.killed_at]
+    assert during, "the loop never ticked after the kill"
+    released = pidfds.released
+    assert victim.confirmed_ms is not None
+    end = pidfds.killed_at + victim.confirmed_ms / 1000  # the kill, until the exit is seen
+    if released is not None:
+        started, ended, thread = released
+        assert thread.startswith("cgoom-reaper-"), thread
+        end = max(end, ended)
+        if ended - started > 0.1:  # a long release: the loop must have run meanwhile
+            assert any(started < t[0] < ended for t in during), (released, during[:5])
+    window = [t for t in during if t[0] <= end + 0.002]
+    assert window, "the loop never ticked between the kill and the exit"
+    longest = max(lag for _, lag, _ in window) * 1000
+    total = before[0] + before[1]
+    back = next((t for t, _, usage in during if usage < total - 200 * M), None)
+    with capsys.disabled():
+        took = ("n/a (already gone)" if released is None
+                else f"{(released[1] - released[0]) * 1000:.1f} ms in {released[2]}")
+        report_figures(
+            f"kill of a swapped process ({before[0] >> 20}M RAM + {before[1] >> 20}M swap): "
+            f"process_mrelease {took}; the loop's longest block from the kill to the exit "
+            f"{longest:.2f} ms ({len(window)} ticks of 1 ms asked); RAM+swap back below "
+            f"{(total - 200 * M) >> 20}M "
+            + ("never seen" if back is None
+               else f"{(back - pidfds.killed_at) * 1000:.1f} ms after the kill")
+            + f"; kill to exit {victim.confirmed_ms or 0:.1f} ms")
+
+
+def if_swap(cgroup: cgoom.Cgroup) -> int | None:
+    try:
+        with open(os.path.join(cgroup.dir, "memory.swap.current")) as f:
+            return int(f.read())
+    except OSError:
+        return None
