@@ -87,3 +87,18 @@ def test_kill_benchmark_json() -> None:
         row = result[mode]
         assert set(row) == {"loop_block_ms", "mrelease_ms", "exit_ms", "memory_back_ms"}
         assert row["exit_ms"] > 0 and row["loop_block_ms"] >= 0
+
+
+def test_daemon_benchmark_json() -> None:
+    """The daemon as deployed (not a dry run) on a fake tree holding no process."""
+    result = run(str(BENCH / "daemon.py"), "--json", "--cgroups", "20", "--large", "40",
+                 "--runs", "1", "--idle-seconds", "0.2")
+    for key in ("rss_mb_200_default", "rss_mb_10000", "startup_s_default", "startup_cpu_s",
+                "rss_mb_200_proc_events", "rss_mb_200_lean", "startup_s_proc_events",
+                "startup_s_lean", "idle_cpu_s_60", "pyroute2_import_s"):
+        assert isinstance(result[key], float) and result[key] >= 0, key
+    assert (result["cgroups"], result["large"]) == (20, 40)
+    assert result["startup_s_default"] > 0 and result["rss_mb_10000"] > 0
+    setup = result["setup_default"]
+    assert any(line.startswith("workload: memory.high of /workload.slice set to")
+               for line in setup), setup

@@ -191,3 +191,29 @@ def test_a_pool_gives_a_call_to_the_thread_that_is_free() -> None:
         assert {first.result(5), second.result(5)} == {"test-pool-0", "test-pool-1"}
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize(("kernel", "followed"), [((6, 13), True), ((6, 14), False)])
+def test_the_process_connector_is_followed_by_default_only_before_6_14(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch, kernel: tuple[int, int],
+        followed: bool) -> None:
+    """On the real filesystem (here a fake tree read through it, as ``cgoom --mount`` does),
+    the default follows the process connector where a fork can escape cgroup.kill, and says
+    why not from 6.14; asked for, it is followed on any kernel."""
+    import cgoom._engine._handler as handler_module
+    from cgoom._kernel._fs import OsFS
+
+    tree = FakeCgroupTree(tmp_path)  # type: ignore[arg-type]
+    tree.add("t")
+    real = cgoom.Hierarchy(mount=tree.hierarchy.mount, fs=OsFS(),
+                           proc_root=tree.hierarchy.proc_root)
+    monkeypatch.setattr(handler_module, "kernel_release", lambda: kernel)
+    handler = cgoom.Handler(real, [cgoom.Rule("r", "t")], own_cgroup="/", kmsg=None)
+    assert (handler._executor._connector is not None) is followed
+    said = handler._proc_events_why
+    assert (said is None) is followed
+    if not followed:
+        assert said is not None and "from Linux 6.14 no fork escapes cgroup.kill" in said
+    asked = cgoom.Handler(real, [cgoom.Rule("r", "t")], own_cgroup="/", kmsg=None,
+                          proc_events=True)
+    assert asked._executor._connector is not None and asked._proc_events_why is None

@@ -58,6 +58,12 @@ log = logging.getLogger("cgoom")
 #: ``(result, action time, gone time)``: monotonic seconds, ``None`` where it did not happen.
 Outcome = tuple[ActionResult, float | None, float | None]
 
+#: From this kernel on, a fork cannot escape ``cgroup.kill`` (b69bb476dee9, 6.14): before
+#: it, a child forked while the kill runs may survive it, and only the process connector's
+#: fork event lets cgoom kill it (:meth:`Executor._kill_straggler`). The default
+#: ``proc_events`` follows the connector only before it.
+FORK_SAFE_KILL = (6, 14)
+
 #: Threads that run ``process_mrelease`` for the processes killed (two: a second incident's
 #: kill is not queued behind the first's release; lmkd reaps in a pool for the same reason).
 REAPERS = 2

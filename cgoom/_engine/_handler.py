@@ -37,6 +37,7 @@ from .._kernel._clock import SYSTEM, Clock
 from .._kernel._fs import OsFS
 from .._kernel._hierarchy import Hierarchy
 from .._kernel._kmsg import KernelOomKill, KmsgReader
+from .._kernel._linux import kernel_release
 from .._kernel._meminfo import read_meminfo
 from .._kernel._paths import inside
 from .._kernel._worker import Worker
@@ -57,7 +58,7 @@ from . import _trigger
 from ._actions import ActionResult, Pidfds, ProcessControl
 from ._arming import Arming
 from ._deciding import Decided, Deciding
-from ._executor import Executor
+from ._executor import FORK_SAFE_KILL, Executor
 from ._firstchance import FirstChanceHandler, Notice, level_of
 from ._incident import IncidentRecord, RecordBuilder
 from ._notifier import Notifier
@@ -134,7 +135,8 @@ class Handler:
     (default /dev/kmsg on the real filesystem, none on a fake tree; ``None``: off).
     ``proc_events``: follow the process connector (pyroute2) to see each killed process
     exit with its signal and to kill a fork racing a whole kill (default: on the real
-    filesystem; it needs root; ``handler.setup`` says when it could not be used).
+    filesystem of a kernel before 6.14, where such a fork can escape ``cgroup.kill``; it
+    needs root; ``handler.setup`` says when it is not used, and why).
     ``priorities``: ``(pattern, priority)`` pairs for cgroups without a priority xattr
     (:class:`cgoom.Snapshotter`). ``notice_interval``: a registration hears the same level
     at most once in this many seconds (:meth:`register`). ``clock``: every time the engine
@@ -191,8 +193,15 @@ class Handler:
         if kmsg == "":
             kmsg = "/dev/kmsg" if type(hierarchy.fs) is OsFS else None
         self._kmsg = None if kmsg is None else KmsgReader(kmsg, self._on_kernel_kill)
+        self._proc_events_why: str | None = None
         if proc_events is None:
-            proc_events = type(hierarchy.fs) is OsFS
+            proc_events = type(hierarchy.fs) is OsFS and kernel_release() < FORK_SAFE_KILL
+            if type(hierarchy.fs) is OsFS and not proc_events:
+                self._proc_events_why = (
+                    "the process connector is not followed (proc_events = true to follow "
+                    "it): from Linux 6.14 no fork escapes cgroup.kill (b69bb476dee9), and "
+                    "kills are confirmed by populated 0 and pidfds; it would add the exit "
+                    "signals to the records and pyroute2 (~7-18 MiB) to this process")
         self._shadow = Shadow()
         self._counts = {"incidents": 0, "kills": 0, "kernel_kills": 0, "dry_runs": 0,
                         "shadow_verdicts": 0, "shadow_agreed": 0,
@@ -316,6 +325,8 @@ class Handler:
                                 f"{self._kmsg.path} ({exc.strerror}; it needs CAP_SYSLOG "
                                 "where kernel.dmesg_restrict=1)")
                 self._kmsg = None
+        if self._proc_events_why is not None:
+            self._setup.say(self._proc_events_why)
         await self._executor.open_listeners(self._setup)
         try:
             # Early triggers (memory.high below memory.max) before tripwires: a tripwire

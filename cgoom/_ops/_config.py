@@ -80,7 +80,8 @@ class HandlerSettings:
     records: str | None = None
     restore: bool = True
     kmsg: bool = True
-    proc_events: bool = True
+    #: ``None``: on where it serves, kernels before 6.14 (docs/handler.md).
+    proc_events: bool | None = None
     #: The stall watchdog (``cgoom run``): when the event loop has not run for this many
     #: seconds, a thread acts on the last ranking by itself (``None``: off).
     stall_timeout: float | None = None
@@ -138,7 +139,8 @@ class Config:
         h = self.handler
         lines.append(f"handler: own_cgroup={h.own_cgroup or '(from /proc/self/cgroup)'} "
                      f"records={h.records or '(not kept)'} restore={h.restore} "
-                     f"kmsg={h.kmsg} proc_events={h.proc_events} "
+                     f"kmsg={h.kmsg} proc_events="
+                     f"{'(before 6.14)' if h.proc_events is None else h.proc_events} "
                      f"stall_timeout={h.stall_timeout or '(off)'} "
                      f"max_tenant_cgroups={h.max_tenant_cgroups} "
                      f"state={h.state if h.state is not None else '(default)'}")

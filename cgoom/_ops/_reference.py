@@ -53,7 +53,8 @@ def field_comments(cls: type, module: types.ModuleType) -> dict[str, str]:
 
 #: Defaults that read better than their repr.
 _SHOWN = {("notices", "mode"): "`0o666`",
-          ("handler", "state"): "/run/cgoom/undo.json as root on the host's own cgroups"}
+          ("handler", "state"): "/run/cgoom/undo.json as root on the host's own cgroups",
+          ("handler", "proc_events"): "on before Linux 6.14, off from 6.14"}
 
 
 def _default(field: attrs.Attribute, table: str = "rule") -> str:  # type: ignore[type-arg]
