@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import pytest
 
@@ -162,8 +163,15 @@ class TestActions:
         assert cg.reclaim("16M") is True
         assert cg.memory_current() == 48 << 20
         assert cg.reclaim("1G") is False  # EAGAIN: less was reclaimable
-        assert cg.reclaim(4096, swappiness=0) is False
         assert raw(cg, "memory.current") == "0\n"
+        with pytest.raises(cgoom.InvalidValue):  # swappiness= is 6.10's; this fake is 6.1
+            cg.reclaim(4096, swappiness=0)
+
+    def test_reclaim_with_swappiness(self, tmp_path: Path) -> None:
+        tree = FakeCgroupTree(tmp_path, kernel=(6, 12))
+        cg = tree.add("lab", memory_current=64 << 20)
+        assert cg.reclaim("16M", swappiness=0) is True
+        assert cg.memory_current() == 48 << 20
 
     @pytest.mark.parametrize("swappiness", [-1, 201, True])
     def test_reclaim_bad_swappiness(self, tree: FakeCgroupTree, swappiness: int) -> None:

@@ -69,6 +69,10 @@ class TestParts:
         ({"action": "explode"}, "action"),
         ({"action": "reclaim"}, "needs reclaim="),
         ({"action": "raise-limit"}, "needs raise_by="),
+        ({"action": "reclaim", "reclaim": "8M", "reclaim_swappiness": 201},
+         "reclaim_swappiness=201, an integer from 0"),
+        ({"action": "reclaim", "reclaim": "8M", "reclaim_swappiness": True},
+         "reclaim_swappiness=True"),
         ({"max_victims": 1.5}, "max_victims"),
         ({"min_freed": "lots"}, "lots"),
         ({"pressure": "some 10"}, "pressure"),
@@ -276,6 +280,31 @@ class TestActions:
         assert action.action == "reclaim" and action.ok, action
         assert f"memory.reclaim {64 * M}" in action.detail
         assert two.cgroup("t/lose").cgroup_procs() == (300, 301)
+
+    @pytest.mark.parametrize("kernel", [(6, 1), (6, 12)])
+    async def test_reclaim_with_swappiness(self, tmp_path: object, kernel: tuple[int, int],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """swappiness= goes with the amount where the kernel takes it (6.10); before, the
+        kernel's EINVAL is recorded with what to do about it."""
+        import cgoom._engine._actions as actions
+
+        monkeypatch.setattr(actions, "kernel_release", lambda: kernel)
+        tree = FakeCgroupTree(tmp_path, kernel=kernel)  # type: ignore[arg-type]
+        tree.add("t", memory_current=200 * M)
+        tree.add("t/lose", procs=[300], memory_current=150 * M)
+        tree.add_process(300, rss=150 * M)
+        rule = cgoom.Rule("r", "t", action="reclaim", reclaim="64M", reclaim_swappiness=0)
+        async with cgoom.open_handler(tree.hierarchy, rule, own_cgroup="/") as handler:
+            tree.memory_event("t/lose", "high")
+            record = await next_incident(handler)
+        action = record.actions[0]
+        if kernel >= (6, 10):
+            assert action.ok and f"memory.reclaim {64 * M} swappiness=0:" in action.detail
+            assert tree.cgroup("t/lose").memory_current() == 86 * M
+        else:
+            assert not action.ok, action
+            assert "memory.reclaim takes swappiness= from Linux 6.10; this is 6.1" in \
+                action.detail and "drop reclaim_swappiness" in action.detail
 
     async def test_raise_limit_when_there_is_room(self, two: FakeCgroupTree) -> None:
         rule = cgoom.Rule("r", "t", action="raise-limit", raise_by="100M", cooldown=0.2)

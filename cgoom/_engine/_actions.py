@@ -58,10 +58,14 @@ from .._errors import CgoomError
 from .._kernel._cgroup import Cgroup, if_supported
 from .._kernel._fs import OsFS
 from .._kernel._hierarchy import Hierarchy
-from .._kernel._linux import pidfd_cgroup_id, process_mrelease
+from .._kernel._linux import kernel_release, pidfd_cgroup_id, process_mrelease
 from .._kernel._paths import inside
 from .._kernel._proc import oom_score_adj, process_now
 from .._kernel._taskstats import MemoryStall
+
+#: memory.reclaim's ``swappiness=`` key ("mm: add swapiness= arg to memory.reclaim", Linux 6.10);
+#: EINVAL before.
+SWAPPINESS_KEY = (6, 10)
 
 
 @attrs.frozen
@@ -474,9 +478,10 @@ def freeze_cgroup(hierarchy: Hierarchy, victim: Victim) -> ActionResult:
                         syscall_ms=(time.perf_counter() - started) * 1000)
 
 
-def reclaim_cgroup(hierarchy: Hierarchy, victim: Victim, amount: int) -> ActionResult:
+def reclaim_cgroup(hierarchy: Hierarchy, victim: Victim, amount: int,
+                   swappiness: int | None = None) -> ActionResult:
     """Ask the kernel to reclaim ``amount`` bytes from the victim's cgroup (memory.reclaim,
-    5.19+). Blocking: call it in a worker thread."""
+    5.19+; with ``swappiness=``, 6.10+). Blocking: call it in a worker thread."""
     problem = _cgroup_action_problem(hierarchy, victim)
     if problem is not None:
         return ActionResult("reclaim", victim.cgroup, None, False, f"not reclaimed: {problem}")
@@ -484,13 +489,18 @@ def reclaim_cgroup(hierarchy: Hierarchy, victim: Victim, amount: int) -> ActionR
     before = if_supported(cgroup.memory_current)
     started = time.perf_counter()
     try:
-        complete = cgroup.reclaim(amount)
+        complete = cgroup.reclaim(amount, swappiness=swappiness)
     except CgoomError as exc:
-        return ActionResult("reclaim", victim.cgroup, None, False, f"not reclaimed: {exc}")
+        why = "" if swappiness is None or kernel_release() >= SWAPPINESS_KEY else (
+            f" (memory.reclaim takes swappiness= from Linux 6.10; this is "
+            f"{'.'.join(map(str, kernel_release()))}: drop reclaim_swappiness)")
+        return ActionResult("reclaim", victim.cgroup, None, False,
+                            f"not reclaimed: {exc}{why}")
     took = (time.perf_counter() - started) * 1000
     after = if_supported(cgroup.memory_current)
     freed = "" if before is None or after is None else f"; usage {before} -> {after}"
+    asked = f"{amount}" + ("" if swappiness is None else f" swappiness={swappiness}")
     return ActionResult("reclaim", victim.cgroup, None, True,
-                        f"memory.reclaim {amount}: "
+                        f"memory.reclaim {asked}: "
                         f"{'all reclaimed' if complete else 'the kernel reclaimed less (EAGAIN)'}"
                         + freed, syscall_ms=took)

@@ -270,9 +270,9 @@ class Executor:
             return result, self.clock.monotonic() if result.ok else None, None
         if rule.action == "reclaim":
             assert rule.reclaim is not None
-            amount = rule.reclaim
+            amount, swappiness = rule.reclaim, rule.reclaim_swappiness
             result = await self.writer.run(
-                lambda: reclaim_cgroup(self.hierarchy, victim, amount))
+                lambda: reclaim_cgroup(self.hierarchy, victim, amount, swappiness))
             return result, self.clock.monotonic() if result.ok else None, None
         if rule.action == "graceful":
             return await self._graceful(rule, victim)

@@ -109,6 +109,15 @@ def _size(value: int | str | None, key: str) -> int | None:
         raise InvalidValue(exc.message, value=exc.value, key=key) from exc
 
 
+def _swappiness(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)
+                         and 0 <= value <= 200):
+        return
+    raise InvalidValue(f"rule {getattr(instance, 'name', '?')!r}: {attribute.name}={value!r}, "
+                       "an integer from 0 (page cache only) to 200, as vm.swappiness",
+                       value=repr(value), key=attribute.name)
+
+
 def _reclaim(value: int | str | None) -> int | None:
     return _size(value, "reclaim")
 
@@ -208,6 +217,10 @@ class Rule:
     grace: float = attrs.field(default=5.0, validator=_positive)
     #: ``reclaim``: how much to reclaim from the victim (bytes, or "64M").
     reclaim: int | None = attrs.field(default=None, converter=_reclaim)
+    #: ``reclaim``: the balance of anonymous against file pages for that reclaim, 0-200 as
+    #: vm.swappiness (0: page cache only, never swap); ``None``: the kernel's own. Written
+    #: as ``memory.reclaim``'s ``swappiness=`` key, Linux 6.10+.
+    reclaim_swappiness: int | None = attrs.field(default=None, validator=_swappiness)
     #: ``raise-limit``: how much to raise the domain's memory.max by (bytes, or "64M").
     raise_by: int | None = attrs.field(default=None, converter=_raise_by)
     #: Take the next victim of the same decision when a kill freed less than this (bytes of

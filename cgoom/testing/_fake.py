@@ -18,7 +18,8 @@ What it simulates (Linux 6.1 semantics, kernel/cgroup/cgroup.c and mm/memcontrol
   enables controllers for children. ``populated`` in ``cgroup.events`` follows, up the tree.
 - ``cgroup.kill`` (only ``1``; ERANGE otherwise) empties the subtree's ``cgroup.procs``.
 - ``cgroup.freeze`` (``0``/``1``; ERANGE otherwise) sets ``frozen`` at once.
-- ``memory.reclaim`` lowers ``memory.current``; EAGAIN when asked for more than is there.
+- ``memory.reclaim`` lowers ``memory.current``; EAGAIN when asked for more than is there;
+  its ``swappiness=`` key is refused (EINVAL) before 6.10.
 - Read-only files refuse writes with EINVAL, as kernfs does for root.
 
 Files are rewritten only when their content changes, so inotify sees what it would see on a
@@ -430,7 +431,8 @@ class FakeCgroupFS(OsFS):
         amount, *options = value.split()
         for option in options:
             key, _, val = option.partition("=")
-            if key != "swappiness" or not _digits(val) or int(val) > 200:
+            if (key != "swappiness" or not _digits(val) or int(val) > 200
+                    or self.kernel < (6, 10)):  # swappiness= from 6.10
                 raise _err(errno.EINVAL, path)
         pages = _memparse_pages(amount, path)
         if amount == "max" or pages == 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -345,7 +346,6 @@ class TimedPidfds(Pidfds):
         self.killed_at = time.perf_counter()
 
     def release(self, handle: int) -> None:
-        import threading
         started = time.perf_counter()
         try:
             super().release(handle)
@@ -436,3 +436,24 @@ def if_swap(cgroup: cgoom.Cgroup) -> int | None:
             return int(f.read())
     except OSError:
         return None
+
+
+def test_reclaim_swappiness_zero_takes_no_anonymous_memory(box: cgoom.Cgroup,
+                                                           spawn: Spawn) -> None:
+    """memory.reclaim's swappiness= (Linux 6.10): 0 reclaims page cache only, so a cgroup
+    holding only anonymous memory gives nothing (EAGAIN) and nothing goes to swap; without
+    it, the same reclaim swaps the memory out to the VM's zram. Before 6.10 the kernel
+    refuses the key (EINVAL), which cgoom reports naming the file."""
+    assert swap_in_use(), "the VM's zram swap is not set up (cgoom-vm makes it)"
+    job = box.create_child("anon")
+    spawn(job, holding_hog(48))
+    wait_until(lambda: job.memory_current() > 46 * M, 60, "the hog")
+    swapped = if_swap(job) or 0
+    if KERNEL_VERSION < (6, 10):
+        with pytest.raises(cgoom.InvalidValue, match=r"memory\.reclaim"):
+            job.reclaim("32M", swappiness=0)
+        return
+    assert job.reclaim("32M", swappiness=0) is False  # no page cache to give
+    assert (if_swap(job) or 0) - swapped < 4 * M, "swappiness=0 swapped anonymous memory"
+    job.reclaim("32M")
+    assert (if_swap(job) or 0) - swapped >= 16 * M, "the plain reclaim swapped nothing"
