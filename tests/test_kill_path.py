@@ -217,3 +217,43 @@ def test_the_process_connector_is_followed_by_default_only_before_6_14(
     asked = cgoom.Handler(real, [cgoom.Rule("r", "t")], own_cgroup="/", kmsg=None,
                           proc_events=True)
     assert asked._executor._connector is not None and asked._proc_events_why is None
+
+
+async def test_a_kill_cancelled_while_the_reaper_runs_still_closes_its_handle(
+        tmp_path: object) -> None:
+    """The handler stops while the reaper thread is sending the signal: the thread finishes
+    its kill and release, and the handle is closed once it has (no pidfd leaks)."""
+    from cgoom._engine._executor import Executor
+    from cgoom._kernel._clock import SYSTEM
+    from cgoom._kernel._worker import Worker
+
+    tree = two_jobs(tmp_path, (6, 13))
+
+    class HeldKill(HeldRelease):
+        def __init__(self, tree: FakeCgroupTree) -> None:
+            super().__init__(tree)
+            self.killing, self.kill_go = threading.Event(), threading.Event()
+
+        def kill(self, handle: int) -> None:
+            self.killing.set()
+            assert self.kill_go.wait(10), "the test never let the kill go"
+            super().kill(handle)
+
+    procs = HeldKill(tree)
+    procs.go.set()  # the release itself is not held
+    executor = Executor(tree.hierarchy, writer=Worker("w"), clock=SYSTEM, processes=procs,
+                        proc_events=False)
+    executor.reapers.start()
+    handle = procs.open(300)
+    task = asyncio.create_task(executor._kill_in_reaper(hog(tree), handle, "PIDFD_GET_INFO"))
+    assert await asyncio.to_thread(procs.killing.wait, 10)  # in the thread, not sent yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    procs.kill_go.set()
+    for _ in range(500):
+        if "closed" in procs.events:
+            break
+        await asyncio.sleep(0.01)
+    assert procs.events == ["released", "closed"] and procs.killed == [300]
+    executor.reapers.close()

@@ -408,7 +408,20 @@ class Executor:
             return release_process(processes, kept)
 
         releasing = asyncio.wrap_future(self.reapers.submit(kill_and_release))
-        result, kept = await asyncio.wrap_future(signalled)
+        sent = asyncio.wrap_future(signalled)
+        try:
+            # Shielded: the thread goes on whatever happens here (the signal may be sent).
+            result, kept = await asyncio.shield(sent)
+        except asyncio.CancelledError:  # the handler stops meanwhile: close it afterwards
+
+            def close(_: object) -> None:
+                if not sent.cancelled() and sent.exception() is None:
+                    leftover = sent.result()[1]
+                    if leftover is not None:
+                        processes.close(leftover)
+
+            releasing.add_done_callback(close)
+            raise
         return result, kept, releasing
 
     def _release(self, handles: list[int],
