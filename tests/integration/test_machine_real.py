@@ -121,7 +121,9 @@ async def test_a_psi_rule_on_the_domain(box: cgoom.Cgroup, spawn: Spawn,
     accounting = sysctl("/proc/sys/kernel/task_delayacct")
     try:
         sysctl("/proc/sys/kernel/task_delayacct", 1)
-        async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+        # proc_events: taskstats comes with the connector, by default only before 6.14
+        async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule,
+                                      proc_events=True) as handler:
             assert rule.on == frozenset()
             assert not any("not recorded" in line for line in handler.setup), handler.setup
             proc = spawn(stalled, hog(64))
