@@ -31,12 +31,14 @@ Some facts this code depends on (notes/kernel-interface.md §5-§6):
   so the event loop never calls it: the engine checks the identity on the loop
   (:func:`open_victim`), then one of its reaper threads, started before any incident, sends
   the SIGKILL and at once calls ``process_mrelease`` (:func:`kill_opened`,
-  :func:`release_process`), as lmkd's reaper does. Measured with a 1 GiB process
-  (benchmarks/kill.py): when the loop sent the signal and a thread released, the victim's
-  own exit won the race (``process_mrelease`` found its memory already gone) and the
-  memory came back after ~86 ms; with both in the thread, after ~59 ms, as fast as doing
-  both on the loop, which blocked the loop for ~60 ms. A pidfd becomes readable when the
-  process exits: that is the confirmation.
+  :func:`release_process`), as lmkd's reaper does, so that the release starts microseconds
+  after the signal, before the victim's own exit has begun. Measured with a 1 GiB process
+  (benchmarks/kill.py, 2 shared cores): the loop's longest block is ~4 ms with the release
+  in a thread, 60-100 ms when the loop called it and it did the freeing. When the memory
+  came back varied more with the host's load than with the variant (70-150 ms each way;
+  on a quiet host 67 ms with both in the thread, 107 ms with the signal from the loop, the
+  victim's exit having won the race). A pidfd becomes readable when the process exits:
+  that is the confirmation.
 """
 
 from __future__ import annotations
