@@ -72,6 +72,9 @@ class CgroupSnapshot:
     anon: int | None = attrs.field(default=None, kw_only=True)
     file: int | None = attrs.field(default=None, kw_only=True)
     kernel: int | None = attrs.field(default=None, kw_only=True)
+    #: What killing it gives back at once: anonymous memory, swap (zswap's too) and the
+    #: kernel memory its processes hold, not page cache (``MemoryStat.freeable``).
+    freeable: int | None = attrs.field(default=None, kw_only=True)
     #: Bytes per second over the recent window (``None`` until two readings exist).
     growth: float | None = attrs.field(default=None, kw_only=True)
     pressure: Pressure | None = attrs.field(default=None, kw_only=True)

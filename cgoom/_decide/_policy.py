@@ -149,7 +149,7 @@ def internal_unit(snapshot: CgroupSnapshot) -> CgroupSnapshot:
     processes' RSS (``None`` when they were not read). It ranks with its cgroup's own
     settings, as an implicit leaf beside the cgroup's children."""
     usage = sum(p.rss for p in snapshot.processes) if snapshot.processes else None
-    return attrs.evolve(snapshot, internal=True, usage=usage, oom_group=False,
+    return attrs.evolve(snapshot, internal=True, usage=usage, freeable=usage, oom_group=False,
                         populated=bool(snapshot.pids))
 
 
@@ -306,31 +306,46 @@ class RankBy:
         return Decision(self.name, tuple(victims))
 
 
+def frees(s: CgroupSnapshot) -> int:
+    """What killing ``s`` gives back: its ``freeable`` memory where it was read, else its
+    usage (page cache included)."""
+    return s.freeable if s.freeable is not None else (s.usage or 0)
+
+
+def _usage(s: CgroupSnapshot) -> str:
+    """``usage 300M``, and what a kill frees of it where that was read and differs."""
+    if s.freeable is None or s.freeable == s.usage:
+        return f"usage {_size(s.usage)}"
+    return f"usage {_size(s.usage)} (freeable {_size(s.freeable)})"
+
+
 def _protected_size(s: CgroupSnapshot) -> int:
     usage = s.usage or 0
-    return usage - min(usage, s.protection)
+    return min(frees(s), usage - min(usage, s.protection))
 
 
 def _describe_protected(s: CgroupSnapshot) -> str:
     protection = s.protection
     usage = s.usage or 0
-    return (f"usage {_size(s.usage)} minus protection {_size(protection)}: "
-            f"{_size(usage - min(usage, protection))}")
+    over = usage - min(usage, protection)
+    text = f"usage {_size(s.usage)} minus protection {_size(protection)}: {_size(over)}"
+    if s.freeable is not None and s.freeable < over:
+        text += f", of which a kill frees {_size(s.freeable)}"
+    return text
 
 
 def largest(*, protection_aware: bool = True, whole: bool | None = True) -> RankBy:
-    """The unit using the most memory (oomd's kill_by_memory_size). With
-    ``protection_aware``, usage minus its memory.min/low protection (oomd's
-    protection-aware size)."""
+    """The unit whose kill frees the most (oomd's kill_by_memory_size, on what a kill gives
+    back rather than usage: :func:`frees`; ties by usage). With ``protection_aware``, no more
+    than its usage minus its memory.min/low protection (oomd's protection-aware size)."""
     if protection_aware:
         return RankBy(
             "largest", key=lambda s: (_protected_size(s), s.usage or 0),
             describe=_describe_protected, score=lambda s: float(_protected_size(s)),
-            whole=whole, needs=frozenset({"usage", "memory_min", "memory_low"}))
-    return RankBy("largest", key=lambda s: (s.usage or 0,),
-                  describe=lambda s: f"usage {_size(s.usage)}",
-                  score=lambda s: float(s.usage or 0), whole=whole,
-                  needs=frozenset({"usage"}))
+            whole=whole, needs=frozenset({"usage", "freeable", "memory_min", "memory_low"}))
+    return RankBy("largest", key=lambda s: (frees(s), s.usage or 0),
+                  describe=_usage, score=lambda s: float(frees(s)), whole=whole,
+                  needs=frozenset({"usage", "freeable"}))
 
 
 def growth(*, whole: bool | None = True) -> RankBy:
@@ -374,15 +389,15 @@ def swap(*, whole: bool | None = True) -> RankBy:
                   needs=frozenset({"swap", "usage"}))
 
 
-_Key = tuple[int, int, int, int, int, str]
+_Key = tuple[int, int, int, int, int, int, str]
 
 
 def priority_key(s: CgroupSnapshot) -> _Key:
     """How the priority policy orders siblings: lowest priority, then background-killable,
-    then overlimit, then ``prefer`` before none before ``avoid``, then the largest usage, then
-    the path (so no two tie)."""
+    then overlimit, then ``prefer`` before none before ``avoid``, then the one whose kill
+    frees the most (:func:`frees`), then the largest usage, then the path (so no two tie)."""
     return (s.priority, 0 if s.killable else 1, 0 if s.overlimit else 1,
-            -preference_rank(s), -(s.usage or 0), s.path)
+            -preference_rank(s), -frees(s), -(s.usage or 0), s.path)
 
 
 @attrs.frozen
@@ -391,8 +406,9 @@ class PriorityPolicy:
     level take the child with the lowest priority; among equals, one declared
     background-killable (its state saved: ``user.cgoom.killable`` or a client's
     declaration) first, then one whose limit was raised temporarily (overlimit), then
-    ``prefer`` before none before ``avoid``, then the largest usage (the one that frees
-    most), then the path. Stop at a unit (a leaf, or a
+    ``prefer`` before none before ``avoid``, then the one whose kill frees the most (its
+    ``freeable`` memory: anonymous, swap and the processes' kernel memory, not page cache),
+    then the largest usage, then the path. Stop at a unit (a leaf, or a
     ``memory.oom.group`` cgroup, which dies whole); inside a leaf, one process.
 
     With every priority equal it reduces to "free the most memory", level by level. The
@@ -408,7 +424,7 @@ class PriorityPolicy:
     @property
     def fields(self) -> frozenset[str]:
         """What a snapshot must read for this policy."""
-        return _whole_fields(self.whole, "usage")
+        return _whole_fields(self.whole, "usage", "freeable")
 
     def descend(self, node: CgroupSnapshot, kids: Sequence[CgroupSnapshot],
                 is_leaf: Callable[[str], bool]) -> tuple[str, bool] | None:
@@ -475,7 +491,7 @@ class PriorityPolicy:
         for s in chosen:
             reason = (f"priority {s.priority}{', background-killable' if s.killable else ''}"
                       f"{', overlimit' if s.overlimit else ''}"
-                      f"{_preference_note(s)}, usage {_size(s.usage)}; lowest priority first, "
+                      f"{_preference_note(s)}, {_usage(s)}; lowest priority first, "
                       f"level by level from {incident.cgroup}")
             victim = make_victim(s, float(-s.priority), reason, self.whole)
             if victim is not None:

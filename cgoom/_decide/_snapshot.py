@@ -93,8 +93,8 @@ _SETTINGS_XATTRS = frozenset({PRIORITY_XATTR, PREFERENCE_XATTR, KILLABLE_XATTR,
 #: The snapshot fields a policy may ask for (its ``fields`` attribute); the rest (structure,
 #: identity, owner, settings, pids, oom_group, populated, age) are always read.
 FIELDS: Final = frozenset({
-    "usage", "peak", "swap", "anon", "file", "kernel", "growth", "pressure", "events",
-    "memory_min", "memory_low", "memory_high", "memory_max", "processes",
+    "usage", "peak", "swap", "anon", "file", "kernel", "freeable", "growth", "pressure",
+    "events", "memory_min", "memory_low", "memory_high", "memory_max", "processes",
 })
 
 #: The most cgroups a decision reads below one delegated cgroup (``max_tenant_cgroups``).
@@ -360,11 +360,14 @@ class Snapshotter:
             values = {name: get(_SIMPLE[name]) for name in ctx.fields if name in _SIMPLE}
             if "usage" not in values and "growth" in ctx.fields:
                 values["usage"] = get(_SIMPLE["usage"])
-            if ctx.fields & {"anon", "file", "kernel"}:
+            if ctx.fields & {"anon", "file", "kernel", "freeable"}:
                 stat = get(Cgroup.memory_stat)
                 for key in ("anon", "file", "kernel"):
                     if key in ctx.fields:
                         values[key] = None if stat is None else stat.get(key)
+                if "freeable" in ctx.fields and stat is not None:
+                    swap = values["swap"] if "swap" in values else get(_SIMPLE["swap"])
+                    values["freeable"] = stat.freeable(swap)
             oom_group = get(Cgroup.memory_oom_group)
             populated = None
             if not pids:

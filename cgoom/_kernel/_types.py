@@ -165,6 +165,32 @@ class MemoryStat(Mapping[str, int]):
         """Shared memory and tmpfs, counted in ``file`` too."""
         return self.data.get("shmem")
 
+    def freeable(self, swap: int | None) -> int:
+        """What killing every process of the cgroup gives back at once: the keys of
+        :data:`FREEABLE_KEYS` (those this kernel prints) plus ``swap``, the cgroup's
+        ``memory.swap.current`` (``None``: no swap accounting, nothing to add). Page cache
+        (``file``, ``shmem`` included) is left out: the kernel could reclaim the clean part
+        without a kill, and tmpfs and shared memory outlive the processes. So is ``percpu``
+        and reclaimable slab: they belong to the cgroup, not its processes."""
+        return sum(self.data.get(key, 0) for key in FREEABLE_KEYS) + (swap or 0)
+
+
+# Some facts about what a kill frees (Documentation/admin-guide/cgroup-v2.rst, memory.stat):
+# - ``anon`` is private anonymous memory only: MAP_SHARED|MAP_ANONYMOUS and tmpfs pages are
+#   ``shmem``, counted under ``file``, and stay while a file or another mapper holds them.
+# - ``memory.swap.current`` counts every swap slot charged to the cgroup, those zswap holds
+#   included; the compressed copies themselves are in RAM, as ``zswap`` (5.19+), charged to
+#   memory.current. A kill frees both: the slots and the compressed copies.
+# - ``kernel_stack``, ``pagetables`` and ``sec_pagetables`` (6.0+, KVM's secondary page
+#   tables) die with the processes; ``sock`` is socket buffers, freed as the sockets close;
+#   ``slab_unreclaimable`` is mostly per-process objects (task, files, signal structures).
+# - ``percpu`` is the cgroup's own per-cpu data, freed only when the cgroup is removed;
+#   ``slab_reclaimable`` (dentries, inodes) the kernel reclaims without a kill.
+# - Every key is in Linux 6.1's memory.stat; a kernel that lacks one adds nothing for it.
+#: The ``memory.stat`` keys whose memory a kill gives back (:meth:`MemoryStat.freeable`).
+FREEABLE_KEYS: tuple[str, ...] = ("anon", "zswap", "kernel_stack", "pagetables",
+                                  "sec_pagetables", "sock", "slab_unreclaimable")
+
 
 #: What ``cgroup.type`` says: a domain (the default), the root of a threaded subtree, a
 #: domain made invalid by a threaded child, or a threaded cgroup.

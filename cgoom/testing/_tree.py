@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from .._kernel._cgroup import Cgroup
 from .._kernel._hierarchy import Hierarchy
-from ._fake import PRESSURE_ZERO, FakeCgroupFS, memory_events_text
+from ._fake import MEMORY_STAT_KEYS, PRESSURE_ZERO, FakeCgroupFS, memory_events_text
 
 _KERNEL_FEATURES = "nsdelegate favordynmods memory_localevents memory_recursiveprot\n"
 _DELEGATE = (
@@ -52,6 +52,7 @@ class FakeCgroupTree:
         self.base = os.fspath(base)
         self.mount = os.path.join(self.base, "cgroup")
         self.kernel = kernel
+        self._stat_given: set[str] = set()
         self.fs = FakeCgroupFS(self.mount, kernel=kernel)
         controllers = sorted(set(controllers))
         proc = os.path.join(self.base, "proc")
@@ -116,7 +117,23 @@ class FakeCgroupTree:
     def set(self, path: str, name: str, text: str) -> None:
         """Write ``text`` into interface file ``name`` of ``path`` as the *kernel* would
         (read-only files included), bypassing the simulated write rules."""
-        self._write(os.path.join(self.cgroup(path).dir, name), text)
+        cgroup = self.cgroup(path)
+        self._write(os.path.join(cgroup.dir, name), text)
+        if name == "memory.stat":
+            self._stat_given.add(cgroup.path)
+        elif (name == "memory.current" and cgroup.path not in self._stat_given
+              and text.strip().isdigit()
+              and os.path.exists(stat := os.path.join(cgroup.dir, "memory.stat"))):
+            # Until a test says otherwise (set_memory_stat), a cgroup's memory is anonymous:
+            # all of it freed by a kill (MemoryStat.freeable), as a test that sets only
+            # memory.current means it.
+            self._write(stat, _stat_text({"anon": int(text)}))
+
+    def set_memory_stat(self, path: str, **fields: int) -> None:
+        """``memory.stat`` of ``path``: ``fields`` in bytes (``anon=``, ``file=``,
+        ``shmem=``, ``zswap=``, ...), every other key of Linux 6.1 at 0. From then on
+        memory.current no longer sets ``anon``."""
+        self.set(path, "memory.stat", _stat_text(fields))
 
     def set_meminfo(self, *, total: int, available: int) -> None:
         """The machine's ``MemTotal`` and ``MemAvailable`` in ``proc/meminfo`` (bytes,
@@ -199,3 +216,8 @@ class FakeCgroupTree:
             for name in files:
                 os.unlink(os.path.join(current, name))
             os.rmdir(current)
+
+
+def _stat_text(fields: dict[str, int]) -> str:
+    keys = list(MEMORY_STAT_KEYS) + [k for k in fields if k not in MEMORY_STAT_KEYS]
+    return "".join(f"{key} {fields.get(key, 0)}\n" for key in keys)

@@ -1,0 +1,98 @@
+"""What a kill frees, on the real kernel (issue #20, item 3): a cgroup of clean page cache
+against one of anonymous memory, the cache one the larger by memory.current. Ranked by
+usage the cache would die first; ranked by what a kill gives back (``freeable``: anon, swap,
+the processes' kernel memory) the anonymous one does, and killing each shows why: the cache
+stays charged to the emptied cgroup, the anonymous memory comes back.
+
+The page cache is a block device's: a fresh zram device (hot_add, no tool needed) read
+with dd. Its pages are charged to the reader's cgroup and are clean (never written), the
+kind the kernel reclaims without a kill. The VM's root filesystem (9p) keeps no cache.
+Needs the zram module (the VM loads it for its swap)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import cgoom
+from cgoom.testing import wait_until
+
+from .conftest import holding_hog, report_figures
+
+Spawn = Callable[[cgoom.Cgroup, str], Any]
+M = 1 << 20
+ZRAM = "/sys/class/zram-control"
+
+
+@pytest.fixture
+def block_device(root: None) -> Iterator[str]:
+    """A new 256M zram device, never written (it reads as zeros); removed afterwards."""
+    if not os.path.exists(ZRAM):
+        pytest.fail(f"no {ZRAM}: the VM loads the zram module for its swap (cgoom-vm)")
+    with open(os.path.join(ZRAM, "hot_add")) as f:
+        number = int(f.read())
+    held = None
+    try:
+        with open(f"/sys/block/zram{number}/disksize", "w") as f:
+            f.write("256M\n")
+        # Held open here, outside the test's cgroups: a block device's page cache is
+        # dropped at its last close, and a filesystem's file cache is not; holding the
+        # device makes its cache behave as a file's, charged on after the reader dies.
+        held = os.open(f"/dev/zram{number}", os.O_RDONLY | os.O_CLOEXEC)
+        yield f"/dev/zram{number}"
+    finally:
+        if held is not None:
+            os.close(held)
+        with open(f"/sys/block/zram{number}/reset", "w") as f:
+            f.write("1\n")
+        with open(os.path.join(ZRAM, "hot_remove"), "w") as f:
+            f.write(f"{number}\n")
+
+
+def size(value: int | None) -> str:
+    return "?" if value is None else f"{value / M:.1f}M"
+
+
+def test_a_kill_frees_anonymous_memory_not_page_cache(
+        box: cgoom.Cgroup, spawn: Spawn, block_device: str) -> None:
+    domain = box.create_child("inv")
+    domain.enable_controllers("memory", "pids")
+    cache, anon = domain.create_child("cache"), domain.create_child("anon")
+    spawn(cache, f"dd if={block_device} of=/dev/null bs=1M count=140 2>/dev/null; "
+                 "exec sleep 1000")
+    spawn(anon, holding_hog(100))
+    wait_until(lambda: cache.memory_stat().file is not None
+               and (cache.memory_stat().file or 0) > 130 * M
+               and anon.memory_current() > 95 * M, 60, "140M of cache and 100M of anon")
+    assert cache.memory_current() > anon.memory_current()  # by usage, cache is the larger
+
+    snapshots = cgoom.Snapshotter(cgoom.Hierarchy.discover()).snapshot(domain.path)
+    incident = cgoom.Incident.create(domain.path, "manual")
+    by_freeable = cgoom.largest(protection_aware=False)(incident, snapshots)
+    by_priority = cgoom.PriorityPolicy(whole=True)(incident, snapshots)
+    c, a = snapshots[cache.path], snapshots[anon.path]
+    assert c.freeable is not None and a.freeable is not None
+    assert c.freeable < 10 * M < 95 * M < a.freeable, (c, a)
+    assert by_freeable.victims[0].cgroup == anon.path, by_freeable
+    assert by_priority.victims[0].cgroup == anon.path, by_priority
+    assert "freeable" in by_priority.victims[0].reason
+
+    # What each kill gives back: the cache stays charged to the empty cgroup.
+    freed = {}
+    for cgroup in (cache, anon):
+        before = cgroup.memory_current()
+        cgroup.kill()
+        wait_until(lambda cg=cgroup: not cg.cgroup_events().populated, 30, "the kill")
+        freed[cgroup.name] = (before, cgroup.memory_current())
+    (cache_before, cache_after), (anon_before, anon_after) = freed["cache"], freed["anon"]
+    assert cache_after > 120 * M  # the kill freed next to nothing: the cache is still charged
+    assert anon_after < 10 * M
+    report_figures(
+        f"what a kill frees: cache usage {size(c.usage)} (freeable {size(c.freeable)}), anon "
+        f"usage {size(a.usage)} (freeable {size(a.freeable)}); ranked first: "
+        f"{by_freeable.victims[0].cgroup.rsplit('/', 1)[1]} (largest and priority); killed: "
+        f"cache {size(cache_before)} -> {size(cache_after)}, anon {size(anon_before)} -> "
+        f"{size(anon_after)}")
