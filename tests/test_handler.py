@@ -80,6 +80,28 @@ class TestHandler:
         assert line["decision"]["victims"][0]["cgroup"] == "/t/batch"
         assert "notification to kill" in record.explain()
 
+    async def test_the_record_says_what_the_kill_was_expected_to_free(
+            self, inversion: FakeCgroupTree) -> None:
+        # batch: 110M charged, of it 30M page cache; 12M of its memory in swap.
+        inversion.set_memory_stat("t/batch", anon=80 * M, file=30 * M)
+        inversion.set("t/batch", "memory.swap.current", f"{12 * M}\n")
+        inversion.set("t", "memory.swap.current", f"{12 * M}\n")
+        async with cgoom.open_handler(inversion.hierarchy, cgoom.Rule("r", "t", on="high"),
+                                      own_cgroup="/",
+                                      processes=FakeProcesses(inversion)) as handler:
+            inversion.memory_event("t/batch", "high")
+            record = await next_incident(handler)
+        assert record.victim is not None and record.victim.cgroup == "/t/batch"
+        assert record.expected_free == 92 * M and record.swap_before == 12 * M
+        # The fake kernel uncharges nothing when processes die: nothing came back.
+        assert record.memory_after == 300 * M and record.swap_after == 12 * M
+        assert "  freed: expected to free 92.0M; 0B RAM and 0B swap back in " in \
+            record.explain()
+        assert "usage 110.0M (freeable 92.0M)" in record.decision.victims[0].reason
+        from cgoom._ops._recordlog import record_from_json, record_to_json
+        back = record_from_json(record_to_json(record))  # the record log keeps them
+        assert isinstance(back, cgoom.IncidentRecord) and back.freed() == record.freed()
+
     async def test_one_process_through_the_process_control(self, tree: FakeCgroupTree) -> None:
         tree.add("t/db", procs=[100], memory_current=100 * M)
         tree.add("t/batch", procs=[300, 301], memory_current=60 * M)

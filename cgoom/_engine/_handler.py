@@ -60,7 +60,7 @@ from ._arming import Arming
 from ._deciding import Decided, Deciding
 from ._executor import FORK_SAFE_KILL, Executor
 from ._firstchance import FirstChanceHandler, Notice, level_of
-from ._incident import IncidentRecord, RecordBuilder
+from ._incident import KILLING, IncidentRecord, RecordBuilder
 from ._notifier import Notifier
 from ._rules import Rule, RuleState, restart_needed, unique_names
 from ._setup import SetUp
@@ -628,6 +628,8 @@ class Handler:
         # The domain's usage as the snapshot just read it (no second read of the file).
         snap = decided.snaps.get(rule.domain)
         before = snap.usage if snap is not None else None
+        domain = self.hierarchy.cgroup(rule.domain)
+        swap_before = self._read(domain.memory_swap_current)
         if inform is not None:
             # At the action's first wait: right after the kill syscall, or after the record
             # for a dry run or a notify-only rule.
@@ -638,9 +640,20 @@ class Handler:
         return draft.build(
             decided.decision, candidates=decided.snaps.values(), actions=actions,
             memory_before=before,
-            memory_after=if_supported(self.hierarchy.cgroup(rule.domain).memory_current),
+            memory_after=if_supported(domain.memory_current),
             available_before=available_before, available_after=self._available(),
-            kernel_kills=window.kills, kernel_oom_kills=window.oom_kill, first_chance=chance)
+            kernel_kills=window.kills, kernel_oom_kills=window.oom_kill, first_chance=chance,
+            swap_before=swap_before, swap_after=self._read(domain.memory_swap_current),
+            expected_free=expected_free(actions, decided.snaps))
+
+    @staticmethod
+    def _read(read: Callable[[], int]) -> int | None:
+        """A value for the record: ``None`` where the kernel lacks the file or the cgroup
+        is gone (a record is written whatever happened to the domain)."""
+        try:
+            return read()
+        except CgoomError:
+            return None
 
     async def _act(self, rule: Rule, policy: Policy, paths: list[str], incident: Incident,
                    decided: Decided, before: int | None, draft: RecordBuilder,
@@ -788,3 +801,28 @@ def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
                    restore=restore, kmsg=kmsg, proc_events=proc_events,
                    priorities=priorities, notice_interval=notice_interval, clock=clock,
                    max_tenant_cgroups=max_tenant_cgroups, state=state)
+
+
+def expected_free(actions: Iterable[ActionResult],
+                  snaps: Mapping[str, CgroupSnapshot]) -> int | None:
+    """What the kills among ``actions`` were expected to give back, as the snapshot read
+    their victims: a whole cgroup's ``freeable``, a process's RSS. ``None`` when nothing was
+    killed or one of them is not known."""
+    total, killed = 0, False
+    for a in actions:
+        if not (a.ok and a.action.startswith(KILLING)):
+            continue
+        killed = True
+        snap = snaps.get(a.cgroup)
+        if snap is None:
+            return None
+        if a.pid is None:
+            if snap.freeable is None:
+                return None
+            total += snap.freeable
+        else:
+            rss = next((p.rss for p in snap.processes if p.pid == a.pid), None)
+            if rss is None:
+                return None
+            total += rss
+    return total if killed else None

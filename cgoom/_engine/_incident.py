@@ -74,6 +74,32 @@ class IncidentRecord:
     first_chance: FirstChanceOutcome | None = None
     #: The rule's own policy: a decision by another one is the fallback's.
     policy: str | None = None
+    #: The domain's memory.swap.current after the decision (before any kill) and at the end
+    #: (``None`` without swap accounting).
+    swap_before: int | None = None
+    swap_after: int | None = None
+    #: What the killed victims were expected to give back: the sum of their ``freeable``
+    #: (a process: its RSS) as the snapshot read it; ``None`` when one was not known or
+    #: nothing was killed.
+    expected_free: int | None = None
+
+    def freed(self) -> str | None:
+        """What came back beside what was expected, one line: ``expected to free 99.0M;
+        97.5M RAM and 0B swap back in 73.9 ms`` (by the victims gone). ``None`` when nothing
+        was killed or the domain's memory was not read before and after."""
+        if self.kills == 0 or self.memory_before is None or self.memory_after is None:
+            return None
+        parts = []
+        if self.expected_free is not None:
+            parts.append(f"expected to free {format_size(self.expected_free)}")
+        ram = format_size(max(self.memory_before - self.memory_after, 0))
+        back = f"{ram} RAM"
+        if self.swap_before is not None and self.swap_after is not None:
+            back += f" and {format_size(max(self.swap_before - self.swap_after, 0))} swap"
+        t = self.timings
+        by = (f" in {t.confirmed_ms:.1f} ms" if t.confirmed_ms is not None else "")
+        parts.append(f"{back} back{by}")
+        return "; ".join(parts)
 
     @property
     def kills(self) -> int:
@@ -165,6 +191,9 @@ class IncidentRecord:
             after = "?" if self.memory_after is None else format_size(self.memory_after)
             lines.append(f"  memory of {self.domain}: {format_size(self.memory_before)} -> "
                          f"{after}")
+        freed = self.freed()
+        if freed is not None:
+            lines.append(f"  freed: {freed}")
         if self.available_before is not None and self.available_after is not None:
             lines.append(f"  MemAvailable: {format_size(self.available_before)} -> "
                          f"{format_size(self.available_after)}")
@@ -214,7 +243,9 @@ class RecordBuilder:
               memory_after: int | None = None, available_before: int | None = None,
               available_after: int | None = None,
               kernel_kills: Iterable[KernelOomKill] = (), kernel_oom_kills: int = 0,
-              first_chance: FirstChanceOutcome | None = None) -> IncidentRecord:
+              first_chance: FirstChanceOutcome | None = None, swap_before: int | None = None,
+              swap_after: int | None = None, expected_free: int | None = None,
+              ) -> IncidentRecord:
         return IncidentRecord(
             id=self.id, rule=self.rule, domain=self.domain, trigger=self.trigger, folded=0,
             dry_run=self.dry_run, decision=decision, candidates=tuple(candidates),
@@ -222,7 +253,8 @@ class RecordBuilder:
             memory_after=memory_after, started_at=self.started_at,
             available_before=available_before, available_after=available_after,
             kernel_kills=tuple(kernel_kills), kernel_oom_kills=kernel_oom_kills,
-            first_chance=first_chance, policy=self.policy)
+            first_chance=first_chance, policy=self.policy, swap_before=swap_before,
+            swap_after=swap_after, expected_free=expected_free)
 
     def failed(self, exc: BaseException) -> IncidentRecord:
         """The record of an incident that failed inside the engine (the domain vanished

@@ -80,9 +80,14 @@ async def test_priority_inversion(box: cgoom.Cgroup, spawn: Spawn,
     assert parent.memory_events().oom_kill == 0
     assert record.memory_after is not None and record.memory_before is not None
     assert record.memory_after < record.memory_before
+    # What batch was expected to free (anonymous: all of its usage, near enough) came back.
+    assert record.expected_free is not None and record.expected_free > 50 * M, record
+    assert record.memory_before - record.memory_after > record.expected_free * 0.8, \
+        record.explain()
     t = record.timings
     assert t.kill_ms is not None and t.confirmed_ms is not None
     with capsys.disabled():
+        report_figures(f"priority inversion, freed: {record.freed()}")
         report_figures(f"priority inversion: onset (first high) to kill {t.kill_ms:.1f} ms, "
               f"notification to empty {t.confirmed_ms:.1f} ms (started {t.started_ms:.1f} ms, "
               f"snapshot {t.snapshot_ms:.1f} ms, decision {t.decision_ms:.1f} ms); "
