@@ -248,7 +248,9 @@ def _cmd_rank(args: argparse.Namespace) -> int:
             own = hierarchy.own_cgroup().path
         except CgoomError:
             own = None
-    candidates = snapshotter.snapshot(start.path, fields=policy_fields(policy))
+    # usage and freeable whatever the policy reads: rank shows what each kill would free.
+    candidates = snapshotter.snapshot(start.path,
+                                      fields=policy_fields(policy) | {"usage", "freeable"})
     if as_if is not None:
         candidates = {p: as_if(s) for p, s in candidates.items()}
     incident = Incident.create(start.path, "manual", own_cgroup=own)
@@ -259,7 +261,7 @@ def _cmd_rank(args: argparse.Namespace) -> int:
         print(json.dumps({**attrs.asdict(decision), "problems": problems, "left_out": left},
                          indent=2))
         return 0
-    print("\n".join(format_decision(decision, start.path, args.top, problems)))
+    print("\n".join(format_decision(decision, start.path, args.top, problems, candidates)))
     for cgroup, why in left.items():
         print(f"left out: {cgroup}: {why}")
     return 0
@@ -302,11 +304,13 @@ def left_out(incident: Incident, candidates: Mapping[str, CgroupSnapshot]) -> di
 
 
 def format_decision(decision: Decision, path: str, top: int = 10,
-                    problems: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+                    problems: Mapping[str, Sequence[str]] | None = None,
+                    candidates: Mapping[str, CgroupSnapshot] | None = None) -> list[str]:
     """The lines ``cgoom rank`` prints for ``decision`` about ``path``: each victim with
-    its reason and the problems of its cgroup (settings ignored, files unreadable), then
-    the problems of the other cgroups."""
-    problems = problems or {}
+    its reason, what killing a whole cgroup would free (from ``candidates``, where it is not
+    its usage and the reason does not say), and the problems of its cgroup (settings ignored, files
+    unreadable), then the problems of the other cgroups."""
+    problems, candidates = problems or {}, candidates or {}
     lines = [f"policy {decision.policy}: {len(decision.victims)} candidate(s) in {path}, "
              "first to die first (dry run: nothing is killed)"]
     lines += [f"note: {note}" for note in decision.notes]
@@ -314,6 +318,11 @@ def format_decision(decision: Decision, path: str, top: int = 10,
     for rank, victim in enumerate(decision.victims[:top], 1):
         target = "whole cgroup" if victim.whole else f"pid {victim.pid}"
         lines.append(f"{rank:3}. {victim.cgroup} ({target}): {victim.reason}")
+        snap = candidates.get(victim.cgroup)
+        if (victim.whole and snap is not None and snap.freeable is not None
+                and snap.freeable != snap.usage and "freeable" not in victim.reason):
+            lines.append(f"       a kill frees {format_size(snap.freeable)} of usage "
+                         f"{format_size(snap.usage or 0)} (anon, swap, kernel; not cache)")
         if victim.cgroup not in shown:
             shown.add(victim.cgroup)
             lines += [f"       problem: {p}" for p in problems.get(victim.cgroup, ())]

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import cgoom
 from cgoom import CgroupSnapshot as S
 from cgoom import Incident
 from cgoom._kernel._types import FREEABLE_KEYS
+from cgoom.cli import main
 from cgoom.testing import FakeCgroupTree
 
 M = 1 << 20
@@ -102,3 +105,22 @@ class TestRanking:
         assert [v.cgroup for v in decision.victims] == ["/d/b", "/d/a"]
         assert decision.victims[0].score == 50 * M and decision.victims[1].score == 40 * M
         assert "of which a kill frees 50.0M" in decision.victims[0].reason
+
+
+
+class TestRank:
+    def test_rank_shows_what_each_kill_would_free(
+            self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tree = fake_domain(tmp_path)
+        for name in ("cache", "anon"):
+            tree.cgroup(f"d/{name}").set_memory_oom_group(True)  # killed whole
+        base = ["--mount", tree.mount, "--proc", str(tmp_path / "proc")]
+        assert main([*base, "rank", "/d"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        first = next(i for i, line in enumerate(lines) if "1. /d/anon" in line)
+        assert "2. /d/cache" in lines[first + 1]
+        assert "usage 140.0M (freeable 1.0M)" in lines[first + 1]
+        # A policy that ranks by something else still shows what its kill frees.
+        assert main([*base, "rank", "/d", "--policy", "growth"]) == 0
+        out = capsys.readouterr().out
+        assert "a kill frees 1.0M of usage 140.0M (anon, swap, kernel; not cache)" in out
