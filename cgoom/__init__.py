@@ -116,6 +116,7 @@ if TYPE_CHECKING:
     from ._watch._events import CgroupCreated as CgroupCreated
     from ._watch._events import CgroupRemoved as CgroupRemoved
     from ._watch._events import CgroupStateChanged as CgroupStateChanged
+    from ._watch._events import ControllersChanged as ControllersChanged
     from ._watch._events import Event as Event
     from ._watch._events import MemoryEventsChanged as MemoryEventsChanged
     from ._watch._events import PressureSustained as PressureSustained
@@ -168,6 +169,7 @@ _LAZY: dict[str, str] = {
     "Preference": "_decide._candidates",
     "ProcessSnapshot": "_decide._candidates",
     "CgroupCreated": "_watch._events",
+    "ControllersChanged": "_watch._events",
     "CgroupRemoved": "_watch._events",
     "CgroupStateChanged": "_watch._events",
     "Event": "_watch._events",

@@ -225,6 +225,28 @@ class TestEarlyTrigger:
         assert not any(inversion.cgroup(f"t/{n}").memory_oom_group()
                        for n in ("db", "web", "batch"))
 
+    async def test_oom_group_set_again_after_the_controller_comes_back(
+            self, inversion: FakeCgroupTree, caplog: pytest.LogCaptureFixture) -> None:
+        """-memory then +memory in /t's cgroup.subtree_control makes db, web and batch's
+        memory files anew, memory.oom.group 0: the handler sets it again, and says so."""
+        for name in ("db", "web", "batch"):
+            inversion.cgroup(f"t/{name}").set_memory_oom_group(False)
+        rule = cgoom.Rule("r", "t", oom_group_leaves=True, action="notify")
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/"):
+            leaves = [inversion.cgroup(f"t/{n}") for n in ("db", "web", "batch")]
+            assert all(c.memory_oom_group() for c in leaves)
+            inversion.cgroup("t").disable_controllers("memory")
+            await asyncio.sleep(0.1)
+            inversion.cgroup("t").enable_controllers("memory")
+            assert not any(c.memory_oom_group() for c in leaves)  # the kernel's defaults
+            deadline = asyncio.get_running_loop().time() + 5
+            while not all(c.memory_oom_group() for c in leaves):
+                assert asyncio.get_running_loop().time() < deadline, caplog.text
+                await asyncio.sleep(0.01)
+        assert "/t cgroup.subtree_control was written" in caplog.text
+        assert "memory.oom.group=1 on /t/batch" in caplog.text
+        assert not any(c.memory_oom_group() for c in leaves)  # put back on stop
+
     async def test_writes_that_may_reclaim_go_through_the_writer_thread(
             self, inversion: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch) -> None:
         """memory.high and memory.reclaim writes run on the engine's own writer thread, not

@@ -125,7 +125,33 @@ class TestHierarchyChanges:
             assert [e.cgroup for e in of_type(events, cgoom.CgroupRemoved)] == [
                 "/lab/old/deep", "/lab/old"]
             assert w.watched() == ["/lab"]
-            assert w.statistics().watches == before - 2 * (1 + len(cgoom.DEFAULT_FILES))
+            assert w.statistics().watches == before - 2 * (2 + len(cgoom.DEFAULT_FILES))
+
+    async def test_memory_disabled_and_enabled_again_is_still_watched(
+            self, tree: FakeCgroupTree) -> None:
+        """-memory then +memory in lab's cgroup.subtree_control: job's memory.* files are
+        removed and made anew; their events still come, from the new files."""
+        tree.add("lab/job")
+        tree.memory_event("lab/job", "high", 3)
+        async with cgoom.open_watcher(tree.hierarchy, "lab") as w:
+            before = w.statistics().watches
+            for change in (tree.cgroup("lab").disable_controllers,
+                           tree.cgroup("lab").enable_controllers):
+                change("memory")
+                [changed] = of_type(await collect(w, lambda ev: bool(
+                    of_type(ev, cgoom.ControllersChanged))), cgoom.ControllersChanged)
+                assert (changed.cgroup, changed.children) == ("/lab", ("/lab/job",))
+                if change == tree.cgroup("lab").disable_controllers:
+                    # job's three memory files are gone, and so are their watches
+                    assert w.statistics().watches == before - 3
+            assert w.statistics().watches == before  # the new files' watches, not more
+            tree.memory_event("lab/job", "oom")  # counted in the new file, from 0
+            events = await collect(w, lambda ev: any(
+                e.cgroup == "/lab/job" and not e.local
+                for e in of_type(ev, cgoom.MemoryEventsChanged)))
+        [event] = [e for e in of_type(events, cgoom.MemoryEventsChanged)
+                   if e.cgroup == "/lab/job" and not e.local]
+        assert event.delta == {"oom": 1}
 
     async def test_recreated_name_counts_from_zero(self, tree: FakeCgroupTree) -> None:
         tree.add("lab/job")
@@ -325,7 +351,7 @@ class TestLifecycle:
             await asyncio.sleep(0.3)
             stats = w.statistics()
         assert stats.wakeups == 0 and stats.cgroups == 21
-        assert stats.watches == 21 * 5
+        assert stats.watches == 21 * 6  # the directory, cgroup.subtree_control, 4 files
 
     async def test_statistics_and_repr(self, tree: FakeCgroupTree) -> None:
         tree.add("lab")

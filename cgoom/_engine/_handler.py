@@ -39,12 +39,13 @@ from .._kernel._hierarchy import Hierarchy
 from .._kernel._kmsg import KernelOomKill, KmsgReader
 from .._kernel._linux import kernel_release
 from .._kernel._meminfo import read_meminfo
-from .._kernel._paths import inside
+from .._kernel._paths import inside, parent_path
 from .._kernel._worker import Worker
 from .._watch._events import (
     CgroupCreated,
     CgroupRemoved,
     CgroupStateChanged,
+    ControllersChanged,
     Event,
     MemoryEventsChanged,
     PressureSustained,
@@ -63,7 +64,7 @@ from ._firstchance import FirstChanceHandler, Notice, level_of
 from ._incident import KILLING, IncidentRecord, RecordBuilder
 from ._notifier import Notifier
 from ._rules import Rule, RuleState, restart_needed, unique_names
-from ._setup import SetUp
+from ._setup import SetUp, matches
 from ._shadow import Shadow, ShadowVerdict
 from ._shortage import Shortage
 from ._trigger import Trigger
@@ -489,6 +490,9 @@ class Handler:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, CgroupCreated | CgroupRemoved):
             self._tree_changed(event)
+        elif isinstance(event, ControllersChanged):
+            if not self._closed:
+                self._controllers_changed(event)
         elif isinstance(event, Resynchronized):
             self._refilter()
         elif isinstance(event, CgroupStateChanged):
@@ -519,6 +523,47 @@ class Handler:
         if created and not self._closed:
             self._arming.appeared(self.rules, event.cgroup)
             self._setup.appeared(self.rules, event.cgroup)
+
+    def _controllers_changed(self, event: ControllersChanged) -> None:
+        """cgroup.subtree_control of ``event.cgroup`` was written: its children's memory
+        files may be new, at their defaults (a controller disabled and enabled again), and
+        what the rules set there gone. Put it back, in a task (memory.high is written in the
+        writer thread)."""
+        for rule in self.rules:
+            touched = [c for c in event.children if inside(c, rule.domain)]
+            if rule.dry_run or not touched:
+                continue
+            task = asyncio.get_running_loop().create_task(
+                self._set_up_again(rule, touched, event.cgroup))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _set_up_again(self, rule: Rule, children: list[str], parent: str) -> None:
+        done = []
+        try:
+            if rule.high_below_max is not None and rule.domain in children:
+                before = len(self._setup.lines)
+                await self._setup.early_trigger(rule)
+                done += self._setup.lines[before:]
+            known = self._paths.get(rule.domain, set())
+            parents = {parent_path(p) for p in known if p != "/"}
+            again = [c for c in children
+                     if (rule.oom_group_leaves and c not in parents)
+                     or (rule.oom_group and matches(c, rule.oom_group))]
+            for path in again:
+                problem = self._setup.oom_group(path)
+                done.append(problem or f"memory.oom.group=1 on {path}")
+            if rule.machine or rule.usage_above is not None:
+                self._arming.schedule(rule)
+                done.append("tripwires armed again")
+        except Exception:
+            log.exception("cgoom handler: rule %r: setting up again after %s's "
+                          "cgroup.subtree_control was written failed", rule.name, parent)
+            return
+        if done:
+            log.warning("cgoom handler: rule %r: %s cgroup.subtree_control was written (its "
+                        "children's memory files may be new, at their defaults): %s",
+                        rule.name, parent, "; ".join(done))
 
     def _memory_events(self, event: MemoryEventsChanged) -> None:
         window = self._windows.get(event.cgroup)

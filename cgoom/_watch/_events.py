@@ -108,6 +108,23 @@ class CgroupCreated:
 
 
 @attrs.frozen
+class ControllersChanged:
+    """Someone wrote ``cgroup.subtree_control`` of ``cgroup``: its children's controller
+    files may have been removed and made anew. Disabling the memory controller there removes
+    the children's memory.* files; enabling it again makes new ones at their defaults
+    (memory.high and memory.max ``max``, memory.oom.group 0, counters from 0). The watcher
+    has already watched the new files of the children (``children``) and read their
+    baselines; whoever set those values must set them again."""
+
+    cgroup: str
+    children: tuple[str, ...]
+    time: float
+
+    def __str__(self) -> str:
+        return f"{self.cgroup} cgroup.subtree_control written ({len(self.children)} children)"
+
+
+@attrs.frozen
 class CgroupRemoved:
     """A watched cgroup was removed; nothing more will come from it."""
 
@@ -242,6 +259,7 @@ Event = (
     | CgroupStateChanged
     | CgroupCreated
     | CgroupRemoved
+    | ControllersChanged
     | Resynchronized
     | WatchFailed
     | PressureTriggered

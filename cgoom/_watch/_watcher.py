@@ -17,6 +17,14 @@ Some facts this code depends on (notes/kernel-interface.md §3-§5, measured on 
   before our watch on it exists, so after adding the watch we list its children (and so on).
 - A removed cgroup: IN_DELETE|IN_ISDIR on the parent's watch only. Its final counters may
   be unreadable by the time we look; the parent's hierarchical memory.events still has them.
+- Controllers disabled and enabled again: ``-memory`` in a parent's cgroup.subtree_control
+  removes its children's memory.* files, ``+memory`` makes new ones (new kernfs nodes, new
+  inodes, defaults and counters from 0). kernfs removes the old files without the VFS, so a
+  watch on one is not reliably told (it pins the dead inode and hears nothing more), and
+  kernfs makes the new files without IN_CREATE. What is told is the write itself: a write(2)
+  to cgroup.subtree_control raises IN_MODIFY on that file's watch. So each cgroup's
+  cgroup.subtree_control is watched, and on IN_MODIFY its children's files are watched
+  again (a new inode gets a new watch descriptor, the old one is removed) and re-read.
 - IN_Q_OVERFLOW: the kernel's queue (fs.inotify.max_queued_events) overflowed and
   notifications were lost; the only correct answer is to re-read everything, and to compare
   identity (the directory's inode, the cgroup id): a cgroup removed and re-created at the same
@@ -72,6 +80,7 @@ from ._events import (
     CgroupCreated,
     CgroupRemoved,
     CgroupStateChanged,
+    ControllersChanged,
     Event,
     MemoryEventsChanged,
     PressureTrigger,
@@ -102,6 +111,10 @@ _READERS: dict[str, Callable[[Cgroup], _Record]] = {
 DEFAULT_FILES = tuple(_READERS)
 
 _DIR_MASK = IN_CREATE | IN_DELETE | IN_ONLYDIR
+
+#: Watched in every cgroup beside its files: a write to it may remove the children's
+#: controller files and make new ones (``ControllersChanged``).
+SUBTREE_CONTROL = "cgroup.subtree_control"
 
 #: The longest the watcher keeps the event loop while starting or resynchronising: it
 #: yields to other tasks after this much work (issue #8: 10,000 cgroups took ~1 s).
@@ -382,7 +395,7 @@ class Watcher:
             # Count the subtrees only now: a second walk of every root is worth it only when
             # the limit is hit.
             total = sum(1 for root in self.roots for _ in self.hierarchy.cgroup(root).walk())
-            needed = max(total * (1 + len(self.files)), len(self._wds)) + 1024
+            needed = max(total * (2 + len(self.files)), len(self._wds)) + 1024
             if self.raise_watch_limit and os.geteuid() == 0 and current is not None:
                 target = max(current * 2, needed * 2)
                 try:
@@ -410,24 +423,49 @@ class Watcher:
         self._tracked[cgroup.path] = wds
         self._ids[cgroup.path] = self.hierarchy.fs.stat(cgroup.dir).st_ino
         self._untracked.pop(cgroup.path, None)
-        if not self._included(cgroup.path):
-            return
-        for name in self.files:
+        # cgroup.subtree_control of every cgroup (its children may be included when it is
+        # not), the files of the included ones.
+        names = (SUBTREE_CONTROL, *self.files) if self._included(cgroup.path) \
+            else (SUBTREE_CONTROL,)
+        for name in names:
             try:
-                wd = self._add_watch(os.path.join(cgroup.dir, name), IN_MODIFY)
-            except FileNotFoundError:
-                continue  # not on this cgroup (the root) or this kernel
+                self._watch_file(cgroup, name)
             except _WatchLimit:
                 self._untrack(cgroup.path)
                 raise
+
+    def _watch_file(self, cgroup: Cgroup, name: str) -> None:
+        """Watch ``name`` of a tracked cgroup, then read its baseline. Watching a file
+        already watched gives its descriptor again; a file made anew (another inode) gets
+        a new one, and the old watch, on the dead file, is removed."""
+        wds = self._tracked[cgroup.path]
+        try:
+            wd = self._add_watch(os.path.join(cgroup.dir, name), IN_MODIFY)
+        except FileNotFoundError:
+            wd = None  # not on this cgroup (the root), this kernel, or not now
+        # Descriptors the kernel dropped (IN_IGNORED: the file was unlinked) are gone from
+        # _wds: forget them here too.
+        wds[:] = [w for w in wds if w in self._wds or w == wd]
+        for old in [w for w in wds if self._wds.get(w) == (cgroup.path, name) and w != wd]:
+            wds.remove(old)
+            self._wds.pop(old, None)
+            assert self._inotify is not None
+            with contextlib.suppress(OSError):
+                self._inotify.rm_watch(old)
+        if wd is None:
+            self._last.pop((cgroup.path, name), None)
+            return
+        if wd not in wds:
             wds.append(wd)
-            self._wds[wd] = (cgroup.path, name)
-            try:
-                self._last[(cgroup.path, name)] = _READERS[name](cgroup)
-            except NotSupported:
-                continue
-            except ParseError as exc:
-                log.warning("cgoom watcher: %s", exc)
+        self._wds[wd] = (cgroup.path, name)
+        if name == SUBTREE_CONTROL:
+            return
+        try:
+            self._last[(cgroup.path, name)] = _READERS[name](cgroup)
+        except NotSupported:
+            pass
+        except ParseError as exc:
+            log.warning("cgoom watcher: %s", exc)
 
     def _tracking(self, top: Cgroup, *, announce: bool) -> Iterator[None]:
         """Watch ``top`` and its subtree, one cgroup per step. At start (``announce`` false)
@@ -536,8 +574,33 @@ class Watcher:
         elif event.mask & IN_MODIFY and event.wd not in reread:
             # The first re-read already sees the state after every queued change.
             reread.add(event.wd)
-            self._refresh(path, name)
+            if name == SUBTREE_CONTROL:
+                self._controllers_changed(path)
+            else:
+                self._refresh(path, name)
         return False
+
+    def _controllers_changed(self, path: str) -> None:
+        """cgroup.subtree_control of ``path`` was written: watch its children's files
+        again (those made anew get new watches and baselines), then say so."""
+        children = tuple(sorted(p for p in self._tracked
+                                if p != path and parent_path(p) == path))
+        for child in children:
+            cgroup = self.hierarchy.cgroup(child)
+            if not self._included(child):
+                continue
+            for name in self.files:
+                try:
+                    self._watch_file(cgroup, name)
+                except _WatchLimit as exc:
+                    self._untrack(child)
+                    self._untracked[child] = exc.message
+                    self._emit(WatchFailed(child, exc.message, self.clock.monotonic()))
+                    break
+                except CgroupGone:
+                    break  # being removed: the parent's IN_DELETE will say so
+        if self._included(path) or any(self._included(c) for c in children):
+            self._emit(ControllersChanged(path, children, self.clock.monotonic()))
 
     def _refresh(self, path: str, name: str) -> None:
         cgroup = self.hierarchy.cgroup(path)

@@ -3,6 +3,8 @@ PSI triggers), with the kernel's rate limit and coalescing in play."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 import cgoom
 from cgoom.testing import collect_events
 
-from .conftest import KERNEL_VERSION, hog, sysctl, throttled
+from .conftest import KERNEL_VERSION, hog, report_figures, sysctl, throttled
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 
@@ -201,3 +203,54 @@ async def test_watch_limit_is_raised_when_root(box: cgoom.Cgroup,
                 pass
     finally:
         max_user_watches(saved)
+
+
+async def test_memory_controller_disabled_and_enabled_again(
+        box: cgoom.Cgroup, spawn: Spawn, capsys: pytest.CaptureFixture[str]) -> None:
+    """-memory then +memory in a parent's cgroup.subtree_control: the kernel makes the
+    child's memory files anew (new inodes, memory.oom.group back to 0). The watcher hears
+    the write (ControllersChanged) and watches the new files, so an OOM kill in the child
+    afterwards is seen; the handler sets memory.oom.group again."""
+    parent = box.create_child("toggle")
+    parent.enable_controllers("memory", "pids")
+    child = parent.create_child("job")
+    events_file = os.path.join(child.dir, "memory.events")
+    h = cgoom.Hierarchy.discover()
+    rule = cgoom.Rule("toggle", parent.path, oom_group_leaves=True, action="notify")
+    async with cgoom.open_handler(h, rule), cgoom.open_watcher(h, parent.path) as w:
+        assert child.memory_oom_group()
+        inode = os.stat(events_file).st_ino
+        parent.disable_controllers("memory")
+        try:
+            os.stat(events_file)
+            gone = False
+        except FileNotFoundError:
+            gone = True
+        parent.enable_controllers("memory")
+        # No await since the writes: the handler has not run, this is the kernel's state.
+        reset, new_inode = child.memory_oom_group(), os.stat(events_file).st_ino
+        assert gone and not reset and new_inode != inode
+        [changed] = [e for e in await gather(
+            w, lambda e: isinstance(e, cgoom.ControllersChanged), 30)
+            if isinstance(e, cgoom.ControllersChanged)]
+        assert changed.cgroup == parent.path and child.path in changed.children
+        deadline = time.monotonic() + 30
+        while not child.memory_oom_group():
+            assert time.monotonic() < deadline, "memory.oom.group was not set again"
+            await asyncio.sleep(0.01)
+        again = time.monotonic() - changed.time
+        child.set_memory_max("32M")
+        child.set_memory_swap_max(0)
+        spawn(child, hog(128))
+        events = await gather(w, lambda e: isinstance(e, cgoom.MemoryEventsChanged)
+                              and e.cgroup == child.path and not e.local
+                              and e.delta.get("oom_kill", 0) > 0, 120)
+    kills = sum(e.delta.get("oom_kill", 0) for e in memory_changes(events, child.path))
+    assert kills >= 1
+    with capsys.disabled():
+        report_figures(
+            f"memory controller disabled and enabled again above a cgroup: its memory files "
+            f"removed ({gone}), made anew (inode {inode} -> {new_inode}), memory.oom.group "
+            f"reset to 0 by the kernel; cgoom set it again {again * 1000:.1f} ms after "
+            f"hearing the write; an OOM kill afterwards seen from the new memory.events "
+            f"(oom_kill +{kills})")
