@@ -75,7 +75,10 @@ def test_a_kill_frees_anonymous_memory_not_page_cache(
     by_priority = cgoom.PriorityPolicy(whole=True)(incident, snapshots)
     c, a = snapshots[cache.path], snapshots[anon.path]
     assert c.freeable is not None and a.freeable is not None
-    assert c.freeable < 10 * M < 95 * M < a.freeable, (c, a)
+    # The anonymous hog may still be filling (head still writing): most of it is there.
+    # What matters is the order: cache larger by usage, anon larger by what a kill frees.
+    assert c.freeable < 10 * M < 80 * M < a.freeable, (c, a)
+    assert c.usage is not None and a.usage is not None and c.usage > a.usage
     assert by_freeable.victims[0].cgroup == anon.path, by_freeable
     assert by_priority.victims[0].cgroup == anon.path, by_priority
     assert "freeable" in by_priority.victims[0].reason
