@@ -5,7 +5,8 @@ there, so this measures cgoom's own cost).
 
 For each size N (each in a fresh interpreter, so memory figures are its own):
 
-- start_s: time to start watching N cgroups (walk, 6 inotify watches each: the directory, cgroup.subtree_control and 4 files; baselines);
+- start_s: time to start watching N cgroups (walk, 6 inotify watches each: the directory,
+  cgroup.subtree_control and 4 files; baselines);
 - max_loop_block_ms: the longest the event loop went without running another task while the
   watcher started (a probe task that yields in a loop records the largest gap);
 - p50_ms / p99_ms: notification to delivery. A sample writes a new memory.events into a
