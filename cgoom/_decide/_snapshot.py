@@ -366,8 +366,9 @@ class Snapshotter:
                     if key in ctx.fields:
                         values[key] = None if stat is None else stat.get(key)
                 if "freeable" in ctx.fields and stat is not None:
-                    swap = values["swap"] if "swap" in values else get(_SIMPLE["swap"])
-                    values["freeable"] = stat.freeable(swap)
+                    if "swap" not in values:
+                        values["swap"] = get(_SIMPLE["swap"])  # read for it: kept
+                    values["freeable"] = stat.freeable(values["swap"])
             oom_group = get(Cgroup.memory_oom_group)
             populated = None
             if not pids:

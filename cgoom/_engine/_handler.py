@@ -673,8 +673,10 @@ class Handler:
         # The domain's usage as the snapshot just read it (no second read of the file).
         snap = decided.snaps.get(rule.domain)
         before = snap.usage if snap is not None else None
+        # Its swap too, where the policy's fields had it read (freeable reads it): no read of
+        # the kernel's files between the decision and the kill.
+        swap_before = snap.swap if snap is not None else None
         domain = self.hierarchy.cgroup(rule.domain)
-        swap_before = self._read(domain.memory_swap_current)
         if inform is not None:
             # At the action's first wait: right after the kill syscall, or after the record
             # for a dry run or a notify-only rule.

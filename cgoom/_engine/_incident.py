@@ -74,8 +74,9 @@ class IncidentRecord:
     first_chance: FirstChanceOutcome | None = None
     #: The rule's own policy: a decision by another one is the fallback's.
     policy: str | None = None
-    #: The domain's memory.swap.current after the decision (before any kill) and at the end
-    #: (``None`` without swap accounting).
+    #: The domain's memory.swap.current as the decision's snapshot read it (``None`` when
+    #: the policy's fields did not include ``swap`` or ``freeable``, or without swap
+    #: accounting) and at the end.
     swap_before: int | None = None
     swap_after: int | None = None
     #: What the killed victims were expected to give back: the sum of their ``freeable``
