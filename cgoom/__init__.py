@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     from ._engine._firstchance import FirstChance as FirstChance
     from ._engine._firstchance import FirstChanceOutcome as FirstChanceOutcome
     from ._engine._firstchance import Notice as Notice
+    from ._engine._freed import FreedSample as FreedSample
     from ._engine._handler import Handler as Handler
     from ._engine._handler import HandlerStatistics as HandlerStatistics
     from ._engine._handler import open_handler as open_handler
@@ -150,6 +151,7 @@ _LAZY: dict[str, str] = {
     "Handler": "_engine._handler",
     "HandlerStatistics": "_engine._handler",
     "open_handler": "_engine._handler",
+    "FreedSample": "_engine._freed",
     "IncidentRecord": "_engine._incident",
     "KernelOomKill": "_kernel._kmsg",
     "Timings": "_engine._incident",

@@ -102,6 +102,51 @@ class TestHandler:
         back = record_from_json(record_to_json(record))  # the record log keeps them
         assert isinstance(back, cgoom.IncidentRecord) and back.freed() == record.freed()
 
+    async def test_the_freed_timeline_reads_from_before_the_kill_to_after_it(
+            self, inversion: FakeCgroupTree, monkeypatch: pytest.MonkeyPatch) -> None:
+        kill = FakeCgroupFS._write_cgroup_kill
+
+        def uncharging(fs: FakeCgroupFS, directory: str, value: str, path: str) -> None:
+            """batch's cgroup.kill gives back its 110M (t: 300M to 190M) and 12M of swap,
+            as the real kernel does; the fake kernel alone uncharges nothing."""
+            kill(fs, directory, value, path)
+            inversion.set("t", "memory.current", f"{190 * M}\n")
+            inversion.set("t", "memory.swap.current", "0\n")
+
+        monkeypatch.setattr(FakeCgroupFS, "_write_cgroup_kill", uncharging)
+        inversion.set("t", "memory.swap.current", f"{12 * M}\n")
+        async with cgoom.open_handler(inversion.hierarchy, cgoom.Rule("r", "t", on="high"),
+                                      own_cgroup="/",
+                                      processes=FakeProcesses(inversion)) as handler:
+            inversion.memory_event("t/batch", "high")
+            record = await next_incident(handler)
+        timeline = record.freed_timeline
+        assert record.victim is not None and record.victim.cgroup == "/t/batch"
+        # The first reading before the kill, the last after it, and 50 ms of readings that
+        # agreed before it stopped.
+        assert (timeline[0].ms, timeline[0].ram, timeline[0].swap) == (0, 300 * M, 12 * M)
+        assert (timeline[-1].ram, timeline[-1].swap) == (190 * M, 0)
+        assert timeline[-1].ms >= 50 and all(s.available is None for s in timeline)
+        explained = record.explain()
+        assert f"  freed: expected to free 110.0M; 110.0M RAM and 12.0M swap back in " \
+            f"{timeline[1].ms:.1f} ms\n" in explained
+        assert "  timeline: 0.0 ms 300.0M/12.0M, " in explained
+        assert f"{timeline[1].ms:.1f} ms 190.0M/0B" in explained
+        from cgoom._ops._recordlog import record_from_json, record_to_json
+        back = record_from_json(record_to_json(record))  # the record log keeps them
+        assert isinstance(back, cgoom.IncidentRecord) and back.freed_timeline == timeline
+        assert isinstance(back.freed_timeline[0], cgoom.FreedSample)
+
+    async def test_a_machine_rule_timeline_has_memavailable(
+            self, inversion: FakeCgroupTree) -> None:
+        inversion.set_meminfo(total=1000 * M, available=50 * M)
+        rule = cgoom.Rule("m", "t", available_below=0.1, cooldown=0)
+        async with cgoom.open_handler(inversion.hierarchy, rule, own_cgroup="/",
+                                      processes=FakeProcesses(inversion)) as handler:
+            record = await next_incident(handler)
+        assert record.kills == 1 and record.freed_timeline
+        assert all(s.available == 50 * M for s in record.freed_timeline)
+
     async def test_one_process_through_the_process_control(self, tree: FakeCgroupTree) -> None:
         tree.add("t/db", procs=[100], memory_current=100 * M)
         tree.add("t/batch", procs=[300, 301], memory_current=60 * M)

@@ -61,6 +61,7 @@ from ._arming import Arming
 from ._deciding import Decided, Deciding
 from ._executor import FORK_SAFE_KILL, Executor
 from ._firstchance import FirstChanceHandler, Notice, level_of
+from ._freed import FreedSampler
 from ._incident import KILLING, IncidentRecord, RecordBuilder
 from ._notifier import Notifier
 from ._rules import Rule, RuleState, restart_needed, unique_names
@@ -681,8 +682,15 @@ class Handler:
             # At the action's first wait: right after the kill syscall, or after the record
             # for a dry run or a notify-only rule.
             asyncio.get_running_loop().call_soon(inform)
-        decided, actions = await self._act(rule, policy, paths, incident, decided, before,
-                                           draft)
+        sampler = FreedSampler(lambda: self._read(domain.memory_current),
+                               lambda: self._read(domain.memory_swap_current),
+                               self._available if rule.machine else None)
+        try:
+            decided, actions = await self._act(rule, policy, paths, incident, decided,
+                                               before, draft, sampler)
+            timeline = await sampler.stop()
+        finally:
+            sampler.cancel()
         window = self._windows.get(rule.domain, _Window())
         return draft.build(
             decided.decision, candidates=decided.snaps.values(), actions=actions,
@@ -691,7 +699,7 @@ class Handler:
             available_before=available_before, available_after=self._available(),
             kernel_kills=window.kills, kernel_oom_kills=window.oom_kill, first_chance=chance,
             swap_before=swap_before, swap_after=self._read(domain.memory_swap_current),
-            expected_free=expected_free(actions, decided.snaps))
+            expected_free=expected_free(actions, decided.snaps), freed_timeline=timeline)
 
     @staticmethod
     def _read(read: Callable[[], int]) -> int | None:
@@ -704,7 +712,7 @@ class Handler:
 
     async def _act(self, rule: Rule, policy: Policy, paths: list[str], incident: Incident,
                    decided: Decided, before: int | None, draft: RecordBuilder,
-                   ) -> tuple[Decided, list[ActionResult]]:
+                   sampler: FreedSampler) -> tuple[Decided, list[ActionResult]]:
         """The rule's action on the decision's victims in order, while memory is still
         short and up to ``max_victims``; the decision acted on and the actions.
 
@@ -741,6 +749,7 @@ class Handler:
         while queue and acted < rule.max_victims:
             victim = queue.pop(0)
             tried.add((victim.cgroup, victim.pid))
+            sampler.start()  # the freed timeline: its first reading just before the action
             result, at, gone = await self._executor.act(rule, victim)
             actions.append(result)
             if result.ok:

@@ -19,6 +19,7 @@ from .._kernel._kmsg import KernelOomKill
 from .._kernel._parse import format_size
 from ._actions import ActionResult
 from ._firstchance import FirstChanceOutcome
+from ._freed import FreedSample, describe, settled_at
 from ._trigger import Trigger, as_trigger
 
 #: Actions that kill a victim (or end it gracefully), counted as kills.
@@ -83,22 +84,36 @@ class IncidentRecord:
     #: (a process: its RSS) as the snapshot read it; ``None`` when one was not known or
     #: nothing was killed.
     expected_free: int | None = None
+    #: The domain's memory (and swap; MemAvailable for a machine rule) sampled from just
+    #: before the first action until it settled (:class:`cgoom.FreedSample`); empty when
+    #: nothing was acted on.
+    freed_timeline: tuple[FreedSample, ...] = ()
 
     def freed(self) -> str | None:
         """What came back beside what was expected, one line: ``expected to free 99.0M;
-        97.5M RAM and 0B swap back in 73.9 ms`` (by the victims gone). ``None`` when nothing
+        97.5M RAM and 0B swap back in 73.9 ms`` (from the timeline: its first and last
+        readings, and when it reached its last level, from just before the kill; without a
+        timeline, the readings before and after and the victim gone). ``None`` when nothing
         was killed or the domain's memory was not read before and after."""
-        if self.kills == 0 or self.memory_before is None or self.memory_after is None:
+        if self.kills == 0:
+            return None
+        timeline = self.freed_timeline
+        ram_before, ram_after = self.memory_before, self.memory_after
+        swap_before, swap_after = self.swap_before, self.swap_after
+        by = (f" in {self.timings.confirmed_ms:.1f} ms"
+              if self.timings.confirmed_ms is not None else "")
+        if timeline and timeline[0].ram is not None and timeline[-1].ram is not None:
+            ram_before, ram_after = timeline[0].ram, timeline[-1].ram
+            swap_before, swap_after = timeline[0].swap, timeline[-1].swap
+            by = f" in {settled_at(timeline):.1f} ms"
+        if ram_before is None or ram_after is None:
             return None
         parts = []
         if self.expected_free is not None:
             parts.append(f"expected to free {format_size(self.expected_free)}")
-        ram = format_size(max(self.memory_before - self.memory_after, 0))
-        back = f"{ram} RAM"
-        if self.swap_before is not None and self.swap_after is not None:
-            back += f" and {format_size(max(self.swap_before - self.swap_after, 0))} swap"
-        t = self.timings
-        by = (f" in {t.confirmed_ms:.1f} ms" if t.confirmed_ms is not None else "")
+        back = f"{format_size(max(ram_before - ram_after, 0))} RAM"
+        if swap_before is not None and swap_after is not None:
+            back += f" and {format_size(max(swap_before - swap_after, 0))} swap"
         parts.append(f"{back} back{by}")
         return "; ".join(parts)
 
@@ -195,6 +210,8 @@ class IncidentRecord:
         freed = self.freed()
         if freed is not None:
             lines.append(f"  freed: {freed}")
+        if self.freed_timeline:
+            lines.append(f"  timeline: {describe(self.freed_timeline)}")
         if self.available_before is not None and self.available_after is not None:
             lines.append(f"  MemAvailable: {format_size(self.available_before)} -> "
                          f"{format_size(self.available_after)}")
@@ -246,6 +263,7 @@ class RecordBuilder:
               kernel_kills: Iterable[KernelOomKill] = (), kernel_oom_kills: int = 0,
               first_chance: FirstChanceOutcome | None = None, swap_before: int | None = None,
               swap_after: int | None = None, expected_free: int | None = None,
+              freed_timeline: Iterable[FreedSample] = (),
               ) -> IncidentRecord:
         return IncidentRecord(
             id=self.id, rule=self.rule, domain=self.domain, trigger=self.trigger, folded=0,
@@ -255,7 +273,8 @@ class RecordBuilder:
             available_before=available_before, available_after=available_after,
             kernel_kills=tuple(kernel_kills), kernel_oom_kills=kernel_oom_kills,
             first_chance=first_chance, policy=self.policy, swap_before=swap_before,
-            swap_after=swap_after, expected_free=expected_free)
+            swap_after=swap_after, expected_free=expected_free,
+            freed_timeline=tuple(freed_timeline))
 
     def failed(self, exc: BaseException) -> IncidentRecord:
         """The record of an incident that failed inside the engine (the domain vanished

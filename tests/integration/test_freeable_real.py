@@ -2,7 +2,8 @@
 against one of anonymous memory, the cache one the larger by memory.current. Ranked by
 usage the cache would die first; ranked by what a kill gives back (``freeable``: anon, swap,
 the processes' kernel memory) the anonymous one does, and killing each shows why: the cache
-stays charged to the emptied cgroup, the anonymous memory comes back.
+stays charged to the emptied cgroup, the anonymous memory comes back: the handler's records
+say so, with their freed timelines.
 
 The page cache is a block device's: a fresh zram device (hot_add, no tool needed) read
 with dd. Its pages are charged to the reader's cgroup and are clean (never written), the
@@ -11,6 +12,7 @@ Needs the zram module (the VM loads it for its swap)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 import cgoom
+from cgoom._engine._freed import describe
 from cgoom.testing import wait_until
 
 from .conftest import holding_hog, report_figures
@@ -56,7 +59,7 @@ def size(value: int | None) -> str:
     return "?" if value is None else f"{value / M:.1f}M"
 
 
-def test_a_kill_frees_anonymous_memory_not_page_cache(
+async def test_a_kill_frees_anonymous_memory_not_page_cache(
         box: cgoom.Cgroup, spawn: Spawn, block_device: str) -> None:
     domain = box.create_child("inv")
     domain.enable_controllers("memory", "pids")
@@ -83,19 +86,57 @@ def test_a_kill_frees_anonymous_memory_not_page_cache(
     assert by_priority.victims[0].cgroup == anon.path, by_priority
     assert "freeable" in by_priority.victims[0].reason
 
-    # What each kill gives back: the cache stays charged to the empty cgroup.
-    freed = {}
+    # What each kill gives back, as the handler's records tell it: the cache stays charged
+    # to the emptied cgroup, the anonymous memory comes back. One incident each, fired by a
+    # small poke (priority 1000: never the victim) charging past the domain's memory.high;
+    # anon is made the more important for the first, so cache dies first.
     for cgroup in (cache, anon):
-        before = cgroup.memory_current()
-        cgroup.kill()
-        wait_until(lambda cg=cgroup: not cg.cgroup_events().populated, 30, "the kill")
-        freed[cgroup.name] = (before, cgroup.memory_current())
-    (cache_before, cache_after), (anon_before, anon_after) = freed["cache"], freed["anon"]
-    assert cache_after > 120 * M  # the kill freed next to nothing: the cache is still charged
-    assert anon_after < 10 * M
+        cgroup.set_memory_oom_group(True)
+    anon.set_priority(100)
+    records = {}
+    for victim in (cache, anon):
+        records[victim.name] = await poked_incident(domain, spawn)
+    anon.set_priority(0)
+    c_rec, a_rec = records["cache"], records["anon"]
+    for record, victim in ((c_rec, cache), (a_rec, anon)):
+        assert record.victim is not None and record.victim.cgroup == victim.path, \
+            record.explain()
+        assert record.freed_timeline and record.freed() is not None, record.explain()
+    c_first, c_last = c_rec.freed_timeline[0], c_rec.freed_timeline[-1]
+    a_first, a_last = a_rec.freed_timeline[0], a_rec.freed_timeline[-1]
+    assert c_first.ram is not None and c_last.ram is not None
+    assert a_first.ram is not None and a_last.ram is not None
+    assert c_first.ram - c_last.ram < 20 * M, c_rec.explain()  # the cache is still charged
+    assert cache.memory_current() > 100 * M
+    assert a_first.ram - a_last.ram > 60 * M, a_rec.explain()   # the anon memory came back
+    assert anon.memory_current() < 10 * M
+    assert c_rec.expected_free is not None and c_rec.expected_free < 10 * M
+    assert a_rec.expected_free is not None and a_rec.expected_free > 80 * M
     report_figures(
         f"what a kill frees: cache usage {size(c.usage)} (freeable {size(c.freeable)}), anon "
         f"usage {size(a.usage)} (freeable {size(a.freeable)}); ranked first: "
-        f"{by_freeable.victims[0].cgroup.rsplit('/', 1)[1]} (largest and priority); killed: "
-        f"cache {size(cache_before)} -> {size(cache_after)}, anon {size(anon_before)} -> "
-        f"{size(anon_after)}")
+        f"{by_freeable.victims[0].cgroup.rsplit('/', 1)[1]} (largest and priority)")
+    for name, record in records.items():
+        report_figures(f"killing {name}: {record.freed()}; timeline: "
+                       f"{describe(record.freed_timeline)}")
+
+
+async def poked_incident(domain: cgoom.Cgroup, spawn: Spawn) -> cgoom.IncidentRecord:
+    """One incident of a handler on ``domain``: memory.high set 4M above its usage, and a
+    12M poke (its own child, priority 1000) charging past it. The poke is killed and
+    memory.high put back afterwards."""
+    poke = domain.create_child(f"poke{len(domain.children())}")
+    poke.set_priority(1000)
+    rule = cgoom.Rule("freed", domain.path, on="high", confirm_timeout=20, cooldown=600,
+                      max_victims=1)
+    try:
+        async with cgoom.open_handler(cgoom.Hierarchy.discover(), rule) as handler:
+            domain.set_memory_high(domain.memory_current() + 4 * M)
+            spawn(poke, holding_hog(12))
+            record = await asyncio.wait_for(handler.__anext__(), 60)
+    finally:
+        domain.set_memory_high("max")
+        poke.kill()
+        wait_until(lambda: not poke.cgroup_events().populated, 30, "the poke gone")
+    assert isinstance(record, cgoom.IncidentRecord)
+    return record
