@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     from ._decide._policy import swap as swap
     from ._decide._policy import units as units
     from ._decide._snapshot import FIELDS as FIELDS
+    from ._decide._snapshot import OPT_IN_FIELDS as OPT_IN_FIELDS
     from ._decide._snapshot import Snapshotter as Snapshotter
     from ._decide._snapshot import UsageHistory as UsageHistory
     from ._decide._snapshot import policy_fields as policy_fields
@@ -214,6 +215,7 @@ _LAZY: dict[str, str] = {
     "Protection": "_ops._protect",
     "protect_self": "_ops._protect",
     "FIELDS": "_decide._snapshot",
+    "OPT_IN_FIELDS": "_decide._snapshot",
     "Snapshotter": "_decide._snapshot",
     "UsageHistory": "_decide._snapshot",
     "policy_fields": "_decide._snapshot",

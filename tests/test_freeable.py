@@ -124,3 +124,110 @@ class TestRank:
         assert main([*base, "rank", "/d", "--policy", "growth"]) == 0
         out = capsys.readouterr().out
         assert "a kill frees 1.0M of usage 140.0M (anon, swap, kernel; not cache)" in out
+
+
+ROLLUP = """\
+55d4c0a2b000-7ffc8b1f5000 ---p 00000000 00:00 0                          [rollup]
+Rss:              103200 kB
+Pss:               52800 kB
+Pss_Dirty:         51900 kB
+Pss_Anon:          51500 kB
+Pss_File:           1300 kB
+Pss_Shmem:             0 kB
+Shared_Clean:       1800 kB
+Shared_Dirty:     100000 kB
+Private_Clean:       400 kB
+Private_Dirty:      1000 kB
+Referenced:       103200 kB
+Anonymous:        101000 kB
+LazyFree:              0 kB
+AnonHugePages:         0 kB
+Swap:               2048 kB
+SwapPss:            1024 kB
+Locked:                0 kB
+"""
+
+
+class TestSmapsRollup:
+    """Per-process: what a kill frees, from /proc/PID/smaps_rollup (a forked worker's
+    memory is mostly its siblings' too: RSS counts it whole, its kill frees its own)."""
+
+    def test_parses_the_kernels_format(self) -> None:
+        from cgoom._kernel._parse import parse_smaps_rollup, rollup_sizes
+        values = parse_smaps_rollup(ROLLUP, "/proc/7/smaps_rollup")
+        assert values["Rss"] == 103200 * 1024 and values["SwapPss"] == 1024 * 1024
+        # USS 1.4M (private clean + dirty), Pss_Anon 51.5M: the smaller, plus its swap share.
+        assert rollup_sizes(values) == (52800 * 1024, 1400 * 1024, (1400 + 1024) * 1024)
+
+    def test_before_5_3_uss_and_swap(self) -> None:
+        from cgoom._kernel._parse import parse_smaps_rollup, rollup_sizes
+        old = "\n".join(line for line in ROLLUP.splitlines() if not line.startswith("Pss_"))
+        assert rollup_sizes(parse_smaps_rollup(old, "x")) == (
+            52800 * 1024, 1400 * 1024, (1400 + 1024) * 1024)
+        only = "Rss: 10 kB\nPss: 8 kB\nPrivate_Dirty: 6 kB\nPss_Anon: 4 kB\n"
+        assert rollup_sizes(parse_smaps_rollup(only, "x")) == (8192, 6144, 4096)
+
+    @pytest.mark.parametrize("text", ["", "Rss: 10 kB\n", "Pss: x kB\nRss: 1 kB\n",
+                                      "Rss: １０ kB\nPss: 1 kB\n", "\x00" * 20])
+    def test_not_such_a_file_is_a_parse_error(self, text: str) -> None:
+        from cgoom._kernel._parse import parse_smaps_rollup
+        with pytest.raises(cgoom.ParseError, match="/proc/9/smaps_rollup"):
+            parse_smaps_rollup(text, "/proc/9/smaps_rollup")
+
+    def test_unknown_and_odd_lines_are_skipped(self) -> None:
+        from cgoom._kernel._parse import parse_smaps_rollup
+        values = parse_smaps_rollup("Rss: 4 kB\nPss: 2 kB\nNew_Field: 9 kB\nVmFlags: rd wr\n"
+                                    "Odd: 3 MB\n", "x")
+        assert values == {"Rss": 4096, "Pss": 2048, "New_Field": 9216}
+
+    @staticmethod
+    def workers(tmp_path: Path) -> FakeCgroupTree:
+        """One cgroup, two processes: 10, a forked worker of 100M RSS of which 98M is
+        shared with its sibling (not in this cgroup); 11, 60M all its own."""
+        tree = FakeCgroupTree(tmp_path, kernel=(6, 12))
+        tree.add("w", procs=[10, 11], memory_current=170 * M)
+        tree.add_process(10, name="worker", rss=100 * M, private=2 * M)
+        tree.add_process(11, name="loader", rss=60 * M)
+        return tree
+
+    def test_read_only_when_the_policy_asks(self, tmp_path: Path) -> None:
+        tree = self.workers(tmp_path)
+        snapshotter = cgoom.Snapshotter(tree.hierarchy)
+        plain = snapshotter.snapshot("/", fields={"processes"})["/w"].processes
+        assert [(p.pid, p.pss, p.uss, p.freeable) for p in plain] == [
+            (10, None, None, None), (11, None, None, None)]
+        assert "pss" not in cgoom.policy_fields(cgoom.PriorityPolicy())
+        # Units killed whole: no process is chosen, nothing to read.
+        assert "pss" not in cgoom.policy_fields(cgoom.PriorityPolicy(pss=True, whole=True))
+        fields = cgoom.policy_fields(cgoom.PriorityPolicy(pss=True))
+        assert "pss" in fields and "pss" not in cgoom.FIELDS
+        read = {p.pid: p for p in snapshotter.snapshot("/", fields=fields)["/w"].processes}
+        assert (read[10].pss, read[10].uss, read[10].freeable) == (51 * M, 2 * M, 2 * M)
+        assert (read[11].pss, read[11].uss, read[11].freeable) == (60 * M, 60 * M, 60 * M)
+
+    def test_the_priority_policy_with_pss_kills_the_process_that_frees_the_most(
+            self, tmp_path: Path) -> None:
+        tree = self.workers(tmp_path)
+        incident = Incident.create("/", "test")
+        snapshotter = cgoom.Snapshotter(tree.hierarchy)
+        for policy, pid in ((cgoom.PriorityPolicy(whole=False), 10),
+                            (cgoom.PriorityPolicy(whole=False, pss=True), 11)):
+            snaps = snapshotter.snapshot("/", fields=cgoom.policy_fields(policy))
+            victim = policy(incident, snaps).victims[0]
+            assert (victim.cgroup, victim.pid) == ("/w", pid), victim
+        assert "rss 60.0M (pss 60.0M, frees 60.0M)" in victim.reason
+
+    def test_an_unreadable_rollup_ranks_by_rss(self, tmp_path: Path) -> None:
+        tree = self.workers(tmp_path)
+        tree.fs.replace(str(tmp_path / "proc" / "11" / "smaps_rollup"), "garbage\n")
+        snaps = cgoom.Snapshotter(tree.hierarchy).snapshot(
+            "/", fields=cgoom.policy_fields(cgoom.PriorityPolicy(pss=True)))
+        by_pid = {p.pid: p for p in snaps["/w"].processes}
+        assert by_pid[11].freeable is None and by_pid[11].frees == 60 * M
+        assert by_pid[10].frees == 2 * M
+
+    def test_policy_args_in_the_configuration(self) -> None:
+        policy = cgoom.load_policy("priority", pss=True, whole=False)
+        assert "pss" in cgoom.policy_fields(policy)
+        with pytest.raises(cgoom.PluginError, match="pss"):
+            cgoom.load_policy("priority", pss="yes")

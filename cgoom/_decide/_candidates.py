@@ -41,6 +41,18 @@ class ProcessSnapshot:
     #: Field 22 of /proc/<pid>/stat (clock ticks after boot): with ``pid``, the identity of
     #: the process. ``None`` where unknown (then no kill through this record is safe).
     start_time: int | None = None
+    #: From /proc/<pid>/smaps_rollup, read only for a policy whose ``fields`` ask for
+    #: ``"pss"`` (it costs): the proportional and unique set sizes, and what killing it
+    #: would give back (its private anonymous memory and share of swap; docs/policies.md).
+    #: ``None`` where not read.
+    pss: int | None = attrs.field(default=None, kw_only=True)
+    uss: int | None = attrs.field(default=None, kw_only=True)
+    freeable: int | None = attrs.field(default=None, kw_only=True)
+
+    @property
+    def frees(self) -> int:
+        """What its kill is taken to give back: ``freeable`` where read, else its RSS."""
+        return self.rss if self.freeable is None else self.freeable
 
 
 def _processes(value: Iterable[ProcessSnapshot]) -> tuple[ProcessSnapshot, ...]:

@@ -204,10 +204,11 @@ def units(incident: Incident, candidates: Mapping[str, CgroupSnapshot]) -> list[
 
 def select_process(processes: Sequence[ProcessSnapshot]) -> ProcessSnapshot | None:
     """The process to kill inside a cgroup not killed whole: highest ``oom_score_adj``, then
-    largest RSS, then lowest pid; never one with ``oom_score_adj`` -1000 (the kernel never
-    kills those) or unknown."""
+    the one whose kill frees the most (``freeable`` where smaps_rollup was read, a policy
+    asking for ``"pss"``; else RSS), then lowest pid; never one with ``oom_score_adj`` -1000
+    (the kernel never kills those) or unknown."""
     eligible = [p for p in processes if p.oom_score_adj is not None and p.oom_score_adj > -1000]
-    return max(eligible, key=lambda p: (p.oom_score_adj, p.rss, -p.pid), default=None)
+    return max(eligible, key=lambda p: (p.oom_score_adj, p.frees, -p.pid), default=None)
 
 
 def preference_rank(snapshot: CgroupSnapshot) -> int:
@@ -246,7 +247,10 @@ def make_victim(snapshot: CgroupSnapshot, score: float, reason: str,
     adj = process.oom_score_adj
     return Victim(snapshot.path, score,
                   f"{reason}; process {process.pid} ({process.name}): oom_score_adj "
-                  f"{adj}, rss {_size(process.rss)}", False, process.pid,
+                  f"{adj}, rss {_size(process.rss)}"
+                  + ("" if process.freeable is None else
+                     f" (pss {_size(process.pss)}, frees {_size(process.freeable)})"),
+                  False, process.pid,
                   cgroup_id=snapshot.inode, start_time=process.start_time)
 
 
@@ -420,11 +424,17 @@ class PriorityPolicy:
     #: unit (whose other processes the kernel would kill with it on its own OOM).
     whole: bool | None = attrs.field(default=None, validator=_whole_validator)
     name: str = "priority"
+    #: Choose the process inside a unit by what its kill frees (its private anonymous
+    #: memory and share of swap, from /proc/<pid>/smaps_rollup), not by its RSS, which
+    #: counts pages its forked siblings share. Costs a page-table walk per process.
+    pss: bool = attrs.field(default=False, kw_only=True,
+                            validator=attrs.validators.instance_of(bool))
 
     @property
     def fields(self) -> frozenset[str]:
         """What a snapshot must read for this policy."""
-        return _whole_fields(self.whole, "usage", "freeable")
+        fields = _whole_fields(self.whole, "usage", "freeable")
+        return fields | {"pss"} if self.pss and self.whole is not True else fields
 
     def descend(self, node: CgroupSnapshot, kids: Sequence[CgroupSnapshot],
                 is_leaf: Callable[[str], bool]) -> tuple[str, bool] | None:

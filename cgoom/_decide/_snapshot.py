@@ -96,6 +96,11 @@ FIELDS: Final = frozenset({
     "usage", "peak", "swap", "anon", "file", "kernel", "freeable", "growth", "pressure",
     "events", "memory_min", "memory_low", "memory_high", "memory_max", "processes",
 })
+#: Fields read only for a policy that names them: ``"pss"``, each process's
+#: /proc/<pid>/smaps_rollup (its ``pss``, ``uss`` and ``freeable``), for the units whose
+#: processes are read (those not killed whole). It walks each process's page tables.
+OPT_IN_FIELDS: Final = frozenset({"pss"})
+KNOWN_FIELDS: Final = FIELDS | OPT_IN_FIELDS
 
 #: The most cgroups a decision reads below one delegated cgroup (``max_tenant_cgroups``).
 TENANT_CGROUPS = 256
@@ -120,11 +125,12 @@ Step = Callable[[CgroupSnapshot, Sequence[CgroupSnapshot], Callable[[str], bool]
 
 
 def policy_fields(policy: object) -> frozenset[str]:
-    """The fields ``policy`` declares (its ``fields`` attribute), or all of :data:`FIELDS`."""
+    """The fields ``policy`` declares (its ``fields`` attribute), or all of :data:`FIELDS`
+    (the :data:`OPT_IN_FIELDS` only when named)."""
     declared = getattr(policy, "fields", None)
     if declared is None:
         return FIELDS
-    return frozenset(declared) & FIELDS
+    return frozenset(declared) & KNOWN_FIELDS
 
 
 class UsageHistory:
@@ -382,7 +388,7 @@ class Snapshotter:
             return None
         processes: tuple[ProcessSnapshot, ...] = ()
         if "processes" in ctx.fields and pids and oom_group is not True:
-            processes = self.processes(pids)
+            processes = self.processes(pids, smaps="pss" in ctx.fields)
         growth = None
         if "growth" in ctx.fields and values.get("usage") is not None:
             growth = self.history.growth(cgroup.path, st.st_ino, values["usage"])
@@ -398,7 +404,7 @@ class Snapshotter:
         """One cgroup's snapshot, its settings trusted as in a snapshot of its parent (a
         delegated cgroup does not vouch for itself); ``processes``: read its processes too.
         Raises :class:`~cgoom.CgroupGone` if it vanished."""
-        wanted = frozenset(fields) & FIELDS
+        wanted = frozenset(fields) & KNOWN_FIELDS
         parent = cgroup.parent
         domain = None
         if parent is not None:
@@ -447,10 +453,12 @@ class Snapshotter:
 
     # --- processes ---------------------------------------------------------------------
 
-    def processes(self, pids: Iterable[int]) -> tuple[ProcessSnapshot, ...]:
+    def processes(self, pids: Iterable[int], *,
+                  smaps: bool = False) -> tuple[ProcessSnapshot, ...]:
         """Records for ``pids``. A process that has exited (its /proc directory is gone) is
         left out, and so are kernel threads; any other read failure keeps the process with
-        what could be read: a process cannot hide by making its files unreadable."""
+        what could be read: a process cannot hide by making its files unreadable.
+        ``smaps``: read each one's smaps_rollup too (``pss``, ``uss``, ``freeable``)."""
         fs, proc = self.hierarchy.fs, self.hierarchy.proc_root
         result = []
         for pid in pids:
@@ -471,8 +479,21 @@ class Snapshotter:
             if flags & _parse.PF_KTHREAD or state in ("Z", "X"):
                 continue  # a kernel thread or already dead: nothing to kill or free
             adj = oom_score_adj(self.hierarchy, pid)
-            result.append(ProcessSnapshot(pid, comm, adj, rss_pages * self._page_size, start))
+            sizes = self._rollup(f"{base}/smaps_rollup") if smaps else None
+            pss, uss, freeable = sizes if sizes is not None else (None, None, None)
+            result.append(ProcessSnapshot(pid, comm, adj, rss_pages * self._page_size, start,
+                                          pss=pss, uss=uss, freeable=freeable))
         return tuple(result)
+
+    def _rollup(self, path: str) -> tuple[int, int, int] | None:
+        """``(pss, uss, freeable)`` from a process's smaps_rollup; ``None`` when it cannot
+        be read (exited meanwhile, a kernel before 4.14, or not such a file): the process
+        is then ranked by its RSS, as without ``pss``."""
+        try:
+            return _parse.rollup_sizes(_parse.parse_smaps_rollup(
+                readable(self.hierarchy.fs.read(path)), path))
+        except (OSError, CgoomError):
+            return None
 
     # --- a subtree ---------------------------------------------------------------------
 
@@ -488,7 +509,7 @@ class Snapshotter:
         ``memory.oom.group``) also get their processes.
         """
         root = normalize_path(root)
-        ctx = _Pass(root, frozenset(fields) & FIELDS, None)
+        ctx = _Pass(root, frozenset(fields) & KNOWN_FIELDS, None)
         result: dict[str, CgroupSnapshot] = {}
         if paths is None:  # the structure first (a listing), then the reads
             walked = tuple(c.path for c in self.hierarchy.cgroup(root).walk())
@@ -536,7 +557,7 @@ class Snapshotter:
                  fields: Iterable[str], adjust: Callable[[CgroupSnapshot], CgroupSnapshot] | None,
                  ) -> Generator[None, None, tuple[dict[str, CgroupSnapshot], str | None]]:
         root = normalize_path(root)
-        ctx = _Pass(root, frozenset(fields) & FIELDS, None)
+        ctx = _Pass(root, frozenset(fields) & KNOWN_FIELDS, None)
         known = self._structure(root, paths)
         children, counts = known.children, known.counts
 

@@ -862,7 +862,8 @@ def open_handler(hierarchy: Hierarchy | None = None, *rules: Rule,
 def expected_free(actions: Iterable[ActionResult],
                   snaps: Mapping[str, CgroupSnapshot]) -> int | None:
     """What the kills among ``actions`` were expected to give back, as the snapshot read
-    their victims: a whole cgroup's ``freeable``, a process's RSS. ``None`` when nothing was
+    their victims: a whole cgroup's ``freeable``, a process's ``freeable`` where its
+    smaps_rollup was read (``"pss"``), else its RSS. ``None`` when nothing was
     killed or one of them is not known."""
     total, killed = 0, False
     for a in actions:
@@ -877,8 +878,8 @@ def expected_free(actions: Iterable[ActionResult],
                 return None
             total += snap.freeable
         else:
-            rss = next((p.rss for p in snap.processes if p.pid == a.pid), None)
-            if rss is None:
+            frees = next((p.frees for p in snap.processes if p.pid == a.pid), None)
+            if frees is None:
                 return None
-            total += rss
+            total += frees
     return total if killed else None

@@ -405,3 +405,50 @@ def parse_proc_stat(text: str, source: str) -> tuple[str, str, int, int, int]:
     except (IndexError, ValueError):
         raise ParseError(f"{source}: not a /proc/PID/stat line: {_quote(text)}",
                          path=source) from None
+
+
+# Some facts about /proc/PID/smaps_rollup (Documentation/filesystems/proc.rst, and
+# Documentation/ABI/testing/procfs-smaps_rollup):
+# - Linux 4.14 added it: one "[rollup]" header line, then the fields of /proc/PID/smaps
+#   summed over every mapping, each "Name:   <n> kB" (Rss, Pss, Private_Clean, ...,
+#   Swap, SwapPss, Locked).
+# - Linux 5.3 added Pss_Anon, Pss_File, Pss_Shmem (the Pss of each kind), 6.0 Pss_Dirty;
+#   a missing field is None, never 0.
+# - Reading it walks the process's page tables under its mmap lock (read) and holds its mm
+#   meanwhile: costly (proportional to the mappings), and never done while killing.
+SMAPS_ROLLUP_KEYS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Private_Clean",
+                     "Private_Dirty", "Swap", "SwapPss")
+
+
+def parse_smaps_rollup(text: str, source: str) -> dict[str, int]:
+    """The ``kB`` fields of ``/proc/PID/smaps_rollup`` in bytes (the header line and
+    unknown or malformed lines skipped); :class:`~cgoom.ParseError` without ``Rss`` and
+    ``Pss`` (not such a file)."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, rest = line.partition(":")
+        parts = rest.split()
+        if sep and len(parts) == 2 and parts[1] == "kB" and parts[0].isascii() \
+                and parts[0].isdigit():
+            values[name] = int(parts[0]) * 1024
+    if "Rss" not in values or "Pss" not in values:
+        raise ParseError(f"{source}: not a /proc/PID/smaps_rollup (no Rss and Pss): "
+                         f"{_quote(text)}", path=source)
+    return values
+
+
+def rollup_sizes(values: Mapping[str, int]) -> tuple[int, int, int]:
+    """``(pss, uss, freeable)`` of a process from its smaps_rollup fields.
+
+    - ``uss``: Private_Clean + Private_Dirty, the pages no other process maps.
+    - ``freeable``, what its kill gives back: its private anonymous memory and its share of
+      swap. smaps_rollup has no "private anonymous" field, so the smaller of two bounds:
+      USS (private, but counting private clean file pages, which stay in the page cache)
+      and Pss_Anon (anonymous, but counting a share of pages forked siblings still map);
+      plus SwapPss. Before 5.3 (no Pss_Anon): USS + SwapPss.
+    """
+    uss = values.get("Private_Clean", 0) + values.get("Private_Dirty", 0)
+    anon = values.get("Pss_Anon")
+    freeable = (uss if anon is None else min(uss, anon)) + values.get(
+        "SwapPss", values.get("Swap", 0))
+    return values["Pss"], uss, freeable

@@ -170,10 +170,14 @@ class FakeCgroupTree:
 
     def add_process(self, pid: int, *, name: str | bytes = "worker", oom_score_adj: int = 0,
                     rss: int = 0, start_time: int | None = None, state: str = "S",
-                    kernel_thread: bool = False) -> None:
-        """A fake ``/proc/<pid>`` (stat, comm, oom_score_adj, statm) for process snapshots;
-        ``rss`` in bytes; ``name`` may be any bytes, as ``prctl(PR_SET_NAME)`` allows;
-        ``start_time`` (field 22 of stat) defaults to ``pid``. Put the pid in a cgroup with
+                    kernel_thread: bool = False, private: int | None = None,
+                    pss_anon: int | None = None, swap_pss: int = 0) -> None:
+        """A fake ``/proc/<pid>`` (stat, comm, oom_score_adj, statm, smaps_rollup) for
+        process snapshots; ``rss`` in bytes; ``name`` may be any bytes, as
+        ``prctl(PR_SET_NAME)`` allows; ``start_time`` (field 22 of stat) defaults to
+        ``pid``. smaps_rollup: ``private`` bytes of its RSS its own (Private_Dirty; default
+        all of it), the rest shared with one other process (Pss counts half of it),
+        ``pss_anon`` (default: Pss) and ``swap_pss``. Put the pid in a cgroup with
         ``add(..., procs=[pid])``."""
         base = os.path.join(self.base, "proc", str(pid))
         os.makedirs(base, exist_ok=True)
@@ -190,6 +194,17 @@ class FakeCgroupTree:
         self._write(os.path.join(base, "comm"), comm + b"\n")
         self._write(os.path.join(base, "oom_score_adj"), f"{oom_score_adj}\n")
         self._write(os.path.join(base, "statm"), f"{pages * 2} {pages} 0 0 0 0 0\n")
+        own = rss if private is None else private
+        pss = own + (rss - own) // 2
+        self._write(os.path.join(base, "smaps_rollup"), (
+            "00400000-7ffd00000000 ---p 00000000 00:00 0                          [rollup]\n"
+            + "".join(f"{key + ':':<16}{value // 1024:>8} kB\n" for key, value in (
+                ("Rss", rss), ("Pss", pss), ("Pss_Dirty", pss),
+                ("Pss_Anon", pss if pss_anon is None else pss_anon), ("Pss_File", 0),
+                ("Pss_Shmem", 0), ("Shared_Clean", 0), ("Shared_Dirty", rss - own),
+                ("Private_Clean", 0), ("Private_Dirty", own), ("Referenced", rss),
+                ("Anonymous", rss), ("Swap", swap_pss), ("SwapPss", swap_pss),
+                ("Locked", 0)))).encode())
         where = self.fs.cgroup_of(pid)
         if where is not None:
             self.fs.note_cgroup(pid, where)

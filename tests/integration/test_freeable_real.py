@@ -13,6 +13,7 @@ Needs the zram module (the VM loads it for its swap)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +24,7 @@ import cgoom
 from cgoom._engine._freed import describe
 from cgoom.testing import wait_until
 
-from .conftest import holding_hog, report_figures
+from .conftest import holding_hog, python_cmd, report_figures
 
 Spawn = Callable[[cgoom.Cgroup, str], Any]
 M = 1 << 20
@@ -140,3 +141,62 @@ async def poked_incident(domain: cgoom.Cgroup, spawn: Spawn) -> cgoom.IncidentRe
         wait_until(lambda: not poke.cgroup_events().populated, 30, "the poke gone")
     assert isinstance(record, cgoom.IncidentRecord)
     return record
+
+
+def gone(cgroup: cgoom.Cgroup, pid: int) -> bool:
+    return pid not in cgroup.cgroup_procs()
+
+
+FORKED = (  # 100M of anonymous memory, then a fork: both map it, neither writes to it again
+    "import os, time\n"
+    "buf = bytearray(100 << 20)\n"
+    "for i in range(0, len(buf), 4096): buf[i] = 1\n"
+    "os.fork()\n"
+    "time.sleep(1000)\n"
+)
+
+
+def test_pss_picks_the_process_whose_kill_frees_the_most(box: cgoom.Cgroup,
+                                                         spawn: Spawn) -> None:
+    """One unit, killed one process at a time: a forked pair sharing 100M (each RSS ~110M)
+    and a 60M hog of its own. By RSS one of the pair dies, and its kill frees next to
+    nothing (its twin still maps the memory); with ``pss`` (smaps_rollup) the hog does,
+    and its 60M come back."""
+    unit = box.create_child("workers")
+    spawn(unit, python_cmd(FORKED))
+    spawn(unit, holding_hog(60))
+    h = cgoom.Hierarchy.discover()
+    snapshotter = cgoom.Snapshotter(h)
+
+    def ready() -> bool:
+        procs = snapshotter.snapshot(box.path, fields={"processes"})[unit.path].processes
+        return unit.memory_current() > 160 * M and sum(p.rss > 90 * M for p in procs) == 2
+    wait_until(ready, 90, "the forked pair and the 60M hog")
+    incident = cgoom.Incident.create(box.path, "manual")
+    picks = {}
+    for policy in (cgoom.PriorityPolicy(whole=False), cgoom.PriorityPolicy(whole=False,
+                                                                           pss=True)):
+        snaps = snapshotter.snapshot(box.path, fields=cgoom.policy_fields(policy))
+        victim = policy(incident, snaps).victims[0]
+        assert victim.cgroup == unit.path and victim.pid is not None, victim
+        process = next(p for p in snaps[unit.path].processes if p.pid == victim.pid)
+        picks["pss" if policy.pss else "rss"] = (process, victim.reason)
+    (by_rss, _), (by_pss, pss_reason) = picks["rss"], picks["pss"]
+    assert by_rss.rss > 90 * M and by_rss.name.startswith("python"), picks
+    assert by_pss.name == "tail" and by_pss.freeable is not None, picks
+    assert by_pss.freeable > 50 * M, picks
+    assert "frees" in pss_reason
+    # What each kill gave back: the twin's, next to nothing; the hog's, its 60M.
+    back = {}
+    for name, process in (("rss", by_rss), ("pss", by_pss)):
+        before = unit.memory_current()
+        os.kill(process.pid, 9)
+        # Off cgroup.procs after exit_mm: its memory is uncharged by then.
+        wait_until(functools.partial(gone, unit, process.pid), 30, "the kill")
+        back[name] = before - unit.memory_current()
+    assert back["rss"] < 20 * M < 50 * M < back["pss"], back
+    report_figures(
+        f"one process of a unit: by RSS pid {by_rss.pid} ({by_rss.name}, rss "
+        f"{size(by_rss.rss)}), its kill gave back {size(back['rss'])}; by PSS pid "
+        f"{by_pss.pid} ({by_pss.name}, rss {size(by_pss.rss)}, pss {size(by_pss.pss)}, "
+        f"frees {size(by_pss.freeable)}), its kill gave back {size(back['pss'])}")
