@@ -528,9 +528,24 @@ def man_page(version: str | None = None) -> str:
         ))
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, the version looked up only when asked: importlib.metadata (with email,
+    zipfile, csv, lzma and bz2 behind it) would add 2 MB to every ``cgoom run``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default,
+                         help=help or "show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"cgoom {_version()}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cgoom", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=f"cgoom {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     completes(parser.add_argument(
         "--mount", help="the cgroup2 mount (default: found in /proc/self/mountinfo)"
     ), DIRECTORY)

@@ -292,3 +292,22 @@ def test_policies_check_config_and_explain_speak_json(capsys: pytest.CaptureFixt
     assert loaded["rules"][0]["name"] == "w" and loaded["rules"][0]["domain"] == "/w.slice"
     assert loaded["rules"][0]["on"] == ["high", "max"]
     assert loaded["priorities"] == [["db*", 100]] and "policies" not in loaded
+
+
+def test_the_version_is_looked_up_only_when_asked() -> None:
+    # importlib.metadata (2 MB resident with what it imports) stays out of `cgoom run`.
+    code = ("import sys, cgoom.cli; cgoom.cli.build_parser().parse_args(['status']); "
+            "print('importlib.metadata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "False\n"
+    shown = subprocess.run([sys.executable, "-m", "cgoom.cli", "--version"],
+                           capture_output=True, text=True, check=True)
+    assert shown.stdout.startswith("cgoom ") and shown.stderr == ""
+
+
+def test_trim_heap_gives_back_what_it_can() -> None:
+    from cgoom._kernel._linux import trim_heap
+    assert trim_heap() in (0, 1, None)  # None only where the C library lacks malloc_trim
+    import ctypes
+    assert trim_heap() is not None or not hasattr(ctypes.CDLL(None), "malloc_trim")

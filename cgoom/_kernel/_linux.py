@@ -29,10 +29,12 @@ Some facts about inotify on cgroupfs (kernfs), measured on Debian 6.1 (notes/rea
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
+import resource
 import struct
 from collections.abc import Iterator
 
@@ -281,3 +283,44 @@ def kernel_release(release: str | None = None) -> tuple[int, int]:
         return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
     except (IndexError, ValueError):
         return (0, 0)
+
+
+def trim_heap() -> int | None:
+    """Give the C heap's free memory back to the kernel (glibc's ``malloc_trim(0)``: the
+    free space at the top of the heap, and since glibc 2.8 the free pages inside it, by
+    ``MADV_DONTNEED``). A start-up's temporaries (the configuration parsed, every cgroup
+    read once) leave megabytes free in the heap that a long-lived daemon would otherwise
+    keep resident. Returns 1 if memory was released, 0 if not, ``None`` where the C library
+    has no ``malloc_trim`` (musl)."""
+    try:
+        trim = _lib().malloc_trim
+    except AttributeError:
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return int(trim(0))
+
+
+#: File descriptors never given to clients, whatever the limit: the engine's own must still
+#: open at OOM time (each snapshot read, a pidfd per process of a cgroup killed sparing its
+#: -1000 processes, the watcher's PSI triggers, the process connector, /dev/kmsg, metrics).
+FD_RESERVE = 256
+
+
+def fd_room() -> int:
+    """How many client connections this process may hold: its soft ``RLIMIT_NOFILE`` less
+    :data:`FD_RESERVE` (the fds already open for other things are within the reserve)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(0, soft - FD_RESERVE)
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard one, as a program that does not use
+    select(2) should (systemd gives services 1024 soft, 524288 hard by default, and leaves
+    raising it to them). Returns ``(before, after)``; a refusal leaves it as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]

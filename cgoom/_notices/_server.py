@@ -47,7 +47,6 @@ import itertools
 import json
 import logging
 import os
-import resource
 import socket
 import stat
 import struct
@@ -60,6 +59,7 @@ import attrs
 
 from .._engine._firstchance import Answer, Gone, Notice
 from .._errors import CgoomError
+from .._kernel._linux import FD_RESERVE, fd_room
 from .._kernel._paths import inside, normalize_path
 from ._connection import Connection, LineTooLong
 from ._protocol import (
@@ -85,10 +85,6 @@ log = logging.getLogger("cgoom.notices")
 #: listen(2)'s backlog for the sockets; the kernel caps it at net.core.somaxconn.
 BACKLOG = 4096
 
-#: File descriptors never given to clients, whatever the limit: the engine's own must still
-#: open at OOM time (each snapshot read, a pidfd per process of a cgroup killed sparing its
-#: -1000 processes, the watcher's PSI triggers, the process connector, /dev/kmsg, metrics).
-FD_RESERVE = 256
 
 #: How often at most a server logs that it turned clients away (each one is counted).
 _REFUSAL_LOG_INTERVAL = 10.0
@@ -106,26 +102,6 @@ def _count_down(counts: dict[int, int], uid: int, by: int) -> None:
         counts[uid] = left
     else:
         counts.pop(uid, None)
-
-
-def fd_room() -> int:
-    """How many client connections this process may hold: its soft ``RLIMIT_NOFILE`` less
-    :data:`FD_RESERVE` (the fds already open for other things are within the reserve)."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 20
-    return max(0, soft - FD_RESERVE)
-
-
-def raise_fd_limit() -> tuple[int, int]:
-    """Raise the soft ``RLIMIT_NOFILE`` to the hard one, as a program that does not use
-    select(2) should (systemd gives services 1024 soft, 524288 hard by default, and leaves
-    raising it to them). Returns ``(before, after)``; a refusal leaves it as it was."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class Refused(Exception):
