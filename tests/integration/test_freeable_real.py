@@ -13,8 +13,9 @@ Needs the zram module (the VM loads it for its swap)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
+import select
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -143,10 +144,6 @@ async def poked_incident(domain: cgoom.Cgroup, spawn: Spawn) -> cgoom.IncidentRe
     return record
 
 
-def gone(cgroup: cgoom.Cgroup, pid: int) -> bool:
-    return pid not in cgroup.cgroup_procs()
-
-
 FORKED = (  # 100M of anonymous memory, then a fork: both map it, neither writes to it again
     "import os, time\n"
     "buf = bytearray(100 << 20)\n"
@@ -189,10 +186,15 @@ def test_pss_picks_the_process_whose_kill_frees_the_most(box: cgoom.Cgroup,
     # What each kill gave back: the twin's, next to nothing; the hog's, its 60M.
     back = {}
     for name, process in (("rss", by_rss), ("pss", by_pss)):
-        before = unit.memory_current()
-        os.kill(process.pid, 9)
-        # Off cgroup.procs after exit_mm: its memory is uncharged by then.
-        wait_until(functools.partial(gone, unit, process.pid), 30, "the kill")
+        pidfd = os.pidfd_open(process.pid)
+        try:
+            before = unit.memory_current()
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            # The pidfd turns readable at exit_notify, after exit_mm has uncharged its
+            # memory. (cgroup.procs is no guide: a process leaves it as its exit begins.)
+            assert select.select([pidfd], [], [], 30)[0], "the kill"
+        finally:
+            os.close(pidfd)
         back[name] = before - unit.memory_current()
     assert back["rss"] < 20 * M < 50 * M < back["pss"], back
     report_figures(
