@@ -416,8 +416,6 @@ def parse_proc_stat(text: str, source: str) -> tuple[str, str, int, int, int]:
 #   a missing field is None, never 0.
 # - Reading it walks the process's page tables under its mmap lock (read) and holds its mm
 #   meanwhile: costly (proportional to the mappings), and never done while killing.
-SMAPS_ROLLUP_KEYS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Private_Clean",
-                     "Private_Dirty", "Swap", "SwapPss")
 
 
 def parse_smaps_rollup(text: str, source: str) -> dict[str, int]:

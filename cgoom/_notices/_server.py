@@ -85,7 +85,6 @@ log = logging.getLogger("cgoom.notices")
 #: listen(2)'s backlog for the sockets; the kernel caps it at net.core.somaxconn.
 BACKLOG = 4096
 
-
 #: How often at most a server logs that it turned clients away (each one is counted).
 _REFUSAL_LOG_INTERVAL = 10.0
 #: The longest the notice server handles messages in one turn of the loop (seconds), and how
